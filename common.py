@@ -247,7 +247,7 @@ def load_checkpoint(path, map_location="cpu", required=("step",)):
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # corrupt, truncated, or holding objects that are not plain data
         raise InputError(f"checkpoint {path}: cannot be read as a torch checkpoint of plain tensors "
-                         f"and values ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+                         f"and values (corrupt, truncated or not a checkpoint: {type(e).__name__})") from None
     missing = [k for k in required if not isinstance(state, dict) or k not in state]
     if missing:
         raise InputError(f"checkpoint {path}: not a checkpoint of this script (missing {missing})")
