@@ -131,6 +131,16 @@ class Dist:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def average_grads(self, module):
+        """Average gradients over ranks by hand (for nets not wrapped in DDP, e.g. a discriminator
+        whose gradient penalty needs double backward)."""
+        if self.world == 1:
+            return
+        for p in module.parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= self.world
+
     def mean(self, value):
         """Mean of a float over ranks (for logging losses)."""
         if self.world == 1:
