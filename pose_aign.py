@@ -23,7 +23,7 @@ import json
 import math
 import os
 import pickle
-import re
+import shutil
 import time
 import zipfile
 
@@ -43,17 +43,18 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_common_args(p, steps=4000, batch_size=256, lr=2e-4, eval_every=1000)
+    common.add_common_args(p, steps=3000, batch_size=256, lr=2e-4, eval_every=1000)
     p.add_argument("--prior", default=None,
                    help="3D memory: npz with poses_3d (N,17,3) metres, or a folder of BVH files "
                         "(default: the dataset's own memory; data/cmu_h36m17.npz for a plain npz)")
     p.add_argument("--keypoints", default="gt",
                    help="Human3.6M 2D source: data_2d_h36m_<keypoints>.npz (default: gt)")
     p.add_argument("--paired-frac", type=float, default=0.0,
-                   help="fraction of training inputs whose 3D pose is used as paired supervision (default: 0)")
+                   help="fraction of training frames (the first ones, whole sequences) whose 3D pose is "
+                        "used as paired supervision (default: 0)")
     p.add_argument("--lambda-rec", type=float, default=1.0, help="reprojection loss weight (default: 1.0)")
-    p.add_argument("--lambda-adv", type=float, default=0.05, help="adversarial prior weight (default: 0.05)")
-    p.add_argument("--lambda-sup", type=float, default=1.0, help="paired 3D loss weight (default: 1.0)")
+    p.add_argument("--lambda-adv", type=float, default=0.01, help="adversarial prior weight (default: 0.01)")
+    p.add_argument("--lambda-sup", type=float, default=50.0, help="paired 3D loss weight, on squared metres (default: 50)")
     p.add_argument("--gan", choices=["bce", "lsgan", "wgan-gp"], default="bce",
                    help="adversarial loss: non-saturating BCE (paper), least squares, WGAN-GP (default: bce)")
     p.add_argument("--camera", choices=["perspective", "weak"], default="perspective",
@@ -527,9 +528,14 @@ def load_dataset(args, dist):
     """Resolve --data / --prior into {"train", "val" (or None), "test", "memory", "name", "action_mean"}."""
     data, name, action_mean, memory = args.data, "", False, None
     if data is None:  # the built-in dataset, cached, read back through the generic folder loader
-        data = common.cache_dir("pose_builtin_v1")
-        if dist.main and not os.path.exists(os.path.join(data, "test.npz")):
-            build_builtin(data)
+        data = os.path.join(common.cache_dir("pose"), "builtin_v1")
+        if dist.main and not os.path.isdir(data):
+            tmp = f"{data}.tmp{os.getpid()}"  # build aside, then rename: concurrent runs never see half a build
+            build_builtin(tmp)
+            try:
+                os.rename(tmp, data)
+            except OSError:  # another process finished first
+                shutil.rmtree(tmp)
         dist.barrier()
     if os.path.isdir(data) and os.path.exists(os.path.join(data, "data_3d_h36m.npz")):
         splits, memory = load_h36m(data, args.keypoints)
@@ -582,22 +588,30 @@ def normalise_2d(x2d, cam):
 
 
 class Generator(nn.Module):
-    """Residual MLP lifter (Martinez et al. 2017 style): 2D input -> root-relative 3D joints (metres).
-    The input is scale-free, so the pose's size comes from what the losses demand (the memory)."""
+    """Residual MLP lifter (Martinez et al. 2017 style) with a 2D skip connection: the x, y of each
+    joint are the observed normalised 2D coordinates times a predicted size (metres) plus a learned
+    correction, and the depth of each joint is predicted. At initialisation the pose already
+    reprojects onto its input, so learning is about depth and size, which is exactly what the
+    renderer cannot tell and the memory must. Output: root-relative 3D joints in metres."""
 
     def __init__(self, hidden=512, blocks=2):
         super().__init__()
         self.inp = nn.Linear(NJ * 3 + 2, hidden)
         self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(hidden, hidden), nn.LeakyReLU(0.2),
                                                   nn.Linear(hidden, hidden), nn.LeakyReLU(0.2)) for _ in range(blocks))
-        self.out = nn.Linear(hidden, (NJ - 1) * 3)
+        self.out = nn.Linear(hidden, NJ * 3 + 1)
 
     def forward(self, inp):                                                       # (B, 53)
         h = F.leaky_relu(self.inp(inp), 0.2)
         for block in self.blocks:
             h = h + block(h)
-        joints = self.out(h).view(-1, NJ - 1, 3)                                  # (B,16,3)
-        return torch.cat([joints.new_zeros(len(joints), 1, 3), joints], 1)        # (B,17,3), root at 0
+        o = self.out(h)
+        d2 = inp[:, :NJ * 2].view(-1, NJ, 2)                                      # (B,17,2) scale-free 2D
+        size = 0.5 * torch.exp(o[:, -1:, None])                                   # (B,1,1) metres per unit
+        xy = size * d2 + 0.1 * o[:, :NJ * 2].view(-1, NJ, 2)                      # (B,17,2)
+        z = o[:, NJ * 2:NJ * 3, None]                                             # (B,17,1) depth
+        pose = torch.cat([xy, z], -1)
+        return pose - pose[:, :1]                                                 # (B,17,3), root at 0
 
 
 def canonicalise(pose):
@@ -835,8 +849,9 @@ def train(args, dist, data, G, D, ckpt, run_dir):
         raise InputError("--paired-frac > 0 needs poses_3d in the training data")
     if args.lambda_adv > 0 and len(memory) < B:
         raise InputError(f"the 3D memory holds {len(memory)} poses, fewer than --batch-size {B}")
-    # the paired subset: a fixed random fraction of the training inputs (same for every seed's run)
-    paired = torch.randperm(len(x2d), generator=torch.Generator().manual_seed(12345))[:n_paired]
+    # the paired subset: the first --paired-frac of the training frames in file order, i.e. whole
+    # sequences of the first subjects, as when a lab labels a few sessions (cf. "10% of S1" protocols)
+    paired = torch.arange(n_paired)
     y_rel = torch.as_tensor(tr["y3d"]) - torch.as_tensor(tr["y3d"])[:, :1] if use_paired else None
 
     G_ddp = nn.parallel.DistributedDataParallel(G) if dist.world > 1 else G
@@ -856,8 +871,9 @@ def train(args, dist, data, G, D, ckpt, run_dir):
         losses = {}
         iu, im = draw(len(x2d)), draw(len(memory))
         ip = paired[draw(n_paired)] if use_paired else iu[:0]
-        inp, xn, vis, scale = normalise_2d(x2d[torch.cat([iu, ip])].to(device), cam[torch.cat([iu, ip])].to(device))
         nu = len(iu) if use_unpaired else 0
+        rows = torch.cat([iu[:nu], ip])
+        inp, xn, vis, scale = normalise_2d(x2d[rows].to(device), cam[rows].to(device))
         if args.lambda_adv > 0:
             # D step: L_D = -log D(y_mem) - log(1 - D(G(x)))
             with torch.no_grad():

@@ -1,0 +1,89 @@
+"""Run the pose_aign.py ablations over seeds and write the README table (mean ± std).
+
+    python3 tools/pose_bench.py                      # 6 configs x 3 seeds, 2 runs at a time
+    python3 tools/pose_bench.py --jobs 16 --threads 1 --write-readme
+
+Each run is `python3 pose_aign.py <flags> --seed S --out bench/pose/<config>-s<S>`; a finished run
+(results.json present) is not run again, so the command can be interrupted and restarted.
+"""
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = [  # (name, flags): the ablations of the issue, all on the built-in data
+    ("supervised-only, 5% paired", ["--lambda-rec", "0", "--lambda-adv", "0", "--paired-frac", "0.05"]),
+    ("reprojection-only (no prior)", ["--lambda-adv", "0"]),
+    ("AIGN, unpaired (default)", []),
+    ("AIGN + 5% paired", ["--paired-frac", "0.05"]),
+    ("AIGN, unpaired, LSGAN", ["--gan", "lsgan", "--lambda-adv", "0.2"]),
+    ("supervised, 100% paired (bound)", ["--lambda-rec", "0", "--lambda-adv", "0", "--paired-frac", "1"]),
+]
+
+
+def slug(name):
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def run_one(cfg, seed, args):
+    name, flags = cfg
+    out = os.path.join(args.out, f"{slug(name)}-s{seed}")
+    if os.path.exists(os.path.join(out, "results.json")):
+        return
+    cmd = [sys.executable, "pose_aign.py", *flags, "--seed", str(seed), "--out", out, "--no-progress",
+           "--device", args.device, *args.extra]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "stdout.log"), "w") as log:
+        subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+
+
+def table(args):
+    rows = ["| setting | flags | MPJPE | P-MPJPE | N-MPJPE | wall s / run |", "| --- | --- | --- | --- | --- | --- |"]
+    for name, flags in CONFIGS:
+        res = [json.load(open(os.path.join(args.out, f"{slug(name)}-s{s}", "results.json"))) for s in args.seeds]
+        cell = lambda k: f"{np.mean([r[k] for r in res]):.1f} ± {np.std([r[k] for r in res]):.1f}"
+        rows.append(f"| {name} | `{' '.join(flags) or '(none)'}` | {cell('mpjpe')} | {cell('p_mpjpe')} | "
+                    f"{cell('n_mpjpe')} | {np.mean([r['wall_seconds'] for r in res]):.0f} |")
+    return "\n".join(rows)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default: 0 1 2)")
+    p.add_argument("--jobs", type=int, default=2, help="runs at a time (default: 2)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run (default: 1)")
+    p.add_argument("--device", default="cpu", help="device of each run (default: cpu)")
+    p.add_argument("--out", default=os.path.join(ROOT, "bench", "pose"), help="folder of the runs (default: bench/pose)")
+    p.add_argument("--write-readme", action="store_true", help="replace the table in README.md (default: print only)")
+    p.add_argument("extra", nargs="*", help="extra flags for every run, after --")
+    args = p.parse_args()
+    t0 = time.time()
+    jobs = [(cfg, s) for cfg in CONFIGS for s in args.seeds]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        list(pool.map(lambda js: run_one(*js, args), jobs))
+    md = table(args)
+    note = (f"\n\n{len(args.seeds)} seeds ({' '.join(map(str, args.seeds))}), built-in test split, millimetres; "
+            f"{len(jobs)} runs, {args.jobs} at a time with {args.threads} thread(s) each, on "
+            f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores), device {args.device}; "
+            f"whole table {time.time() - t0:.0f} s. Command: `python3 tools/pose_bench.py --jobs {args.jobs} "
+            f"--threads {args.threads}`.")
+    print(md + note)
+    if args.write_readme:
+        path = os.path.join(ROOT, "README.md")
+        text = open(path).read()
+        a, b = "<!-- pose-table:begin -->", "<!-- pose-table:end -->"
+        text = text[:text.index(a) + len(a)] + "\n" + md + note + "\n" + text[text.index(b):]
+        open(path, "w").write(text)
+
+
+if __name__ == "__main__":
+    main()
