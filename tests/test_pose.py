@@ -400,8 +400,8 @@ def test_cli_bad_input_is_one_clear_error(tmp_path, cache_root, args, message):
 def test_learning_adversarial_prior_beats_reprojection_only(tmp_path, cache_root):
     """Both start from the same net; after a short run the prior has taught depth (P-MPJPE falls well
     below the flat starting pose) while reprojection alone leaves depth unconstrained."""
-    flags = ["--hidden", "128", "--blocks", "1", "--no-progress", "--device", "cpu", "--steps", "400",
-             "--eval-every", "400", "--batch-size", "128", "--lambda-adv", "0.05"]
+    flags = ["--hidden", "256", "--blocks", "2", "--no-progress", "--device", "cpu", "--steps", "400",
+             "--eval-every", "400", "--batch-size", "256", "--lambda-adv", "0.01"]
     run_cli("pose_aign.py", *flags, "--out", tmp_path / "aign", timeout=400)
     run_cli("pose_aign.py", *flags[:-2], "--lambda-adv", "0", "--out", tmp_path / "rec", timeout=400)
     aign, rec = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("aign", "rec"))
