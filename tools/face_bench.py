@@ -1,0 +1,178 @@
+"""Run the face_aign.py benchmark set over seeds and write the README table and figure grids.
+
+    python3 tools/face_bench.py                     # 3 seeds, built-in faces, into bench/faces/
+    python3 tools/face_bench.py --jobs 4 --steps 1500 --data CELEBA_DIR
+
+Rows: bicubic (no training), paired SR (ground-truth HR loss: the bound), unbiased AIGN, biased
+AIGN (female memory), and inpainting (smooth-fill baseline, unbiased and female memory). Each run
+is `face_aign.py ... --seed S --out OUT/<row>-s<S>`; finished runs (results.json present) are
+reused, so an interrupted benchmark continues. Writes OUT/table.md, OUT/grid_sr.png,
+OUT/grid_inpaint.png.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import common  # noqa: E402
+
+RUNS = {  # row name -> face_aign.py flags
+    "paired SR (bound)": ["--task", "sr", "--paired"],
+    "AIGN SR, unbiased memory": ["--task", "sr"],
+    "AIGN SR, female memory": ["--task", "sr", "--bias", "-Male"],
+    "AIGN inpaint, unbiased memory": ["--task", "inpaint"],
+    "AIGN inpaint, female memory": ["--task", "inpaint", "--bias", "-Male"],
+}
+SLUG = {name: name.split(" (")[0].lower().replace("aign ", "").replace(", ", "-").replace(" ", "_")
+        for name in RUNS}
+COLS = [("psnr_hr", "HR PSNR (dB)", 2), ("ssim_hr", "HR SSIM", 3), ("psnr_lr", "LR PSNR (dB)", 2),
+        ("attr_rate", "judged female", 3)]
+
+
+def get_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default: 0 1 2)")
+    p.add_argument("--out", default="bench/faces", help="output folder (default: bench/faces)")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time (default: 1)")
+    p.add_argument("--timeout", type=int, default=0,
+                   help="stop each run gracefully (SIGTERM: evaluate, checkpoint, results) after N s (default: 0 = never)")
+    p.add_argument("--only", nargs="*", default=None, help="run only these row slugs (default: all)")
+    p.add_argument("extra", nargs=argparse.REMAINDER,
+                   help="flags passed to every face_aign.py run after `--` (e.g. -- --steps 1500 --data DIR)")
+    return p.parse_args()
+
+
+def launch(args):
+    extra = [a for a in args.extra if a != "--"]
+    todo = []
+    for name, flags in RUNS.items():
+        if args.only and SLUG[name] not in args.only:
+            continue
+        for s in args.seeds:
+            out = os.path.join(args.out, f"{SLUG[name]}-s{s}")
+            if not os.path.exists(os.path.join(out, "results.json")):
+                limit = ["timeout", "-s", "TERM", str(args.timeout)] if args.timeout else []
+                todo.append((name, s, [*limit, sys.executable, os.path.join(ROOT, "face_aign.py"), *flags, *extra,
+                                       "--seed", str(s), "--out", out, "--no-progress"]))
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    running, failed = [], []
+    while todo or running:
+        while todo and len(running) < args.jobs:
+            name, s, cmd = todo.pop(0)
+            os.makedirs(cmd[-2], exist_ok=True)
+            logf = open(os.path.join(cmd[-2], "stdout.txt"), "w")
+            print(f"start {name} seed {s}: {' '.join(cmd[1:])}", flush=True)
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=logf, stderr=subprocess.STDOUT)
+            running.append((name, s, proc, logf, time.time(), cmd[-2]))
+        for item in list(running):
+            name, s, proc, logf, t0, out = item
+            if proc.poll() is not None:
+                logf.close()
+                common.write_json(os.path.join(out, "bench_wall.json"), {"wall_total_s": time.time() - t0})
+                running.remove(item)
+                stopped = proc.returncode == 124 and os.path.exists(os.path.join(out, "results.json"))
+                print(f"done  {name} seed {s}: " + ("stopped by --timeout" if stopped else f"exit {proc.returncode}"),
+                      flush=True)
+                if proc.returncode != 0 and not stopped:
+                    failed.append(f"{name} seed {s}")
+        time.sleep(1)
+    return failed
+
+
+def mean_std(vals, digits):
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return "–"
+    return f"{np.mean(vals):.{digits}f} ± {np.std(vals):.{digits}f}" if len(vals) > 1 else f"{vals[0]:.{digits}f}"
+
+
+def table(args):
+    results, versions = {}, None
+    for name in RUNS:
+        rs = []
+        for s in args.seeds:
+            path = os.path.join(args.out, f"{SLUG[name]}-s{s}", "results.json")
+            if os.path.exists(path):
+                wall = os.path.join(os.path.dirname(path), "bench_wall.json")
+                rs.append({**json.load(open(path)), "wall_total_s": json.load(open(wall))["wall_total_s"]
+                           if os.path.exists(wall) else None})
+                versions = versions or json.load(open(os.path.join(os.path.dirname(path), "versions.json")))
+        results[name] = rs
+    rows = []
+
+    def row(name, rs, suffix=""):
+        cells = [mean_std([r.get(k + suffix) for r in rs], d) for k, _, d in COLS]
+        if suffix:
+            cells += ["–", "–"]
+        else:
+            cells += [mean_std([r["wall_total_s"] for r in rs], 0), mean_std([r["images_per_s"] for r in rs], 0)]
+        rows.append(f"| {name} | " + " | ".join(cells) + f" | {len(rs)} |")
+
+    sr = results["AIGN SR, unbiased memory"]
+    if sr:
+        row("bicubic upsampling (no training)", sr, "_bicubic")
+    for name in ("paired SR (bound)", "AIGN SR, unbiased memory", "AIGN SR, female memory"):
+        if results[name]:
+            row(name, results[name])
+    inp = results["AIGN inpaint, unbiased memory"] or results["AIGN inpaint, female memory"]
+    if inp:
+        row("smooth fill of the mouth box (no training)", inp, "_fill")
+    for name in ("AIGN inpaint, unbiased memory", "AIGN inpaint, female memory"):
+        if results[name]:
+            row(name, results[name])
+    any_r = next((rs[0] for rs in results.values() if rs), None)
+    if any_r is None:
+        return None
+    hw = (f"{versions['cuda']} GPU" if versions.get("cuda") else f"CPU ({versions['processor']}, "
+          f"{versions['cpu_threads']} torch threads)")
+    gt = f"{any_r['attr_rate_gt']:.3f}" if any_r.get("attr_rate_gt") is not None else "–"
+    head = ("| run | " + " | ".join(c for _, c, _ in COLS) + " | wall s/run | train images/s | seeds |\n"
+            "| --- |" + " --- |" * (len(COLS) + 3))
+    steps = sorted({r["steps"] for rs in results.values() for r in rs})
+    md = (f"{head}\n" + "\n".join(rows) + "\n\n"
+          f"Mean ± std over seeds {args.seeds}; {'/'.join(map(str, steps))} steps per run, {any_r['n_test']} test faces "
+          f"(judged female rate of the ground-truth test faces: {gt}); judge: {any_r['judge']}. "
+          f"Hardware: {hw}; torch {versions['torch']}; `python3 tools/face_bench.py "
+          f"{' '.join(sys.argv[1:])}`.\n")
+    with open(os.path.join(args.out, "table.md"), "w") as f:
+        f.write(md)
+    return md
+
+
+def grids(args):
+    """Seed-0 sample faces: input | baseline | AIGN (unbiased) | AIGN (female memory) | ground truth."""
+    s = args.seeds[0]
+    for task, base in (("sr", "bicubic"), ("inpaint", "fill")):
+        a = os.path.join(args.out, f"{task}-unbiased_memory-s{s}", "samples.npz")
+        b = os.path.join(args.out, f"{task}-female_memory-s{s}", "samples.npz")
+        if not (os.path.exists(a) and os.path.exists(b)):
+            continue
+        za, zb = np.load(a), np.load(b)
+        rows = [[za["input"][i], za["baseline"][i], za["output"][i], zb["output"][i], za["gt"][i]]
+                for i in range(len(za["gt"]))]
+        common.write_png(os.path.join(args.out, f"grid_{task}.png"), common.image_grid(rows))
+        print(f"wrote {args.out}/grid_{task}.png (columns: input | {base} | AIGN unbiased | AIGN female memory | "
+              f"ground truth)")
+
+
+def main():
+    args = get_args()
+    os.makedirs(args.out, exist_ok=True)
+    failed = launch(args)
+    md = table(args)
+    grids(args)
+    if md:
+        print(md)
+    if failed:
+        sys.exit(f"failed runs: {', '.join(failed)} (see their stdout.txt)")
+
+
+if __name__ == "__main__":
+    main()
