@@ -46,9 +46,12 @@ def get_args(argv=None):
                    help="weight of the photometric reconstruction through the renderer (default: 1.0)")
     p.add_argument("--lambda-smooth", type=float, default=1e-3,
                    help="weight of the edge-aware disparity smoothness (default: 0.001)")
-    p.add_argument("--lambda-adv", type=float, default=0.02,
+    p.add_argument("--lambda-adv", type=float, default=0.01,
                    help="weight of the adversarial prior on depth maps and motions; 0 = photometric-only "
-                        "(default: 0.02)")
+                        "(default: 0.01)")
+    p.add_argument("--adv-warmup", type=int, default=500,
+                   help="ramp the adversarial weight linearly from 0 over the first N steps, so the "
+                        "discriminators first meet structured depth maps (default: 500)")
     p.add_argument("--lambda-sup", type=float, default=1.0,
                    help="weight of the supervised loss on paired frames (used when --paired-frac > 0; "
                         "default: 1.0)")
@@ -266,15 +269,15 @@ def load_memory(root, hw, max_depth):
             depths.append(resize(torch.from_numpy(read_depth(f, shape))[None, None], hw, "depth")[0])
         if os.path.isfile(os.path.join(d, "poses.txt")):
             P = torch.from_numpy(read_poses(os.path.join(d, "poses.txt")))
-            rel = torch.linalg.inv(P[1:]) @ P[:-1]  # (N-1, 4, 4) frame t -> t+1, and its inverse t+1 -> t
-            motions.append(matrix_to_pose6(torch.cat([rel, torch.linalg.inv(rel)])))
+            T = torch.stack([torch.linalg.inv(P[:-2]) @ P[1:-1], torch.linalg.inv(P[2:]) @ P[1:-1]], 1)
+            motions.append(matrix_to_pose6(T).flatten(1))  # (N-2, 12): t -> t-1 and t -> t+1
     if not depths and not motions:
         raise InputError(f"{root}: expected memory sequences <seq>/depth/*.npy|png and/or <seq>/poses.txt, "
                          "found none")
     depth = torch.stack(depths).float() if depths else None
     if depth is not None:
         depth = torch.where(depth > 0, depth, torch.full_like(depth, max_depth)).clamp(max=max_depth)
-    return depth, (torch.cat(motions).float() if motions else None)  # (M,1,H,W), (Q,6)
+    return depth, (torch.cat(motions).float() if motions else None)  # (M,1,H,W), (Q,12)
 
 
 # The built-in dataset: procedural streets rendered by a small ray caster, stored in the generic
@@ -370,9 +373,8 @@ def camera_path(rng, n):
 def render_view(boxes, c2w, K, h, w):
     """Ray-cast one view: image (3,h,w) in [0,1] and depth (h,w) in metres along the optical
     axis (0 = sky). Rays are K^-1 [u,v,1] rotated to the world, so the ray parameter IS the depth."""
-    c2w, K = torch.as_tensor(c2w), torch.as_tensor(K)
-    v, u = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
-                          indexing="ij")
+    c2w, K = torch.as_tensor(c2w).to(boxes), torch.as_tensor(K).to(boxes)
+    v, u = torch.meshgrid(torch.arange(h).to(boxes), torch.arange(w).to(boxes), indexing="ij")
     d = (c2w[:3, :3] @ torch.linalg.inv(K) @ torch.stack([u, v, torch.ones_like(u)]).reshape(3, -1)).T  # (N,3)
     o = c2w[:3, 3]
     near = boxes[(boxes[:, 5] > o[2] - 20) & (boxes[:, 2] < o[2] + 200)]
@@ -398,14 +400,14 @@ def render_view(boxes, c2w, K, h, w):
     road = 0.35 + 0.25 * (0.6 * value_noise(p[:, 0], p[:, 2], 0.4, 11) + 0.4 * value_noise(p[:, 0], p[:, 2], 0.1, 12))
     lane = (p[:, 0].abs() < 0.1) & ((p[:, 2] % 6) < 3)
     road = torch.where(lane, torch.full_like(road, 0.95), road)[:, None].expand(-1, 3)
-    shade = torch.tensor([0.8, 1.0, 0.65], dtype=torch.float64)[axis][:, None]  # fixed directional light
+    shade = torch.tensor([0.8, 1.0, 0.65]).to(boxes)[axis][:, None]  # fixed directional light
     color = torch.where(on_ground[:, None], road * 0.9, albedo * shade)
     dn = d / d.norm(dim=1, keepdim=True)  # sky: a function of the ray direction only (infinitely far)
     sky = torch.stack([0.55 - 0.3 * dn[:, 1], 0.7 - 0.2 * dn[:, 1], 0.95 - 0.05 * dn[:, 1]], 1) \
         + 0.1 * value_noise(dn[:, 0] * 20, dn[:, 1] * 20, 1.0, 5)[:, None]
     hit = torch.isfinite(t)
     color = torch.where(hit[:, None], color, sky).clamp(0, 1)
-    return color.T.reshape(3, h, w).float(), torch.where(hit, t, 0).reshape(h, w).float()
+    return color.T.reshape(3, h, w).float().cpu(), torch.where(hit, t, 0).reshape(h, w).float().cpu()
 
 
 def write_sequence(folder, boxes, poses, K, h, w):
@@ -421,7 +423,8 @@ def write_sequence(folder, boxes, poses, K, h, w):
 
 def build_builtin(dist_state):
     """Render the built-in dataset once (rank 0) into the cache: train/, memory/ and test/ hold
-    disjoint sequences in the generic layout. Deterministic; about 1 s per sequence."""
+    disjoint sequences in the generic layout. Deterministic; rendered on --device (a few seconds
+    per sequence on a CPU core, well under one on a GPU)."""
     cfg = BUILTIN
     root = os.path.join(common.cache_dir("sfm"), "streets_v{version}_{height}x{width}_{frames}".format(**cfg))
     if dist_state.main and not os.path.exists(os.path.join(root, "done")):
@@ -431,7 +434,7 @@ def build_builtin(dist_state):
             for i in range(cfg[role]):
                 rng = np.random.default_rng(offset + i)
                 poses = camera_path(rng, cfg["frames"])
-                boxes = street_scene(rng, poses[-1, 2, 3] + 40)
+                boxes = street_scene(rng, poses[-1, 2, 3] + 40).to(dist_state.device)
                 write_sequence(os.path.join(root, role, f"{role}_{i:02d}"), boxes, poses, K,
                                cfg["height"], cfg["width"])
         open(os.path.join(root, "done"), "w").close()
@@ -463,12 +466,13 @@ def conv(cin, cout, stride=1):
 
 
 class DepthNet(nn.Module):
-    """U-Net: frame (B,3,H,W) -> depth (B,1,H,W) from a bounded disparity (sigmoid between
-    1/max_depth and 1/min_depth), so depth is always positive and finite."""
+    """U-Net: frame (B,3,H,W) -> depth (B,1,H,W), bounded in log space (a sigmoid between
+    log min_depth and log max_depth): always positive and finite, and it starts at their geometric
+    mean rather than at a 1/disparity extreme, so neither loss begins in a saturated corner."""
 
     def __init__(self, min_depth, max_depth, ch=(16, 32, 64, 96, 128)):
         super().__init__()
-        self.min_disp, self.max_disp = 1.0 / max_depth, 1.0 / min_depth
+        self.log_min, self.log_range = math.log(min_depth), math.log(max_depth / min_depth)
         self.enc = nn.ModuleList([nn.Sequential(conv(cin, c, 2), conv(c, c)) for cin, c in zip((3,) + ch[:-1], ch)])
         self.dec = nn.ModuleList([nn.Sequential(conv(ch[i + 1] + ch[i], ch[i]), conv(ch[i], ch[i]))
                                   for i in reversed(range(len(ch) - 1))])
@@ -482,22 +486,23 @@ class DepthNet(nn.Module):
         for layer, skip in zip(self.dec, feats[-2::-1]):
             x = layer(torch.cat([F.interpolate(x, size=skip.shape[-2:], mode="nearest"), skip], 1))
         x = self.head(F.interpolate(x, size=img.shape[-2:], mode="nearest"))
-        disp = self.min_disp + (self.max_disp - self.min_disp) * torch.sigmoid(x)
-        return 1.0 / disp  # (B, 1, H, W) metres
+        return torch.exp(self.log_min + self.log_range * torch.sigmoid(x))  # (B, 1, H, W) metres
 
 
 class PoseNet(nn.Module):
-    """Target and source frames stacked on channels (B,6,H,W) -> the 6-DoF target->source motion
-    (B,6): axis-angle rotation (rad) and translation (m). Small output scales start near identity."""
+    """Frames t-1, t, t+1 stacked on channels (B,9,H,W) -> the two 6-DoF motions target->source
+    (B,2,6): t->t-1 and t->t+1, axis-angle rotation (rad) and translation (m). As in SfMLearner the
+    order of the sources is in the input, so "which way is forward" is learnable; small output
+    scales start near the identity."""
 
     def __init__(self, ch=(16, 32, 64, 128, 128)):
         super().__init__()
-        self.net = nn.Sequential(*[conv(cin, c, 2) for cin, c in zip((6,) + ch[:-1], ch)], nn.Conv2d(ch[-1], 6, 1))
+        self.net = nn.Sequential(*[conv(cin, c, 2) for cin, c in zip((9,) + ch[:-1], ch)], nn.Conv2d(ch[-1], 12, 1))
         self.register_buffer("scale", torch.tensor([0.01, 0.01, 0.01, 0.1, 0.1, 0.1]), persistent=False)
 
-    def forward(self, target, source):  # (B, 3, H, W) each
-        x = torch.cat([target, source], 1)
-        return self.net((x - 0.45) / 0.225).mean((2, 3)) * self.scale  # (B, 6)
+    def forward(self, prev, target, nxt):  # (B, 3, H, W) each
+        x = torch.cat([prev, target, nxt], 1)
+        return self.net((x - 0.45) / 0.225).mean((2, 3)).view(-1, 2, 6) * self.scale  # (B, 2, 6)
 
 
 class PatchD(nn.Module):
@@ -516,17 +521,18 @@ class PatchD(nn.Module):
 
 
 class MotionD(nn.Module):
-    """Camera-motion discriminator: 6-DoF motion (B,6), standardised with the memory's statistics."""
+    """Camera-motion discriminator: the two motions of a triplet (B,12) (t->t-1, t->t+1), standardised
+    with the memory's statistics."""
 
     def __init__(self, mean, std, width=128):
         super().__init__()
         self.register_buffer("mean", mean)
         self.register_buffer("std", std)
-        self.net = nn.Sequential(nn.Linear(6, width), nn.LeakyReLU(0.2), nn.Linear(width, width),
+        self.net = nn.Sequential(nn.Linear(12, width), nn.LeakyReLU(0.2), nn.Linear(width, width),
                                  nn.LeakyReLU(0.2), nn.Linear(width, 1))
 
-    def forward(self, pose6):  # (B, 6)
-        return self.net((pose6 - self.mean) / self.std)
+    def forward(self, motions):  # (B, 12)
+        return self.net((motions - self.mean) / self.std)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -661,15 +667,17 @@ def ate_snippet(gt_xyz, pred_xyz):
 
 @torch.no_grad()
 def predict_sequence(depth_net, pose_net, images, device, chunk=32):
-    """images (N,3,H,W) uint8 -> depth (N,1,H,W) and camera-to-first-frame poses (N,4,4), chained
-    from the predicted motions frame i -> i+1 (camera i+1 in frame i = inverse of that motion)."""
+    """images (N>=3,3,H,W) uint8 -> depth (N,1,H,W) and camera-to-first-frame poses (N,4,4), chained
+    from the motions i -> i+1 of the triplets centred at i = 1..N-2 (and 0 -> 1 = inverse of 1 -> 0)."""
     depth, motion = [], []
     for i in range(0, len(images), chunk):
-        x = images[i:i + chunk + 1].to(device).float() / 255
-        depth.append(depth_net(x[:chunk]).cpu())
-        if len(x) > 1:
-            motion.append(pose_net(x[:-1], x[1:]).double().cpu())
-    rel = torch.linalg.inv(pose6_to_matrix(torch.cat(motion)))  # (N-1, 4, 4)
+        x = images[max(i - 1, 0):i + chunk + 1].to(device).float() / 255
+        depth.append(depth_net(x[int(i > 0):][:chunk]).cpu())
+        if len(x) >= 3:
+            motion.append(pose_net(x[:-2], x[1:-1], x[2:]).double().cpu())  # (n, 2, 6)
+    T = pose6_to_matrix(torch.cat(motion))  # (N-2, 2, 4, 4)
+    step = torch.cat([torch.linalg.inv(T[:1, 0]), T[:, 1]])  # (N-1, 4, 4) motions i -> i+1
+    rel = torch.linalg.inv(step)  # camera i+1 in the frame of camera i
     poses = [torch.eye(4, dtype=torch.float64)]
     for r in rel:
         poses.append(poses[-1] @ r)
@@ -738,10 +746,10 @@ def depth_figure(path, depth_net, pose_net, seq, args, device, n=4):
     depth_net.eval(), pose_net.eval()
     rows, hw = [], (args.height, args.width)
     for i in np.linspace(1, len(seq["images"]) - 2, n).round().astype(int):
-        tgt, src = seq["images"][i:i + 1].to(device).float() / 255, seq["images"][i + 1:i + 2].to(device).float() / 255
+        prev, tgt, src = (seq["images"][j:j + 1].to(device).float() / 255 for j in (i - 1, i, i + 1))
         depth = depth_net(tgt)
         K = torch.as_tensor(seq["K"], dtype=torch.float32, device=device)[None]
-        warped, valid = inverse_warp(src, depth, pose_net(tgt, src), K)
+        warped, valid = inverse_warp(src, depth, pose_net(prev, tgt, src)[:, 1], K)
         err = (photometric_error(warped, tgt) * valid)[0, 0].cpu().numpy()
         gt = seq["depth"].get(i)
         gt = resize(torch.from_numpy(gt)[None, None], hw, "depth")[0, 0].numpy() if gt is not None else np.zeros(hw)
@@ -841,24 +849,23 @@ def average_gradients(modules, d):
         p.grad.copy_(g.view_as(p))
 
 
-def train_step(nets, opts, batch, args, d):
+def train_step(nets, opts, batch, args, d, step):
     """One generator update (reconstruction + adversarial + supervised) and one discriminator update."""
     depth_net, pose_net, Dd, Dm = nets
     tgt, srcs, K = batch["target"], batch["sources"], batch["K"]  # (b,3,H,W), (b,2,3,H,W), (b,3,3)
-    b, H, W = len(tgt), tgt.shape[-2], tgt.shape[-1]
+    b = len(tgt)
     depth = depth_net(tgt)  # (b, 1, H, W)
-    pose = pose_net(tgt.repeat_interleave(2, 0), srcs.flatten(0, 1)).view(b, 2, 6)  # target -> t-1, t+1
+    pose = pose_net(srcs[:, 0], tgt, srcs[:, 1])  # (b, 2, 6): target -> t-1, t -> t+1
     logs, loss = {}, 0.0
     n_un = b - (len(batch["paired"]["depth"]) if batch["paired"] else 0)  # unpaired samples come first
     if args.lambda_rec > 0:
-        # Renderer: warp both sources into the target with the predicted depth and motion; per pixel
-        # keep the better source (occlusions) and ignore pixels that no source sees.
+        # Renderer: warp both sources into the target with the predicted depth and motion and compare
+        # on the pixels each source sees. Both sources count (no per-pixel minimum): with a minimum,
+        # a PoseNet that predicts one constant motion explains one source and ignores the other.
         warped, valid = inverse_warp(srcs.flatten(0, 1), depth.repeat_interleave(2, 0), pose.flatten(0, 1),
                                      K.repeat_interleave(2, 0))
-        err = photometric_error(warped, tgt.repeat_interleave(2, 0))
-        err = torch.where(valid > 0, err, torch.full_like(err, 1e3)).view(b, 2, H, W).min(1).values
-        seen = err < 1e3
-        logs["rec"] = (err * seen).sum() / seen.sum().clamp(min=1)
+        err = photometric_error(warped, tgt.repeat_interleave(2, 0))  # (2b, 1, H, W)
+        logs["rec"] = (err * valid).sum() / valid.sum().clamp(min=1)
         logs["smooth"] = smoothness(depth, tgt)
         loss = loss + args.lambda_rec * logs["rec"] + args.lambda_smooth * logs["smooth"]
     if "mem_depth" in batch:
@@ -867,9 +874,9 @@ def train_step(nets, opts, batch, args, d):
         if batch["mem_depth"] is not None:
             adv = adv + g_adv_loss(Dd, depth[:n_un], args.gan)
         if batch["mem_motion"] is not None:
-            adv = adv + g_adv_loss(Dm, pose[:n_un].flatten(0, 1), args.gan)
+            adv = adv + g_adv_loss(Dm, pose[:n_un].flatten(1), args.gan)
         logs["adv"] = adv
-        loss = loss + args.lambda_adv * adv
+        loss = loss + args.lambda_adv * min(1.0, (step + 1) / max(args.adv_warmup, 1)) * adv
     if batch["paired"]:
         # Supervised on the paired subset: log-depth L1 on valid GT pixels + L1 on the 6-DoF motion.
         gt_d, pd = batch["paired"]["depth"], depth[n_un:]
@@ -886,7 +893,7 @@ def train_step(nets, opts, batch, args, d):
         if batch["mem_depth"] is not None:
             ld = ld + d_loss(Dd, batch["mem_depth"], depth[:n_un].detach(), args.gan)
         if batch["mem_motion"] is not None:
-            ld = ld + d_loss(Dm, batch["mem_motion"], pose[:n_un].detach().flatten(0, 1), args.gan)
+            ld = ld + d_loss(Dm, batch["mem_motion"], pose[:n_un].detach().flatten(1), args.gan)
         ld.backward()
         average_gradients([Dd, Dm], d)
         opts[1].step()
@@ -915,7 +922,8 @@ def bench(nets, opts, data, mem, gen, args, d, run_dir):
     t_warp = timed(lambda: inverse_warp(src, depth, pose, K)[0].sum().backward())
     t_copy = timed(lambda: (src.clone(), depth.detach().clone()))
     use_unpaired, use_adv = args.lambda_rec > 0 or args.lambda_adv > 0, args.lambda_adv > 0
-    step = lambda: train_step(nets, opts, sample_batch(data, *mem, gen, args, d, use_unpaired, use_adv), args, d)
+    step = lambda: train_step(nets, opts, sample_batch(data, *mem, gen, args, d, use_unpaired, use_adv), args, d,
+                              args.steps)
     t_step = timed(step, reps=5)
     flops, peak = common.count_flops(step), common.matmul_peak(dev)
     frames = args.batch_size * d.world
@@ -935,8 +943,8 @@ def predict(args, depth_net, pose_net, d, run_dir):
     input size) + colour PNG, and the trajectory as KITTI poses (camera-to-first-frame)."""
     folder = args.predict
     paths = list_images(folder) or list_images(os.path.join(folder, "images"))
-    if len(paths) < 2:
-        raise InputError(f"{folder}: expected at least 2 frames (*.png|jpg, or images/*.png|jpg), found {len(paths)}")
+    if len(paths) < 3:
+        raise InputError(f"{folder}: expected at least 3 frames (*.png|jpg, or images/*.png|jpg), found {len(paths)}")
     imgs = [read_image(p) for p in paths]
     for p, im in zip(paths, imgs):
         if im.shape != imgs[0].shape:
@@ -996,7 +1004,7 @@ def main():
     if not use_unpaired and not (args.paired_frac > 0 and args.lambda_sup > 0):
         raise InputError("nothing to train: --lambda-rec and --lambda-adv are 0 and there are no paired frames")
     data = training_set(train, args, dev)
-    stats = mem_motion if mem_motion is not None else torch.zeros(2, 6)
+    stats = mem_motion if mem_motion is not None else torch.zeros(2, 12)
     Dd, Dm = PatchD().to(dev), MotionD(stats.mean(0), stats.std(0).clamp(min=1e-3)).to(dev)
     opt_g = torch.optim.Adam([*depth_net.parameters(), *pose_net.parameters()], lr=args.lr, betas=(0.9, 0.999))
     opt_d = torch.optim.Adam([*Dd.parameters(), *Dm.parameters()], lr=args.lr_d or args.lr, betas=(0.5, 0.999))
@@ -1029,7 +1037,7 @@ def main():
     stop, sums, t0, t_session = common.StopRequest(), {}, time.perf_counter(), time.perf_counter()
     step = start
     for step in common.progress(start, args.steps, d, disable=args.no_progress):
-        logs = train_step(nets, opts, sample_batch(data, *mem, gen, args, d, use_unpaired, use_adv), args, d)
+        logs = train_step(nets, opts, sample_batch(data, *mem, gen, args, d, use_unpaired, use_adv), args, d, step)
         for k, v in logs.items():
             sums[k] = sums.get(k, 0.0) + v
         step += 1

@@ -333,12 +333,12 @@ def test_training_signal_moves_metrics(tiny_data):
                        "--paired-frac", "1", "--lambda-rec", "0", "--lambda-adv", "0", "--lr", "1e-3"])
     train, test, _, _ = S.load_data(args, d)
     data = S.training_set(train, args, d.device)
-    nets = S.DepthNet(args.min_depth, args.max_depth), S.PoseNet(), S.PatchD(), S.MotionD(torch.zeros(6), torch.ones(6))
+    nets = S.DepthNet(args.min_depth, args.max_depth), S.PoseNet(), S.PatchD(), S.MotionD(torch.zeros(12), torch.ones(12))
     opts = torch.optim.Adam([*nets[0].parameters(), *nets[1].parameters()], lr=args.lr), None
     before = S.evaluate(nets[0], nets[1], train, args, d.device)
     gen = torch.Generator().manual_seed(0)
     for _ in range(30):
-        S.train_step(nets, opts, S.sample_batch(data, None, None, gen, args, d, False, False), args, d)
+        S.train_step(nets, opts, S.sample_batch(data, None, None, gen, args, d, False, False), args, d, 0)
     after = S.evaluate(nets[0], nets[1], train, args, d.device)
     assert after["depth"]["abs_rel"] < 0.7 * before["depth"]["abs_rel"]
     assert after["ate_no_scale"] < before["ate_no_scale"]

@@ -1,0 +1,111 @@
+"""Run the sfm_aign.py ablations over seeds and write the README table (mean ± std).
+
+    python3 tools/sfm_bench.py                       # 4 ablations x 3 seeds, 2 runs at a time
+    python3 tools/sfm_bench.py --parallel 12 --device cuda
+    python3 tools/sfm_bench.py --table-only          # only re-collect bench/sfm/*/results.json
+
+Each run is a plain `python3 sfm_aign.py ...` with its own run folder under --out; the table is
+printed and written to OUT/table.md (with the hardware and the wall time per run).
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ABLATIONS = [  # (name, description, flags)
+    ("photo", "photometric only (SfMLearner/Monodepth-style)", ["--lambda-adv", "0"]),
+    ("sup5", "supervised only, 5% paired", ["--lambda-rec", "0", "--lambda-adv", "0", "--paired-frac", "0.05"]),
+    ("aign", "AIGN (unpaired memory)", []),
+    ("aign_sup5", "AIGN + 5% paired", ["--paired-frac", "0.05"]),
+]
+
+
+def run_all(args):
+    sys.path.insert(0, ROOT)
+    import common
+    import sfm_aign
+    sfm_aign.build_builtin(common.Dist("cpu"))  # once, before the parallel runs share the cache
+    jobs = [(name, seed, flags) for name, _, flags in ABLATIONS for seed in args.seeds]
+    running, env = [], dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    while jobs or running:
+        while jobs and len(running) < args.parallel:
+            name, seed, flags = jobs.pop(0)
+            out = os.path.join(args.out, f"{name}-s{seed}")
+            cmd = [sys.executable, os.path.join(ROOT, "sfm_aign.py"), "--seed", str(seed), "--out", out,
+                   "--device", args.device, "--no-progress", *flags, *args.extra]
+            if args.steps:
+                cmd += ["--steps", str(args.steps)]
+            os.makedirs(out, exist_ok=True)
+            log = open(os.path.join(out, "stdout.txt"), "w")
+            print(" ".join(cmd), flush=True)
+            running.append((subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), out))
+        for proc, out in list(running):
+            if proc.poll() is not None:
+                running.remove((proc, out))
+                print(f"{out}: exit {proc.returncode}", flush=True)
+        time.sleep(1)
+
+
+def fmt(values, digits=3):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"
+
+
+def table(args):
+    lines = ["| method | abs_rel (no scaling) | a1 (no scaling) | abs_rel (median-scaled) | a1 (median-scaled) "
+             "| scale gt/pred | ATE (m) | ATE no scale fit (m) | wall s / run | runs |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    hardware = None
+    for name, desc, _ in ABLATIONS:
+        res = []
+        for seed in args.seeds:
+            path = os.path.join(args.out, f"{name}-s{seed}", "results.json")
+            if os.path.exists(path):
+                with open(path) as f:
+                    res.append(json.load(f))
+                vpath = os.path.join(args.out, f"{name}-s{seed}", "versions.json")
+                if hardware is None and os.path.exists(vpath):
+                    with open(vpath) as f:
+                        hardware = json.load(f)
+        if not res:
+            continue
+        lines.append(f"| {desc} | {fmt([r['depth']['abs_rel'] for r in res])} | {fmt([r['depth']['a1'] for r in res])} "
+                     f"| {fmt([r['depth_median_scaled']['abs_rel'] for r in res])} "
+                     f"| {fmt([r['depth_median_scaled']['a1'] for r in res])} "
+                     f"| {fmt([r['median_scale'] for r in res], 2)} | {fmt([r['ate'] for r in res], 4)} "
+                     f"| {fmt([r['ate_no_scale'] for r in res], 4)} | {fmt([r['wall_seconds'] for r in res], 0)} "
+                     f"| {len(res)} (steps {res[0]['steps']}, {res[0]['device']}) |")
+    if hardware:
+        lines.append(f"\nHardware: {hardware.get('cuda') or hardware.get('processor')}, torch {hardware['torch']}, "
+                     f"{hardware['platform']}; seeds {' '.join(map(str, args.seeds))}.")
+    text = "\n".join(lines)
+    print(text)
+    with open(os.path.join(args.out, "table.md"), "w") as f:
+        f.write(text + "\n")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default=os.path.join(ROOT, "bench", "sfm"), help="folder of the runs (default: bench/sfm)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default: 0 1 2)")
+    p.add_argument("--steps", type=int, default=None, help="--steps of each run (default: the script's)")
+    p.add_argument("--device", default="auto", help="--device of each run (default: auto)")
+    p.add_argument("--parallel", type=int, default=2, help="runs at a time (default: 2)")
+    p.add_argument("--threads", type=int, default=1, help="OMP threads per run (default: 1)")
+    p.add_argument("--table-only", action="store_true", help="only collect the finished runs (default: off)")
+    p.add_argument("extra", nargs="*", help="more flags for every run, after -- (default: none)")
+    args = p.parse_args()
+    if not args.table_only:
+        run_all(args)
+    table(args)
+
+
+if __name__ == "__main__":
+    main()
