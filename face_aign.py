@@ -41,7 +41,7 @@ IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # Boxes hidden by the inpainting mask, as fractions (y0, y1, x0, x1) of an aligned square face
 # crop; they cover the mouth/nose of both CelebA center crops and the built-in DCGAN faces.
 BOXES = {"mouth": (0.66, 0.90, 0.30, 0.70), "nose": (0.46, 0.70, 0.38, 0.62)}
-MODEL_KEYS = ("task", "size", "scale", "region", "width", "blocks", "gan")  # fixed by a checkpoint
+MODEL_KEYS = ("task", "size", "scale", "region", "width", "d_width", "blocks", "gan")  # fixed by a checkpoint
 
 
 # ----------------------------------------------------------------------------------------------
@@ -69,7 +69,9 @@ def get_args(argv=None):
                    help="adversarial weight (default: paper's 0.01 sr, 0.001 inpaint and paired)")
     p.add_argument("--gan", choices=["bce", "lsgan", "wgan-gp"], default="bce",
                    help="adversarial loss (default: bce, the paper's)")
-    p.add_argument("--width", type=int, default=32, help="G channels; D starts at half (default: 32)")
+    p.add_argument("--width", type=int, default=32, help="G channels (default: 32)")
+    p.add_argument("--d-width", type=int, default=None,
+                   help="D's first-layer channels, doubling up to 256 (default: --width/2)")
     p.add_argument("--blocks", type=int, default=4, help="residual blocks in G (default: 4; paper 15)")
     p.add_argument("--test-size", type=int, default=500,
                    help="test faces, balanced on the judged attribute (default: 500)")
@@ -91,6 +93,8 @@ def get_args(argv=None):
         args.lambda_adv = 0.01 if args.task == "sr" and not args.paired else 0.001
     if args.judge_attr is None:
         args.judge_attr = args.bias or "-Male"
+    if args.d_width is None:
+        args.d_width = args.width // 2
     return args
 
 
@@ -657,7 +661,7 @@ def write_figures(run_dir, rows, step):
 # Training.
 def build_models(args, device):
     G = SRGenerator(args.scale, args.width, args.blocks) if args.task == "sr" else InpaintGenerator(args.width, args.blocks)
-    return G.to(device), Discriminator(args.size, args.width // 2).to(device)
+    return G.to(device), Discriminator(args.size, args.d_width).to(device)
 
 
 def draw_batch(args, data, gen, dist, device):
@@ -757,7 +761,7 @@ def main(argv=None):
     if args.resume:
         state = common.load_checkpoint(args.resume, required=("step", "G", "D", "args"))
         for k in MODEL_KEYS:  # the architecture comes from the checkpoint
-            setattr(args, k, state["args"][k])
+            setattr(args, k, state["args"].get(k, getattr(args, k)))
     elif args.eval_only or args.predict:
         raise InputError("--eval-only/--predict: expected --resume CKPT (a checkpoint of face_aign.py)")
     check_shape_args(args)
