@@ -88,45 +88,12 @@ CMU_UNIT_M = 0.0564  # CMU BVH units -> metres (REFERENCE.md; the T-pose then st
 COCO_TO_H36M = [[11, 12], [12], [14], [16], [11], [13], [15], [5, 6, 11, 12], [5, 6], [0], [1, 2, 3, 4],
                 [5], [7], [9], [6], [8], [10]]
 
-# Human3.6M: the 17 of 32 joints kept, and the public camera constants (VideoPose3D's h36m_dataset.py):
-# intrinsics (fx, fy, cx, cy) per camera; per subject and camera the camera-to-world rotation as a
-# quaternion (w, x, y, z) and the camera centre in mm.
+# Human3.6M: the 17 of 32 joints kept, and the public camera constants (from VideoPose3D's
+# h36m_dataset.py): intrinsics (fx, fy, cx, cy) per camera; per subject and camera the camera-to-world
+# rotation as a quaternion (w, x, y, z) and the camera centre in mm.
 H36M_KEEP = [0, 1, 2, 3, 6, 7, 8, 12, 13, 14, 15, 17, 18, 19, 25, 26, 27]
 H36M_TRAIN, H36M_TEST = ["S1", "S5", "S6", "S7", "S8"], ["S9", "S11"]
-H36M_INTRINSICS = [(1145.0494384765625, 1143.7811279296875, 512.54150390625, 515.4514770507812),
-                   (1149.6756591796875, 1147.5916748046875, 508.8486328125, 508.0649108886719),
-                   (1149.1407470703125, 1148.7989501953125, 519.8158569335938, 501.40264892578125),
-                   (1145.5113525390625, 1144.77392578125, 514.9682006835938, 501.88201904296875)]
-H36M_EXTRINSICS = {
-    "S1": [(0.1407056450843811, -0.1500701755285263, -0.755240797996521, 0.6223280429840088, 1841.1070556640625, 4955.28466796875, 1563.4454345703125),
-           (0.6157187819480896, -0.764836311340332, -0.14833825826644897, 0.11794740706682205, 1761.278564453125, -5078.0068359375, 1606.2650146484375),
-           (0.14651472866535187, -0.14647851884365082, 0.7653023600578308, -0.6094175577163696, -1846.7777099609375, 5215.04638671875, 1491.972412109375),
-           (0.5834008455276489, -0.7853162288665771, 0.14548823237419128, -0.14749594032764435, -1794.7896728515625, -3722.698974609375, 1574.8927001953125)],
-    "S5": [(0.1467377245426178, -0.162370964884758, -0.7551892995834351, 0.6178938746452332, 2097.3916015625, 4880.94482421875, 1605.732421875),
-           (0.6159758567810059, -0.7626792192459106, -0.15728192031383514, 0.1189815029501915, 2031.7008056640625, -5167.93310546875, 1612.923095703125),
-           (0.14291371405124664, -0.12907841801643372, 0.7678384780883789, -0.6110143065452576, -1620.5948486328125, 5171.65869140625, 1496.43701171875),
-           (0.5920479893684387, -0.7814217805862427, 0.1274748593568802, -0.15036417543888092, -1637.1737060546875, -3867.3173828125, 1547.033203125)],
-    "S6": [(0.1337897777557373, -0.15692396461963654, -0.7571090459823608, 0.6198879480361938, 1935.4517822265625, 4950.24560546875, 1618.0838623046875),
-           (0.6147197484970093, -0.7628812789916992, -0.16174767911434174, 0.11819244921207428, 1969.803955078125, -5128.73876953125, 1632.77880859375),
-           (0.1529948115348816, -0.13529130816459656, 0.7646096348762512, -0.6112781167030334, -1769.596435546875, 5185.361328125, 1476.993408203125),
-           (0.5916101336479187, -0.7804774045944214, 0.12832270562648773, -0.1561593860387802, -1721.668701171875, -3884.13134765625, 1540.4879150390625)],
-    "S7": [(0.1435241848230362, -0.1631336808204651, -0.7548328638076782, 0.6188824772834778, 1974.512939453125, 4926.3544921875, 1597.8326416015625),
-           (0.6141672730445862, -0.7638262510299683, -0.1596645563840866, 0.1177929937839508, 1937.0584716796875, -5119.7900390625, 1631.5665283203125),
-           (0.14550060033798218, -0.12874816358089447, 0.7660516500473022, -0.6127139329910278, -1741.8111572265625, 5208.24951171875, 1464.8245849609375),
-           (0.5912848114967346, -0.7821764349937439, 0.12445473670959473, -0.15196487307548523, -1734.7105712890625, -3832.42138671875, 1548.5830078125)],
-    "S8": [(0.14110587537288666, -0.15589867532253265, -0.7561917304992676, 0.619644045829773, 2150.65185546875, 4896.1611328125, 1611.9046630859375),
-           (0.6169601678848267, -0.7647668123245239, -0.14846350252628326, 0.11158157885074615, 2219.965576171875, -5148.453125, 1613.0440673828125),
-           (0.1471444070339203, -0.13377119600772858, 0.7670128345489502, -0.6100369691848755, -1571.2215576171875, 5137.0185546875, 1498.1761474609375),
-           (0.5927824378013611, -0.7825870513916016, 0.12147816270589828, -0.14631995558738708, -1476.913330078125, -3896.7412109375, 1547.97216796875)],
-    "S9": [(0.15540587902069092, -0.15548215806484222, -0.7532095313072205, 0.6199594736099243, 2044.45849609375, 4935.1171875, 1481.2275390625),
-           (0.618784487247467, -0.7634735107421875, -0.14132238924503326, 0.11933968216180801, 1990.959716796875, -5123.810546875, 1568.8048095703125),
-           (0.13357827067375183, -0.1367100477218628, 0.7689454555511475, -0.6100738644599915, -1670.9921875, 5211.98583984375, 1528.387939453125),
-           (0.5879399180412292, -0.7823407053947449, 0.1427614390850067, -0.14794869720935822, -1696.04345703125, -3827.099853515625, 1591.4127197265625)],
-    "S11": [(0.15232472121715546, -0.15442320704460144, -0.7547563314437866, 0.6191070079803467, 2098.440185546875, 4926.5546875, 1500.278564453125),
-            (0.6189449429512024, -0.7600917220115662, -0.15300633013248444, 0.1255258321762085, 2083.182373046875, -4912.1728515625, 1561.07861328125),
-            (0.14943228662014008, -0.15650227665901184, 0.7681233882904053, -0.6026304364204407, -1609.8153076171875, 5177.3359375, 1537.896728515625),
-            (0.5894251465797424, -0.7818877100944519, 0.13991211354732513, -0.14715361595153809, -1590.738037109375, -3854.1689453125, 1578.017578125)],
-}
+H36M_CAMERAS = os.path.join(HERE, "data", "h36m_cameras.json")  # intrinsics; extrinsics per subject
 
 
 # ==============================================================================================
@@ -213,175 +180,6 @@ def bvh_to_h36m(path, stride=1):
     for name, k in CMU_TO_H36M.items():
         out[:, k] = pos[names.index(name)]
     return (out * CMU_UNIT_M).astype(np.float32)
-
-
-# ==============================================================================================
-# Data: built-in synthetic mocap on the H36M-17 skeleton
-# Rest pose in a body frame: Y up, X = the subject's left, Z = forward. Unit bone directions; the
-# lengths come from the real CMU poses shipped in data/cmu_h36m17.npz (median over frames).
-REST_DIRS = np.array([[0, 0, 0], [-1, 0, 0], [0, -1, 0], [0, -1, 0], [1, 0, 0], [0, -1, 0], [0, -1, 0],
-                      [0, 1, 0], [0, 1, 0], [0, 0.8, 0.6], [0, 0.9, -0.45], [1, -0.15, 0], [0, -1, 0],
-                      [0, -1, 0], [-1, -0.15, 0], [0, -1, 0], [0, -1, 0]], dtype=np.float64)
-REST_DIRS[1:] /= np.linalg.norm(REST_DIRS[1:], axis=1, keepdims=True)
-MOTIONS = ["walk", "run", "sit", "squat", "wave", "bend"]
-
-
-def bone_lengths(poses):
-    """(N, 17, 3) -> (17,) median bone length to the parent (0 for the root)."""
-    par = np.array(PARENTS[1:])
-    return np.concatenate([[0.0], np.median(np.linalg.norm(poses[:, 1:] - poses[:, par], axis=-1), 0)])
-
-
-def synth_motion(kind, T, rng):
-    """Joint angles (degrees) of one motion clip: dict name -> (T,) arrays. Ranges are set by hand
-    within anatomical limits; each clip draws its own speed, amplitudes and phase."""
-    t = np.arange(T) / 25.0
-    ph = 2 * np.pi * rng.uniform(0.6, 1.4) * (1.6 if kind == "run" else 1.0) * t + rng.uniform(0, 2 * np.pi)
-    s, c, u = np.sin(ph), np.cos(ph), lambda a, b: rng.uniform(a, b)
-    slow = lambda amp: amp * np.sin(2 * np.pi * u(0.05, 0.3) * t + u(0, 6.3))  # smooth drift
-    z = np.zeros(T)
-    a = {k: z.copy() for k in ["r_hip_flex", "l_hip_flex", "r_hip_abd", "l_hip_abd", "r_knee", "l_knee",
-                                "spine_flex", "spine_twist", "spine_side", "neck_flex", "neck_yaw",
-                                "r_sh_flex", "l_sh_flex", "r_sh_abd", "l_sh_abd", "r_elbow", "l_elbow"]}
-    if kind in ("walk", "run"):
-        A, K, B = (u(15, 30), u(40, 65), u(15, 35)) if kind == "walk" else (u(35, 55), u(70, 110), u(30, 50))
-        a["r_hip_flex"], a["l_hip_flex"] = A * s, -A * s
-        a["r_knee"] = 5 + K * np.clip(np.sin(ph - 1.2), 0, None)
-        a["l_knee"] = 5 + K * np.clip(np.sin(ph - 1.2 + np.pi), 0, None)
-        a["r_sh_flex"], a["l_sh_flex"] = -B * s, B * s
-        a["r_elbow"] = a["l_elbow"] = z + (u(10, 30) if kind == "walk" else u(70, 100))
-        a["spine_flex"] = z + (u(0, 8) if kind == "walk" else u(8, 20))
-        a["spine_twist"] = u(3, 10) * s
-    elif kind == "sit":
-        a["r_hip_flex"] = a["l_hip_flex"] = z + u(75, 100)
-        a["r_hip_flex"] += slow(8); a["l_hip_flex"] += slow(8)
-        a["r_knee"], a["l_knee"] = u(70, 110) + slow(10), u(70, 110) + slow(10)
-        a["r_hip_abd"], a["l_hip_abd"] = z + u(0, 20), z + u(0, 20)
-        a["spine_flex"] = u(-10, 25) + slow(10)
-        a["r_sh_flex"], a["l_sh_flex"] = u(10, 45) + slow(20), u(10, 45) + slow(20)
-        a["r_elbow"], a["l_elbow"] = u(30, 100) + slow(20), u(30, 100) + slow(20)
-    elif kind == "squat":
-        d = 0.5 - 0.5 * c
-        a["r_hip_flex"] = a["l_hip_flex"] = u(80, 120) * d
-        a["r_knee"] = a["l_knee"] = u(100, 140) * d
-        a["spine_flex"] = u(20, 45) * d
-        a["r_sh_flex"] = a["l_sh_flex"] = u(30, 90) * d
-        a["r_hip_abd"], a["l_hip_abd"] = z + u(5, 20), z + u(5, 20)
-    elif kind == "wave":
-        side = "r" if rng.random() < 0.5 else "l"
-        a[f"{side}_sh_abd"] = u(80, 160) + u(5, 20) * s
-        a[f"{side}_sh_flex"] = z + u(-10, 40)
-        a[f"{side}_elbow"] = u(40, 80) + u(20, 50) * s
-        a["spine_side"] = u(-8, 8) + slow(3)
-        a["r_knee"], a["l_knee"] = z + u(0, 15), z + u(0, 15)
-    elif kind == "bend":
-        d = 0.5 - 0.5 * c
-        a["spine_flex"] = u(50, 95) * d
-        a["r_hip_flex"] = a["l_hip_flex"] = u(10, 40) * d
-        a["r_knee"] = a["l_knee"] = u(5, 40) * d
-        a["r_sh_flex"] = a["l_sh_flex"] = a["spine_flex"] * u(0.7, 1.1)  # arms hang towards the floor
-        a["r_elbow"] = a["l_elbow"] = z + u(5, 30)
-    for k in a:  # every joint wobbles a little, so no two clips are alike
-        a[k] = a[k] + slow(4.0)
-    a["neck_flex"] += u(-15, 20); a["neck_yaw"] += slow(25)
-    a["r_sh_abd"] += 8; a["l_sh_abd"] += 8
-    return a
-
-
-def synth_pose_fk(ang, lengths, yaw_deg):
-    """Forward kinematics of synth_motion angles on the H36M-17 skeleton -> (T, 17, 3), Y up."""
-    T = len(ang["r_knee"])
-    Rx, Ry, Rz = (lambda d, ax=ax: euler_matrix(ax, d) for ax in "XYZ")
-    local = {j: np.broadcast_to(np.eye(3), (T, 3, 3)) for j in range(NJ)}
-    local[0] = Ry(np.full(T, yaw_deg))
-    # hips: flexion brings the thigh forward (+Z), abduction outwards; knees bend backwards
-    local[1] = Rx(-ang["r_hip_flex"]) @ Rz(-ang["r_hip_abd"])
-    local[4] = Rx(-ang["l_hip_flex"]) @ Rz(ang["l_hip_abd"])
-    local[2], local[5] = Rx(ang["r_knee"]), Rx(ang["l_knee"])
-    local[7] = Rx(ang["spine_flex"] * 0.6) @ Ry(ang["spine_twist"]) @ Rz(ang["spine_side"])
-    local[8] = Rx(ang["spine_flex"] * 0.4)
-    local[9] = Rx(ang["neck_flex"]) @ Ry(ang["neck_yaw"])
-    # shoulders: flexion raises the arm forward, abduction sideways; elbows bend forward
-    local[11] = Rz(ang["l_sh_abd"]) @ Rx(-ang["l_sh_flex"])
-    local[14] = Rz(-ang["r_sh_abd"]) @ Rx(-ang["r_sh_flex"])
-    local[12], local[15] = Rx(-ang["l_elbow"]), Rx(-ang["r_elbow"])
-    rot, pos = [None] * NJ, np.zeros((T, NJ, 3))
-    for j in range(NJ):
-        p = PARENTS[j]
-        if p < 0:
-            rot[j] = local[j]
-            continue
-        # bone j hangs from its parent's frame: p_j = p_parent + R_parent (length_j * dir_j)
-        pos[:, j] = pos[:, p] + rot[p] @ (lengths[j] * REST_DIRS[j])
-        rot[j] = rot[p] @ local[j]
-    return pos
-
-
-def random_cameras(n, rng):
-    """n random perspective cameras: (n, 3, 3) world->camera rotations, (n, 3) root positions in the
-    camera frame (metres), (n, 4) intrinsics fx, fy, cx, cy for a 1000x1000 image."""
-    yaw, el = rng.uniform(0, 360, n), rng.uniform(-5, 30, n)
-    dist = rng.uniform(3.5, 7.0, n)
-    # world (X left, Y up, Z forward) -> camera (x right, y down, z forward) facing the subject,
-    # then the subject's yaw and the camera's elevation (camera above looks down)
-    flip = np.diag([1.0, -1.0, -1.0])
-    R = euler_matrix("X", el) @ flip @ euler_matrix("Y", yaw)
-    root = np.stack([dist * rng.uniform(-0.12, 0.12, n), dist * rng.uniform(-0.05, 0.12, n), dist], 1)
-    f = rng.uniform(900, 1600, n)
-    cam = np.stack([f, f * rng.uniform(0.995, 1.005, n), 500 + rng.normal(0, 8, n), 500 + rng.normal(0, 8, n)], 1)
-    return R, root, cam
-
-
-def project_np(p_cam, cam):
-    """(N, J, 3) camera-frame points, (N, 4) intrinsics -> (N, J, 2) pixels."""
-    return p_cam[..., :2] / p_cam[..., 2:3] * cam[:, None, :2] + cam[:, None, 2:]
-
-
-def build_builtin(folder, seed=1234):
-    """Write the built-in dataset: train/val/test.npz (2D + cameras + 3D + subject/action) and
-    memory.npz (3D only). Synthetic subjects are split disjointly: S1-S6 give the 2D inputs, S7-S9 the
-    memory, S10 validation, S11-S12 test; the real CMU clips: 01_01 memory, 01_03 test."""
-    cmu = common.load_npz(os.path.join(HERE, "data", "cmu_h36m17.npz"), ["poses_3d", "clip"],
-                          "the shipped CMU poses (rebuild with tools/build_cmu_poses.py)")
-    lengths0 = bone_lengths(cmu["poses_3d"])
-    rng = np.random.default_rng(seed)
-    roles = {"train": range(1, 7), "memory": range(7, 10), "val": [10], "test": [11, 12]}
-    sym = [0, 4, 5, 6, 1, 2, 3, 7, 8, 9, 10, 14, 15, 16, 11, 12, 13]  # left <-> right twin of each bone
-    out = {}
-    for role, subjects in roles.items():
-        poses, subj, act = [], [], []
-        for s in subjects:
-            jitter = rng.normal(1.0, 0.04, NJ)
-            lengths = lengths0 * rng.uniform(0.88, 1.12) * (jitter + jitter[sym]) / 2  # symmetric body
-            for kind in MOTIONS:
-                for _ in range(2):
-                    T = 250
-                    pose = synth_pose_fk(synth_motion(kind, T, rng), lengths, rng.uniform(0, 360))
-                    poses.append(pose); subj += [f"S{s}"] * T; act += [kind] * T
-        if role in ("memory", "test"):
-            clip = "01_01" if role == "memory" else "01_03"
-            real = cmu["poses_3d"][cmu["clip"] == clip]
-            poses.append(real); subj += ["CMU01"] * len(real); act += ["cmu"] * len(real)
-        out[role] = (np.concatenate(poses).astype(np.float32), np.array(subj), np.array(act))
-    os.makedirs(folder, exist_ok=True)
-    np.savez_compressed(os.path.join(folder, "memory.npz"), poses_3d=out["memory"][0])
-    for role in ("train", "val", "test"):
-        world, subj, act = out[role]
-        views = 2 if role == "train" else 1  # each clip is seen by its own random camera(s)
-        x2d, cams, p3d, S, A = [], [], [], [], []
-        for _ in range(views):
-            R, root, cam = random_cameras(len(world), rng)
-            # one camera per 250-frame clip: reuse the clip's first draw for all its frames
-            clip_id = np.concatenate([[0], np.cumsum((subj[1:] != subj[:-1]) | (act[1:] != act[:-1])
-                                                     | (np.arange(1, len(act)) % 250 == 0))])
-            first = np.searchsorted(clip_id, clip_id)
-            R, root, cam = R[first], root[first], cam[first]
-            pc = np.einsum("nij,nkj->nki", R, world - world[:, :1]) + root[:, None]
-            x2d.append(project_np(pc, cam)); cams.append(cam); p3d.append(pc); S.append(subj); A.append(act)
-        np.savez_compressed(os.path.join(folder, f"{role}.npz"), poses_2d=np.concatenate(x2d).astype(np.float32),
-                            camera=np.concatenate(cams).astype(np.float32),
-                            poses_3d=np.concatenate(p3d).astype(np.float32),
-                            subject=np.concatenate(S), action=np.concatenate(A))
 
 
 # ==============================================================================================
@@ -493,6 +291,9 @@ def load_h36m(folder, keypoints):
     p3 = os.path.join(folder, "data_3d_h36m.npz")
     p2 = os.path.join(folder, f"data_2d_h36m_{keypoints}.npz")
     pos3d, pos2d = load_pickled_npz_dict(p3, "positions_3d"), load_pickled_npz_dict(p2, "positions_2d")
+    with open(H36M_CAMERAS) as f:
+        cameras = json.load(f)
+    intrinsics, extrinsics = cameras["intrinsics_fx_fy_cx_cy"], cameras["extrinsics_qwxyz_tmm"]
     splits = {}
     for role, subjects in (("train", H36M_TRAIN), ("test", H36M_TEST)):
         x2d, cams, y3d, acts = [], [], [], []
@@ -514,10 +315,10 @@ def load_h36m(folder, keypoints):
                     if kp.ndim != 3 or kp.shape[1] != NJ:
                         raise InputError(f"{p2}: {s}/{action} camera {c} has shape {kp.shape}; expected (N, 17, 2)")
                     n = min(len(kp), len(world))
-                    q, t = np.array(H36M_EXTRINSICS[s][c][:4]), np.array(H36M_EXTRINSICS[s][c][4:]) / 1000
+                    q, t = np.array(extrinsics[s][c][:4]), np.array(extrinsics[s][c][4:]) / 1000
                     x_cam = (world[:n] - t) @ quat_to_matrix(q)  # R^T (X - t), camera-to-world R
                     x2d.append(kp[:n]); y3d.append(x_cam.astype(np.float32))
-                    cams.append(np.tile(np.array(H36M_INTRINSICS[c], np.float32), (n, 1)))
+                    cams.append(np.tile(np.array(intrinsics[c], np.float32), (n, 1)))
                     acts += [action.split(" ")[0]] * n
         splits[role] = make_split(p2, np.concatenate(x2d), np.concatenate(cams), np.concatenate(y3d), acts)
     memory = np.concatenate([np.asarray(w, np.float32)[:, H36M_KEEP] for s in H36M_TRAIN for w in pos3d[s].values()])
@@ -531,6 +332,7 @@ def load_dataset(args, dist):
         data = os.path.join(common.cache_dir("pose"), "builtin_v1")
         if dist.main and not os.path.isdir(data):
             tmp = f"{data}.tmp{os.getpid()}"  # build aside, then rename: concurrent runs never see half a build
+            from tools.pose_builtin import build_builtin  # the generator is data, not the method
             build_builtin(tmp)
             try:
                 os.rename(tmp, data)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import pose_aign as P
+from tools import pose_builtin as B
 from common import InputError
 from conftest import run_cli
 
@@ -19,9 +20,9 @@ torch.set_num_threads(1)
 def random_poses(n, seed=0):
     """Plausible root-relative poses from the built-in generator, in a camera frame, metres."""
     rng = np.random.default_rng(seed)
-    lengths = P.bone_lengths(np.load(os.path.join(P.HERE, "data", "cmu_h36m17.npz"))["poses_3d"])
-    world = np.concatenate([P.synth_pose_fk(P.synth_motion(k, n, rng), lengths, 30.0) for k in ("walk", "sit")])
-    R, root, cam = P.random_cameras(len(world), rng)
+    lengths = B.bone_lengths(np.load(os.path.join(P.HERE, "data", "cmu_h36m17.npz"))["poses_3d"])
+    world = np.concatenate([B.synth_pose_fk(B.synth_motion(k, n, rng), lengths, 30.0) for k in ("walk", "sit")])
+    R, root, cam = B.random_cameras(len(world), rng)
     pc = np.einsum("nij,nkj->nki", R, world - world[:, :1]) + root[:, None]
     return pc.astype(np.float64), cam.astype(np.float64)
 
@@ -64,7 +65,7 @@ def test_renderer_reproduces_ground_truth_projection():
     """With the true root-relative pose, the closed-form placement finds the true root and the
     rendered keypoints coincide with the observed ones (perspective camera)."""
     pc, cam = random_poses(8)
-    x2d = P.project_np(pc, cam)
+    x2d = B.project_np(pc, cam)
     inp, xn, vis, scale = P.normalise_2d(torch.tensor(x2d), torch.tensor(cam))
     proj, t = P.place_and_project(torch.tensor(pc - pc[:, :1]), xn, vis)
     np.testing.assert_allclose(t.numpy(), pc[:, 0], rtol=1e-4)                   # (1e-6 ridge)
@@ -96,7 +97,7 @@ def test_renderer_gradcheck_float64():
 def test_generator_output_is_root_relative_and_reprojects_at_init():
     G = P.Generator(hidden=32, blocks=1)
     pc, cam = random_poses(3)
-    inp, xn, vis, scale = P.normalise_2d(torch.tensor(P.project_np(pc, cam), dtype=torch.float32),
+    inp, xn, vis, scale = P.normalise_2d(torch.tensor(B.project_np(pc, cam), dtype=torch.float32),
                                          torch.tensor(cam, dtype=torch.float32))
     pose = G(inp)
     assert pose.shape == (len(pc), 17, 3) and torch.all(pose[:, 0] == 0)
@@ -223,7 +224,7 @@ def test_bvh_without_needed_joints_is_a_clear_error(tmp_path):
 
 def write_generic_npz(path, n=40, seed=0, **override):
     pc, cam = random_poses(n // 2, seed)
-    d = {"poses_2d": P.project_np(pc, cam).astype(np.float32), "camera": cam.astype(np.float32),
+    d = {"poses_2d": B.project_np(pc, cam).astype(np.float32), "camera": cam.astype(np.float32),
          "poses_3d": pc.astype(np.float32), "subject": np.array(["A"] * (len(pc) // 2) + ["B"] * (len(pc) - len(pc) // 2)),
          "action": np.array(["walk"] * len(pc))}
     d.update(override)
@@ -255,6 +256,8 @@ def test_generic_npz_loader_and_errors(tmp_path):
 def write_h36m(folder, frames=6, evil=False):
     """VideoPose3D layout: pickled dicts in npz; 2D made consistent with the 3D and the cameras."""
     rng = np.random.default_rng(0)
+    cameras = json.load(open(P.H36M_CAMERAS))
+    intrinsics, extrinsics = cameras["intrinsics_fx_fy_cx_cy"], cameras["extrinsics_qwxyz_tmm"]
     pos3d, pos2d = {}, {}
     for s in P.H36M_TRAIN + P.H36M_TEST:
         world = rng.normal(0, 0.3, (frames, 32, 3)).astype(np.float32) + np.array([0, 0, 1.0], np.float32)
@@ -263,9 +266,9 @@ def write_h36m(folder, frames=6, evil=False):
         for action, w in pos3d[s].items():
             views = []
             for c in range(4):
-                q, t = np.array(P.H36M_EXTRINSICS[s][c][:4]), np.array(P.H36M_EXTRINSICS[s][c][4:]) / 1000
+                q, t = np.array(extrinsics[s][c][:4]), np.array(extrinsics[s][c][4:]) / 1000
                 xc = (w[:, P.H36M_KEEP] - t) @ P.quat_to_matrix(q)
-                views.append(P.project_np(xc, np.tile(np.array(P.H36M_INTRINSICS[c]), (len(w), 1))).astype(np.float32))
+                views.append(B.project_np(xc, np.tile(np.array(intrinsics[c]), (len(w), 1))).astype(np.float32))
             pos2d[s][action] = views
     np.savez(os.path.join(folder, "data_3d_h36m.npz"), positions_3d=pos3d)
     np.savez(os.path.join(folder, "data_2d_h36m_gt.npz"), positions_2d=pos2d,
@@ -290,7 +293,7 @@ def test_h36m_loader_standard_split_and_cameras(tmp_path):
     assert memory.shape == (5 * 10, 17, 3)
     # the camera-frame 3D projects onto the 2D keypoints with the built-in intrinsics
     tr = splits["train"]
-    np.testing.assert_allclose(P.project_np(tr["y3d"].astype(np.float64), tr["cam"].astype(np.float64)),
+    np.testing.assert_allclose(B.project_np(tr["y3d"].astype(np.float64), tr["cam"].astype(np.float64)),
                                tr["x2d"], rtol=1e-4, atol=1e-2)
 
 
@@ -303,7 +306,7 @@ def test_h36m_loader_refuses_code_in_pickles(tmp_path):
 
 def test_predict_input_coco_json(tmp_path):
     pc, cam = random_poses(2)
-    h36m = P.project_np(pc, cam)
+    h36m = B.project_np(pc, cam)
     coco = np.zeros((len(pc), 17, 3))
     coco[:, :, 2] = 1
     for c, h in {11: 4, 12: 1, 13: 5, 14: 2, 15: 6, 16: 3, 5: 11, 6: 14, 7: 12, 8: 15, 9: 13, 10: 16, 0: 9}.items():
@@ -362,7 +365,7 @@ def test_cli_eval_only_and_predict(tmp_path, cache_root):
     assert res["dataset"] == "mine.npz" and res["n_test"] == 20 and res["step"] == 3
     pc, cam = random_poses(2)
     kp = tmp_path / "kp.npz"
-    np.savez(kp, keypoints=P.project_np(pc, cam), camera=cam[0])
+    np.savez(kp, keypoints=B.project_np(pc, cam), camera=cam[0])
     run_cli("pose_aign.py", "--predict", kp, "--resume", ckpt, "--out", tmp_path / "pred", "--device", "cpu")
     pred = np.load(tmp_path / "pred" / "predictions.npz")
     assert pred["poses_3d"].shape == (len(pc), 17, 3) and np.all(pred["poses_3d"][..., 2] > 0)
