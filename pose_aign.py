@@ -88,7 +88,7 @@ RIGHT = [1, 2, 3, 14, 15, 16]
 CMU_TO_H36M = {"Hips": 0, "RightUpLeg": 1, "RightLeg": 2, "RightFoot": 3, "LeftUpLeg": 4, "LeftLeg": 5,
                "LeftFoot": 6, "Spine1": 7, "Neck1": 8, "Head": 9, "Head_end": 10, "LeftArm": 11,
                "LeftForeArm": 12, "LeftHand": 13, "RightArm": 14, "RightForeArm": 15, "RightHand": 16}
-CMU_UNIT_M = 0.0564  # CMU BVH units -> metres (REFERENCE.md; the T-pose then stands ~1.5-1.7 m)
+CMU_UNIT_M = 0.0564  # CMU BVH units -> metres (CMU's mocap unit; the shipped subject 01 stands ~1.5 m)
 
 # COCO-17 (detector order) -> H36M-17, for --predict: each H36M joint is the mean of these COCO joints.
 COCO_TO_H36M = [[11, 12], [12], [14], [16], [11], [13], [15], [5, 6, 11, 12], [5, 6], [0], [1, 2, 3, 4],
@@ -117,6 +117,27 @@ def read_bvh(path):
     head, motion_text = text.split("MOTION", 1)
     names, parents, offsets, channels, stack = [], [], [], [], []
     tokens = head.split()
+    try:
+        _parse_hierarchy(tokens, names, parents, offsets, channels, stack)
+    except (IndexError, ValueError):
+        raise InputError(f"{path}: malformed HIERARCHY after {len(names)} joint(s) (expected ROOT/JOINT/End Site "
+                         f"blocks with OFFSET x y z and CHANNELS n ...)") from None
+    if any(o is None for o in offsets):
+        raise InputError(f"{path}: a joint has no OFFSET in the HIERARCHY")
+    lines = [ln for ln in motion_text.strip().splitlines()[2:] if ln.strip()]  # after Frames:, Frame Time:
+    n_ch = sum(len(c) for c in channels)
+    try:
+        motion = np.array([[float(v) for v in ln.split()] for ln in lines], dtype=np.float64)
+    except ValueError:
+        raise InputError(f"{path}: MOTION section holds non-numeric values or rows of unequal length") from None
+    if motion.ndim != 2 or motion.shape[1] != n_ch:
+        raise InputError(f"{path}: MOTION rows have {motion.shape[-1] if motion.size else 0} values, "
+                         f"the HIERARCHY declares {n_ch} channels")
+    return names, parents, np.array(offsets, dtype=np.float64), channels, motion
+
+
+def _parse_hierarchy(tokens, names, parents, offsets, channels, stack):
+    """Fill the joint lists from the HIERARCHY tokens (a small stack machine over { and })."""
     i = 0
     while i < len(tokens):
         tok = tokens[i]
@@ -136,16 +157,6 @@ def read_bvh(path):
             n = int(tokens[i + 1]); channels[stack[-1]] = tokens[i + 2:i + 2 + n]; i += 2 + n
         else:
             i += 1
-    lines = [ln for ln in motion_text.strip().splitlines()[2:] if ln.strip()]  # after Frames:, Frame Time:
-    n_ch = sum(len(c) for c in channels)
-    try:
-        motion = np.array([[float(v) for v in ln.split()] for ln in lines], dtype=np.float64)
-    except ValueError:
-        raise InputError(f"{path}: MOTION section holds non-numeric values") from None
-    if motion.ndim != 2 or motion.shape[1] != n_ch:
-        raise InputError(f"{path}: MOTION rows have {motion.shape[-1] if motion.size else 0} values, "
-                         f"the HIERARCHY declares {n_ch} channels")
-    return names, parents, np.array(offsets, dtype=np.float64), channels, motion
 
 
 def euler_matrix(axis, deg):

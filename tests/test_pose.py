@@ -221,6 +221,10 @@ def test_bvh_without_needed_joints_is_a_clear_error(tmp_path):
     write_bvh(path, [[0] * 6], names=[n for n in CMU_NAMES if n != "LeftHand"])
     with pytest.raises(InputError, match="lacks joints.*LeftHand"):
         P.bvh_to_h36m(str(path))
+    broken = tmp_path / "broken.bvh"
+    broken.write_text("HIERARCHY\nROOT Hips\n{\n OFFSET 0 0\n}\n}\nMOTION\nFrames: 0\nFrame Time: 0.01\n")
+    with pytest.raises(InputError, match="malformed HIERARCHY"):
+        P.read_bvh(str(broken))
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no .bvh files"):
         P.load_memory(str(tmp_path / "empty"))
