@@ -41,15 +41,16 @@ IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # Boxes hidden by the inpainting mask, as fractions (y0, y1, x0, x1) of an aligned square face
 # crop; they cover the mouth/nose of both CelebA center crops and the built-in DCGAN faces.
 BOXES = {"mouth": (0.66, 0.90, 0.30, 0.70), "nose": (0.46, 0.70, 0.38, 0.62)}
-MODEL_KEYS = ("task", "size", "scale", "region", "width", "d_width", "blocks", "gan")  # fixed by a checkpoint
+# fixed by a checkpoint (--resume, --eval-only, --predict): the architecture, the memory and the judged attribute
+CKPT_KEYS = ("task", "size", "scale", "region", "width", "d_width", "blocks", "gan", "bias", "memory", "paired",
+             "judge_attr")
 
 
 # ----------------------------------------------------------------------------------------------
 # Arguments.
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    common.add_common_args(p, steps=600, batch_size=32, lr=2e-4, eval_every=200)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    common.add_common_args(p, steps=400, batch_size=32, lr=2e-4, eval_every=200)
     p.add_argument("--task", choices=["sr", "inpaint"], default="sr",
                    help="super-resolution or inpainting (default: sr)")
     p.add_argument("--size", type=int, default=64, help="high-res face size, 32/64/128 (default: 64)")
@@ -760,7 +761,7 @@ def main(argv=None):
     state = None
     if args.resume:
         state = common.load_checkpoint(args.resume, required=("step", "G", "D", "args"))
-        for k in MODEL_KEYS:  # the architecture comes from the checkpoint
+        for k in CKPT_KEYS:
             setattr(args, k, state["args"].get(k, getattr(args, k)))
     elif args.eval_only or args.predict:
         raise InputError("--eval-only/--predict: expected --resume CKPT (a checkpoint of face_aign.py)")
