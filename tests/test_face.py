@@ -302,3 +302,28 @@ def test_builtin_builder_and_onnx_judge(tmp_path):
     judge = fa.OnnxJudge()
     assert torch.equal(judge.attributes(faces), attrs)  # the labels are the judge's own calls
     assert 0 < attrs[:, 0].sum() < 40  # both genders occur
+
+
+# ----------------------------------------------------------------------------------------------
+# The benchmark runner's table: mean ± std over seeds from the runs' results.json files.
+def test_bench_table(tmp_path):
+    import argparse
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("face_bench", os.path.join(os.path.dirname(fa.__file__),
+                                                                            "tools", "face_bench.py"))
+    fb = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fb)
+    for slug, rate in (("sr-unbiased_memory", 0.4), ("sr-female_memory", 0.6)):
+        for s, d in ((0, -0.1), (1, 0.1)):
+            run = tmp_path / f"{slug}-s{s}"
+            run.mkdir()
+            res = {"psnr_hr": 26 + d, "ssim_hr": 0.7, "psnr_lr": 40, "attr_rate": rate + d, "psnr_hr_bicubic": 27.5,
+                   "ssim_hr_bicubic": 0.8, "psnr_lr_bicubic": 39, "attr_rate_bicubic": 0.7, "attr_rate_gt": 0.5,
+                   "steps": 100, "n_test": 10, "judge": "onnx", "images_per_s": 50.0}
+            (run / "results.json").write_text(json.dumps(res))
+            (run / "versions.json").write_text(json.dumps({"cuda": None, "processor": "x86_64", "cpu_threads": 2,
+                                                           "torch": "2.13.0"}))
+            (run / "bench_wall.json").write_text(json.dumps({"wall_total_s": 60.0}))
+    md = fb.table(argparse.Namespace(out=str(tmp_path), seeds=[0, 1]))
+    assert "| AIGN SR, female memory | 26.00 ± 0.10 | 0.700 ± 0.000 | 40.00 ± 0.00 | 0.600 ± 0.100 | 60 ± 0 |" in md
+    assert "| bicubic upsampling (no training) | 27.50 ± 0.00 |" in md and "paired" not in md
