@@ -33,7 +33,7 @@ from common import InputError
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_common_args(p, steps=2000, batch_size=8, lr=2e-4, eval_every=500)
+    common.add_common_args(p, steps=3000, batch_size=8, lr=2e-4, eval_every=500)
     p.add_argument("--prior", default=None,
                    help="memory: folder of sequences with depth/ maps and/or poses.txt (unpaired); "
                         "default: DATA/memory if it exists (the built-in data has one)")
@@ -466,13 +466,12 @@ def conv(cin, cout, stride=1):
 
 
 class DepthNet(nn.Module):
-    """U-Net: frame (B,3,H,W) -> depth (B,1,H,W), bounded in log space (a sigmoid between
-    log min_depth and log max_depth): always positive and finite, and it starts at their geometric
-    mean rather than at a 1/disparity extreme, so neither loss begins in a saturated corner."""
+    """U-Net: frame (B,3,H,W) -> depth (B,1,H,W) from a bounded disparity (a sigmoid between
+    1/max_depth and 1/min_depth): always positive and finite."""
 
     def __init__(self, min_depth, max_depth, ch=(16, 32, 64, 96, 128)):
         super().__init__()
-        self.log_min, self.log_range = math.log(min_depth), math.log(max_depth / min_depth)
+        self.min_disp, self.max_disp = 1.0 / max_depth, 1.0 / min_depth
         self.enc = nn.ModuleList([nn.Sequential(conv(cin, c, 2), conv(c, c)) for cin, c in zip((3,) + ch[:-1], ch)])
         self.dec = nn.ModuleList([nn.Sequential(conv(ch[i + 1] + ch[i], ch[i]), conv(ch[i], ch[i]))
                                   for i in reversed(range(len(ch) - 1))])
@@ -486,7 +485,8 @@ class DepthNet(nn.Module):
         for layer, skip in zip(self.dec, feats[-2::-1]):
             x = layer(torch.cat([F.interpolate(x, size=skip.shape[-2:], mode="nearest"), skip], 1))
         x = self.head(F.interpolate(x, size=img.shape[-2:], mode="nearest"))
-        return torch.exp(self.log_min + self.log_range * torch.sigmoid(x))  # (B, 1, H, W) metres
+        disp = self.min_disp + (self.max_disp - self.min_disp) * torch.sigmoid(x)
+        return 1.0 / disp  # (B, 1, H, W) metres
 
 
 class PoseNet(nn.Module):
@@ -859,13 +859,14 @@ def train_step(nets, opts, batch, args, d, step):
     logs, loss = {}, 0.0
     n_un = b - (len(batch["paired"]["depth"]) if batch["paired"] else 0)  # unpaired samples come first
     if args.lambda_rec > 0:
-        # Renderer: warp both sources into the target with the predicted depth and motion and compare
-        # on the pixels each source sees. Both sources count (no per-pixel minimum): with a minimum,
-        # a PoseNet that predicts one constant motion explains one source and ignores the other.
+        # Renderer: warp both sources into the target with the predicted depth and motion; per pixel
+        # keep the better source (occlusions, Monodepth2) and ignore pixels that no source sees.
         warped, valid = inverse_warp(srcs.flatten(0, 1), depth.repeat_interleave(2, 0), pose.flatten(0, 1),
                                      K.repeat_interleave(2, 0))
         err = photometric_error(warped, tgt.repeat_interleave(2, 0))  # (2b, 1, H, W)
-        logs["rec"] = (err * valid).sum() / valid.sum().clamp(min=1)
+        err = torch.where(valid > 0, err, torch.full_like(err, 1e3)).view(b, 2, *err.shape[-2:]).min(1).values
+        seen = err < 1e3
+        logs["rec"] = (err * seen).sum() / seen.sum().clamp(min=1)
         logs["smooth"] = smoothness(depth, tgt)
         loss = loss + args.lambda_rec * logs["rec"] + args.lambda_smooth * logs["smooth"]
     if "mem_depth" in batch:

@@ -326,7 +326,16 @@ def test_cli_bench(tiny_data, tmp_path, cache_root):
 
 # ----------------------------------------------------------------------------------------------
 # Learning: the training signals move the metrics
-def test_training_signal_moves_metrics(tiny_data):
+@pytest.fixture
+def one_thread():
+    """Tiny in-process training: one thread avoids oversubscribing a busy machine's cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_training_signal_moves_metrics(tiny_data, one_thread):
     torch.manual_seed(0)
     d = S.common.Dist("cpu")
     args = S.get_args(["--data", str(tiny_data), "--height", "16", "--width", "48", "--batch-size", "4",

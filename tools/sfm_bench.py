@@ -29,7 +29,7 @@ def run_all(args):
     sys.path.insert(0, ROOT)
     import common
     import sfm_aign
-    sfm_aign.build_builtin(common.Dist("cpu"))  # once, before the parallel runs share the cache
+    sfm_aign.build_builtin(common.Dist(args.device))  # once, before the parallel runs share the cache
     jobs = [(name, seed, flags) for name, _, flags in ABLATIONS for seed in args.seeds]
     running, env = [], dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     while jobs or running:
