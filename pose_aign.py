@@ -647,7 +647,7 @@ def save_figures(G, split, camera, device, out_dir, n=6):
             row += [view3d(gt[k]), view3d(gt[k], yaw=90)]
         rows.append(row)
     common.write_png(os.path.join(out_dir, "samples.png"), common.image_grid(rows))
-    frames = [common.image_grid([[view3d(pred[0], yaw=yaw, ghost=gt[0])]]) for yaw in range(0, 360, 10)]
+    frames = [common.image_grid([[view3d(pred[0], size=256, yaw=yaw, ghost=gt[0])]]) for yaw in range(0, 360, 10)]
     common.write_gif(os.path.join(out_dir, "turntable.gif"), frames, fps=12)
 
 
