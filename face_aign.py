@@ -597,10 +597,10 @@ def ssim(a, b):
 # ----------------------------------------------------------------------------------------------
 # Evaluation and figures.
 class TestSet:
-    """Fixed test inputs (masks without random jitter: a fixed generator) and baseline metrics."""
+    """Fixed test inputs (inpainting boxes unshifted), baseline metrics and the judge's ground-truth rate."""
 
     def __init__(self, args, test_u8, labels, judge, device):
-        self.args, self.judge, self.labels = args, judge, labels
+        self.args, self.judge = args, judge
         self.hr = to_float(test_u8).to(device)  # (N, 3, S, S)
         shifts = torch.zeros(len(test_u8), 2, dtype=torch.long, device=device)
         self.x, self.mask = make_input(args, self.hr, shifts)
