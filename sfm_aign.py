@@ -754,7 +754,7 @@ def depth_figure(path, depth_net, pose_net, seq, args, device, n=4):
         gt = seq["depth"].get(i)
         gt = resize(torch.from_numpy(gt)[None, None], hw, "depth")[0, 0].numpy() if gt is not None else np.zeros(hw)
         rows.append([tgt[0].cpu(), depth_color(depth[0, 0].cpu().numpy(), args), depth_color(gt, args),
-                     (warped * valid)[0].cpu(), colorize(err / 0.3)])
+                     (warped * valid)[0].cpu(), colorize(err / 0.5)])
     depth_net.train(was_training), pose_net.train(was_training)
     common.write_png(path, common.image_grid(rows))
 
@@ -762,10 +762,10 @@ def depth_figure(path, depth_net, pose_net, seq, args, device, n=4):
 def trajectory_figure(path, gt, pred, size=320, pad=16):
     """Top view (x right, z up) of camera positions: GT in black, prediction (no scale fit) in red."""
     pts = np.concatenate([gt, pred])[:, [0, 2]]
-    lo, span = pts.min(0), max(np.ptp(pts, 0).max(), 1e-6)
+    centre, span = (pts.min(0) + pts.max(0)) / 2, max(np.ptp(pts, 0).max(), 1e-6)
     img = np.ones((size, size, 3))
     for xyz, color in ((gt, (0, 0, 0)), (pred, (0.85, 0.1, 0.1))):
-        q = (xyz[:, [0, 2]] - lo) / span * (size - 2 * pad) + pad
+        q = (xyz[:, [0, 2]] - centre) / span * (size - 2 * pad) + size / 2  # one scale for x and z
         for a, b in zip(q[:-1], q[1:]):
             for t in np.linspace(0, 1, int(np.abs(b - a).max()) * 2 + 2):
                 x, y = (a + t * (b - a)).round().astype(int)
@@ -1035,17 +1035,16 @@ def main():
         d.barrier()
 
     metrics = common.MetricsLog(run_dir, start if ckpt else None, enabled=d.main)
-    stop, sums, t0, t_session = common.StopRequest(), {}, time.perf_counter(), time.perf_counter()
+    stop, sums, n, t0, t_session = common.StopRequest(), {}, 0, time.perf_counter(), time.perf_counter()
     step = start
     for step in common.progress(start, args.steps, d, disable=args.no_progress):
         logs = train_step(nets, opts, sample_batch(data, *mem, gen, args, d, use_unpaired, use_adv), args, d, step)
         for k, v in logs.items():
             sums[k] = sums.get(k, 0.0) + v
-        step += 1
+        step, n = step + 1, n + 1
         stopping = d.mean(float(stop.requested)) > 0  # every rank stops at the same step
         if step % args.eval_every == 0 or step == args.steps or stopping:
-            wall += time.perf_counter() - t0
-            n = step - (step - 1) // args.eval_every * args.eval_every
+            wall += time.perf_counter() - t0  # training time only: evaluations are not counted
             record = {"step": step, **{f"loss_{k}": d.mean(v / n) for k, v in sums.items()}}
             if d.main:
                 res = evaluate(depth_net, pose_net, test, args, dev)
@@ -1053,7 +1052,7 @@ def main():
                 metrics.write(record)
                 common.log(summary(res, step), d)
             checkpoint(step)
-            sums, t0 = {}, time.perf_counter()
+            sums, n, t0 = {}, 0, time.perf_counter()
         if stopping:
             common.log(f"stopped at step {step}; continue with --resume {os.path.join(run_dir, 'ckpt.pt')}", d)
             return
