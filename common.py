@@ -141,6 +141,14 @@ class Dist:
                 dist.all_reduce(p.grad)
                 p.grad /= self.world
 
+    def any(self, flag):
+        """True on every rank if it is True on any rank (e.g. a stop request that reached one process)."""
+        if self.world == 1:
+            return bool(flag)
+        t = torch.tensor([float(flag)], device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(t)
+        return t.item() > 0
+
     def mean(self, value):
         """Mean of a float over ranks (for logging losses)."""
         if self.world == 1:

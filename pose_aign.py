@@ -747,7 +747,8 @@ def train(args, dist, data, G, D, ckpt, run_dir):
             running[k] = running.get(k, 0.0) + v
         running["n"] = running.get("n", 0) + 1
         done = step + 1
-        if done % args.eval_every == 0 or done == args.steps or stop.requested:
+        stopping = dist.any(stop.requested)  # all ranks stop together, whichever got the signal
+        if done % args.eval_every == 0 or done == args.steps or stopping:
             elapsed += time.perf_counter() - t0
             t0 = time.perf_counter()
             record = {"step": done, **{k: dist.mean(v / running["n"]) for k, v in running.items() if k != "n"},
@@ -761,7 +762,7 @@ def train(args, dist, data, G, D, ckpt, run_dir):
             common.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()), dist)
             checkpoint(done)
             t0 = time.perf_counter()
-            if stop.requested:
+            if stopping:
                 common.log(f"stopped at step {done}; continue with --resume {os.path.join(run_dir, 'ckpt.pt')}", dist)
                 return None
     elapsed += time.perf_counter() - t0 if start < args.steps else 0.0
