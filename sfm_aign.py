@@ -320,8 +320,8 @@ def value_noise(a, b, scale, seed):
 
 def texture(kind, a, b, seed):
     """Surface albedo factor at surface coordinates (a, b) metres: 0 noise, 1 bricks, 2 windows."""
-    fbm = 0.5 * value_noise(a, b, 2.0, seed) + 0.3 * value_noise(a, b, 0.6, seed + 1) \
-        + 0.2 * value_noise(a, b, 0.25, seed + 2)
+    fbm = 0.5 * value_noise(a, b, 2.0, seed) + 0.3 * value_noise(a, b, 0.5, seed + 1) \
+        + 0.2 * value_noise(a, b, 0.15, seed + 2)
     row = torch.floor(b / 0.3)
     col = torch.floor(a / 0.6 + 0.5 * (row % 2))
     mortar = ((b / 0.3 - row) < 0.15) | ((a / 0.6 + 0.5 * (row % 2) - col) < 0.08)
