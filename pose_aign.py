@@ -12,7 +12,7 @@ commands and hardware in README.md; runs on the 16-core Xeon host of an H100 mac
     supervised-only, same 5%                  70.4 ± 0.7    113.0 ± 2.3
     reprojection-only (no prior)             112.9 ± 0.0    (depth unconstrained)
     supervised, 100% paired (bound)           42.0 ± 0.7     72.2 ± 5.0
-    default run on one H100: 57 s; torch 2.11 (H100 machine); see README for the 2-core CPU time.
+    default run (seed 0): 108 s on 2 CPU cores (AMD EPYC, torch 2.13.0+cpu), 57 s on one H100.
 
 Usage:
     python3 pose_aign.py                                   # unpaired AIGN on the built-in data
