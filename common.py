@@ -6,7 +6,6 @@ checkpoints that load with ``weights_only=True``, clear input errors, image/GIF 
 ``--bench`` helpers. Models, renderers and losses stay in the task scripts, so each script can be
 copied and modified alone (together with this file).
 """
-import argparse
 import datetime
 import json
 import os
@@ -131,15 +130,18 @@ class Dist:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
-    def average_grads(self, module):
-        """Average gradients over ranks by hand (for nets not wrapped in DDP, e.g. a discriminator
-        whose gradient penalty needs double backward)."""
+    def average_grads(self, *modules):
+        """DDP's gradient all-reduce by hand (one flat all_reduce), for nets that are not wrapped in
+        DDP: e.g. discriminators, whose gradients a generator loss also reaches, or whose gradient
+        penalty needs double backward."""
         if self.world == 1:
             return
-        for p in module.parameters():
-            if p.grad is not None:
-                dist.all_reduce(p.grad)
-                p.grad /= self.world
+        params = [p for m in modules for p in m.parameters() if p.grad is not None]
+        flat = torch.cat([p.grad.flatten() for p in params])
+        dist.all_reduce(flat)
+        flat /= self.world
+        for p, g in zip(params, flat.split([p.numel() for p in params])):
+            p.grad.copy_(g.view_as(p))
 
     def any(self, flag):
         """True on every rank if it is True on any rank (e.g. a stop request that reached one process)."""

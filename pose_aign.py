@@ -26,7 +26,6 @@ import argparse
 import glob
 import io
 import json
-import math
 import os
 import pickle
 import shutil

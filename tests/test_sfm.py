@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import sfm_aign as S
+from tools import sfm_builtin as B
 from conftest import run_cli
 
 SCRIPT = "sfm_aign.py"
@@ -17,8 +18,8 @@ SCRIPT = "sfm_aign.py"
 # Fixtures: tiny procedural datasets written in each layout the loaders read.
 def street(seed, n):
     rng = np.random.default_rng(seed)
-    poses = S.camera_path(rng, n)
-    return S.street_scene(rng, poses[-1, 2, 3] + 40), poses
+    poses = B.camera_path(rng, n)
+    return B.street_scene(rng, poses[-1, 2, 3] + 40), poses
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def tiny_data(tmp_path_factory):
     for role, seeds in (("train", (0, 1)), ("memory", (2,)), ("test", (3,))):
         for s in seeds:
             boxes, poses = street(s, 8)
-            S.write_sequence(str(root / role / f"{role}_{s}"), boxes, poses, K, 32, 96)
+            B.write_sequence(str(root / role / f"{role}_{s}"), boxes, poses, K, 32, 96)
     return root
 
 
@@ -41,8 +42,8 @@ def gt_view_pair(h, w, ss=4, gap=2, seed=3):
     boxes, P = street(seed, 8)
     K = S.builtin_K(h, w)
     hi = S.rescale_K(K, ss, ss)
-    views = [F.avg_pool2d(S.render_view(boxes, P[i], hi, h * ss, w * ss)[0][None], ss)[0] for i in (4, 4 + gap)]
-    depth = S.render_view(boxes, P[4], K, h, w)[1]
+    views = [F.avg_pool2d(B.render_view(boxes, P[i], hi, h * ss, w * ss)[0][None], ss)[0] for i in (4, 4 + gap)]
+    depth = B.render_view(boxes, P[4], K, h, w)[1]
     pose = S.matrix_to_pose6(torch.from_numpy(np.linalg.inv(P[4 + gap]) @ P[4]))
     return views[0], views[1], depth, pose, K
 
@@ -129,7 +130,7 @@ def test_rescale_K_under_downscale():
     tgt, src, _, pose, K = gt_view_pair(24, 80)
     small = S.rescale_K(K, 0.5, 0.5)
     boxes, P = street(3, 8)
-    depth = S.render_view(boxes, P[4], small, 12, 40)[1]
+    depth = B.render_view(boxes, P[4], small, 12, 40)[1]
     tgt, src = F.avg_pool2d(tgt[None], 2), F.avg_pool2d(src[None], 2)
     d = torch.where(depth > 0, depth, torch.full_like(depth, 1e4))[None, None]
     warped, valid = S.inverse_warp(src, d, pose[None].float(), torch.tensor(small, dtype=torch.float32)[None])

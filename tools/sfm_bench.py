@@ -28,8 +28,8 @@ ABLATIONS = [  # (name, description, flags)
 def run_all(args):
     sys.path.insert(0, ROOT)
     import common
-    import sfm_aign
-    sfm_aign.build_builtin(common.Dist(args.device))  # once, before the parallel runs share the cache
+    from tools import sfm_builtin
+    sfm_builtin.build_builtin(common.Dist(args.device))  # once, before the parallel runs share the cache
     # seed-major order: a bench cut short still holds every ablation
     jobs = [(name, seed, flags) for seed in args.seeds for name, _, flags in ABLATIONS]
     running, env = [], dict(os.environ, OMP_NUM_THREADS=str(args.threads))
