@@ -703,7 +703,7 @@ def train(args, dist, data, G, D, ckpt, run_dir):
             opt_d.step()
             losses["loss_d"] = loss_d.item()
         # G step
-        pose = G_ddp(inp if use_paired else inp[:nu])                             # (B[+Bp],17,3)
+        pose = G_ddp(inp)                                                         # (nu+Bp,17,3)
         loss_g = pose.new_zeros(())
         if use_unpaired:
             # (i) the renderer: P(G(x)) must reproduce the observed 2D keypoints
