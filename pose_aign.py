@@ -656,8 +656,9 @@ def train(args, dist, data, G, D, ckpt, run_dir):
     """Alternate D and G updates (separate Adam optimisers, as in the paper) for --steps in total."""
     device, B = dist.device, args.batch_size
     tr = data["train"]
-    x2d, cam = torch.as_tensor(tr["x2d"]), torch.as_tensor(tr["cam"])           # (N,17,2), (N,4) on CPU
-    memory = torch.as_tensor(data["memory"])                                    # (M,17,3)
+    # the data live on the device once; each step only gathers its rows
+    x2d, cam = torch.as_tensor(tr["x2d"], device=device), torch.as_tensor(tr["cam"], device=device)  # (N,17,2), (N,4)
+    memory = torch.as_tensor(data["memory"], device=device)                     # (M,17,3)
     n_paired = int(round(args.paired_frac * len(x2d)))
     use_unpaired = args.lambda_rec > 0 or args.lambda_adv > 0
     use_paired = n_paired > 0 and args.lambda_sup > 0
@@ -670,7 +671,8 @@ def train(args, dist, data, G, D, ckpt, run_dir):
     # the paired subset: the first --paired-frac of the training frames in file order, i.e. whole
     # sequences of the first subjects, as when a lab labels a few sessions (cf. "10% of S1" protocols)
     paired = torch.arange(n_paired)
-    y_rel = torch.as_tensor(tr["y3d"]) - torch.as_tensor(tr["y3d"])[:, :1] if use_paired else None
+    y3d = torch.as_tensor(tr["y3d"], device=device) if use_paired else None
+    y_rel = y3d - y3d[:, :1] if use_paired else None                           # (N,17,3) root-relative
 
     G_ddp = nn.parallel.DistributedDataParallel(G) if dist.world > 1 else G
     opt_g = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(0.5, 0.999))
@@ -691,12 +693,12 @@ def train(args, dist, data, G, D, ckpt, run_dir):
         ip = paired[draw(n_paired)] if use_paired else iu[:0]
         nu = len(iu) if use_unpaired else 0
         rows = torch.cat([iu[:nu], ip])
-        inp, xn, vis, scale = normalise_2d(x2d[rows].to(device), cam[rows].to(device))
+        inp, xn, vis, scale = normalise_2d(x2d[rows], cam[rows])
         if args.lambda_adv > 0:
             # D step: L_D = -log D(y_mem) - log(1 - D(G(x)))
             with torch.no_grad():
                 fake = G(inp[:nu])
-            loss_d = d_loss(D, memory[im].to(device), fake, args.gan)
+            loss_d = d_loss(D, memory[im], fake, args.gan)
             opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             dist.average_grads(D)
@@ -718,7 +720,7 @@ def train(args, dist, data, G, D, ckpt, run_dir):
                 losses["loss_adv"] = loss_adv.item()
         if use_paired:
             # paired supervision where labels exist: ||G(x) - y||^2 on root-relative joints (metres)
-            loss_sup = (pose[nu:] - y_rel[ip].to(device)).pow(2).sum(-1).mean()
+            loss_sup = (pose[nu:] - y_rel[ip]).pow(2).sum(-1).mean()
             loss_g = loss_g + args.lambda_sup * loss_sup
             losses["loss_sup"] = loss_sup.item()
         opt_g.zero_grad(set_to_none=True)
@@ -764,10 +766,9 @@ def train(args, dist, data, G, D, ckpt, run_dir):
             if stopping:
                 common.log(f"stopped at step {done}; continue with --resume {os.path.join(run_dir, 'ckpt.pt')}", dist)
                 return None
-    elapsed += time.perf_counter() - t0 if start < args.steps else 0.0
-    trained = max(args.steps - start, 0)
+    # elapsed was brought up to date at the last step's evaluation
     return {"steps": args.steps, "wall_seconds": round(elapsed, 2),
-            "samples_per_s": round(B * dist.world * args.steps / max(elapsed, 1e-9), 1) if trained else None}
+            "samples_per_s": round(B * dist.world * args.steps / elapsed, 1) if start < args.steps else None}
 
 
 def bench(args, dist, train_step, run_dir, steps=30):
@@ -874,7 +875,7 @@ def main(argv=None):
     data = load_dataset(args, dist)
     common.log(f"data {data['name']}: {len(data['train']['x2d'])} train 2D, {len(data['memory'])} memory 3D, "
                f"{len(data['test']['x2d'])} test; run folder {run_dir}", dist)
-    stats = {} if args.eval_only else train(args, dist, data, G, D, None if args.eval_only else ckpt, run_dir)
+    stats = {} if args.eval_only else train(args, dist, data, G, D, ckpt, run_dir)
     if stats is None or not dist.main:  # bench, interrupted, or not rank 0
         return
     test = data["test"]
