@@ -40,7 +40,7 @@ from common import InputError
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_common_args(p, steps=1000, batch_size=8, lr=2e-4, eval_every=250)
+    common.add_common_args(p, steps=2000, batch_size=8, lr=2e-4, eval_every=500)
     p.add_argument("--prior", default=None,
                    help="memory: folder of sequences with depth/ maps and/or poses.txt (unpaired); "
                         "default: DATA/memory if it exists (the built-in data has one)")
