@@ -3,6 +3,11 @@
     python3 tools/sfm_bench.py                       # 4 ablations x 3 seeds, 2 runs at a time
     python3 tools/sfm_bench.py --parallel 12 --device cuda
     python3 tools/sfm_bench.py --table-only          # only re-collect bench/sfm/*/results.json
+    python3 tools/sfm_bench.py --validation --out bench/sfm_val   # model selection, never the test split
+
+--validation evaluates on two *training* sequences held out of training (train_08, train_09; the
+model trains on train_00..07, the memory is unchanged): the split on which the script's defaults
+(e.g. --steps) were chosen, so the test sequences are only used for the final table.
 
 Each run is a plain `python3 sfm_aign.py ...` with its own run folder under --out; the table is
 printed and written to OUT/table.md (with the hardware and the wall time per run).
@@ -29,7 +34,18 @@ def run_all(args):
     sys.path.insert(0, ROOT)
     import common
     from tools import sfm_builtin
-    sfm_builtin.build_builtin(common.Dist(args.device))  # once, before the parallel runs share the cache
+    root = sfm_builtin.build_builtin(common.Dist(args.device))  # once, before the parallel runs share the cache
+    data = []
+    if args.validation:  # the generic layout (train/ test/ memory/) made of links into the cache
+        val = os.path.join(args.out, "data")
+        for role, names in (("train", [f"train_{i:02d}" for i in range(8)]), ("test", ["train_08", "train_09"])):
+            os.makedirs(os.path.join(val, role), exist_ok=True)
+            for n in names:
+                if not os.path.lexists(os.path.join(val, role, n)):
+                    os.symlink(os.path.join(root, "train", n), os.path.join(val, role, n))
+        if not os.path.lexists(os.path.join(val, "memory")):
+            os.symlink(os.path.join(root, "memory"), os.path.join(val, "memory"))
+        data = ["--data", val]
     # seed-major order: a bench cut short still holds every ablation
     jobs = [(name, seed, flags) for seed in args.seeds for name, _, flags in ABLATIONS]
     running, env = [], dict(os.environ, OMP_NUM_THREADS=str(args.threads))
@@ -38,7 +54,7 @@ def run_all(args):
             name, seed, flags = jobs.pop(0)
             out = os.path.join(args.out, f"{name}-s{seed}")
             cmd = [sys.executable, os.path.join(ROOT, "sfm_aign.py"), "--seed", str(seed), "--out", out,
-                   "--device", args.device, "--no-progress", *flags, *args.extra]
+                   "--device", args.device, "--no-progress", *data, *flags, *args.extra]
             if args.steps:
                 cmd += ["--steps", str(args.steps)]
             os.makedirs(out, exist_ok=True)
@@ -100,6 +116,8 @@ def main():
     p.add_argument("--device", default="auto", help="--device of each run (default: auto)")
     p.add_argument("--parallel", type=int, default=2, help="runs at a time (default: 2)")
     p.add_argument("--threads", type=int, default=1, help="OMP threads per run (default: 1)")
+    p.add_argument("--validation", action="store_true",
+                   help="evaluate on held-out training sequences instead of the test split (default: off)")
     p.add_argument("--table-only", action="store_true", help="only collect the finished runs (default: off)")
     p.add_argument("extra", nargs="*", help="more flags for every run, after -- (default: none)")
     args = p.parse_args()
