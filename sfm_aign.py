@@ -6,15 +6,15 @@ its neighbours, and two discriminators compare predicted depth maps and camera m
 *unpaired* memory of ground-truth ones (other sequences). The photometric loss alone cannot fix the
 metric scale; the memory does.
 
-Results card (built-in procedural streets, 3 test sequences, 48x160, 1000 steps of 8 triplets,
-seeds 0/1/2, torch 2.13.0+cpu on a shared 2-core AMD EPYC VM, one thread per run; tools/sfm_bench.py):
+Results card (built-in procedural streets, 3 test sequences, 48x160, 2000 steps of 8 triplets,
+seeds 0/1/2, torch 2.13.0+cpu on a 2-core AMD EPYC VM, one thread per run; tools/sfm_bench.py):
     method                     abs_rel (no scaling)  abs_rel (median-scaled)  ATE (m)   train s
-    photometric only           0.912 +- 0.010        0.353 +- 0.006           0.234     232 +- 73
-    supervised only, 5% pairs  0.284 +- 0.023        0.294 +- 0.019           0.060     151 +- 47
-    AIGN (default)             0.411 +- 0.024        0.407 +- 0.011           0.066     328 +- 57
-    AIGN + 5% pairs            0.306 +- 0.017        0.290 +- 0.016           0.066     563 +- 57
-The memory recovers metric scale (AIGN unscaled within 1.16x of photometric-only median-scaled);
-AIGN + 5% pairs does not beat supervised-only on the same 5%. Details: README.md, "sfm_aign.py".
+    photometric only           0.887 +- 0.009        0.322 +- 0.008           0.105     273 +- 3
+    supervised only, 5% pairs  0.268 +- 0.009        0.272 +- 0.004           0.059     178 +- 4
+    AIGN (default)             0.347 +- 0.025        0.362 +- 0.023           0.047     322 +- 11
+    AIGN + 5% pairs            0.265 +- 0.007        0.278 +- 0.002           0.062     601 +- 23
+The memory recovers metric scale (AIGN unscaled is 1.08x photometric-only median-scaled);
+AIGN + 5% pairs only ties supervised-only on the same 5%. Details: README.md, "sfm_aign.py".
 
     python3 sfm_aign.py                      # unpaired AIGN on the built-in procedural streets
     python3 sfm_aign.py --lambda-adv 0       # photometric-only baseline (scale-ambiguous)
@@ -56,6 +56,8 @@ def get_args(argv=None):
     p.add_argument("--lambda-adv", type=float, default=0.01,
                    help="weight of the adversarial prior on depth maps and motions; 0 = photometric-only "
                         "(default: 0.01)")
+    p.add_argument("--adv-on", choices=["both", "depth", "motion"], default="both",
+                   help="which memory the adversarial prior uses: depth maps, motions or both (default: both)")
     p.add_argument("--adv-warmup", type=int, default=500,
                    help="ramp the adversarial weight linearly from 0 over the first N steps, so the "
                         "discriminators first meet structured depth maps (default: 500)")
@@ -835,6 +837,8 @@ def main():
             common.log(summary(res, ckpt["step"]))
         return
 
+    mem_depth, mem_motion = (mem_depth if args.adv_on != "motion" else None,
+                             mem_motion if args.adv_on != "depth" else None)
     use_adv = args.lambda_adv > 0
     use_unpaired = args.lambda_rec > 0 or use_adv
     if use_adv and mem_depth is None and mem_motion is None:

@@ -319,6 +319,14 @@ def test_cli_torchrun_two_processes(tiny_data, tmp_path, cache_root):
     assert res["world"] == 2 and res["steps"] == 2
 
 
+def test_cli_adv_on_one_memory(tiny_data, tmp_path, cache_root):
+    """--adv-on keeps one of the two memories (the ablation: which prior settles the scale)."""
+    for kind, left in (("depth", "8 depth maps, 0 motions"), ("motion", "0 depth maps, 6 motions")):
+        proc = run_cli(SCRIPT, "--data", tiny_data, "--steps", 1, "--eval-every", 1, "--out", tmp_path / kind,
+                       "--adv-on", kind, *SMALL)
+        assert left in proc.stdout + proc.stderr
+
+
 def test_cli_bench(tiny_data, tmp_path, cache_root):
     run_cli(SCRIPT, "--bench", "--data", tiny_data, "--out", tmp_path, *SMALL)
     bench = read_json(tmp_path / "bench.json")
