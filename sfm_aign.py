@@ -837,8 +837,8 @@ def main():
             common.log(summary(res, ckpt["step"]))
         return
 
-    mem_depth, mem_motion = (mem_depth if args.adv_on != "motion" else None,
-                             mem_motion if args.adv_on != "depth" else None)
+    mem_depth = None if args.adv_on == "motion" else mem_depth  # --adv-on: keep one memory only
+    mem_motion = None if args.adv_on == "depth" else mem_motion
     use_adv = args.lambda_adv > 0
     use_unpaired = args.lambda_rec > 0 or use_adv
     if use_adv and mem_depth is None and mem_motion is None:

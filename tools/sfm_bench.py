@@ -3,7 +3,7 @@
     python3 tools/sfm_bench.py                       # 4 ablations x 3 seeds, 2 runs at a time
     python3 tools/sfm_bench.py --parallel 12 --device cuda
     python3 tools/sfm_bench.py --table-only          # only re-collect bench/sfm/*/results.json
-    python3 tools/sfm_bench.py --validation --out bench/sfm_val   # model selection, never the test split
+    python3 tools/sfm_bench.py --validation     # into bench/sfm_val: model selection, never the test split
 
 --validation evaluates on two *training* sequences held out of training (train_08, train_09; the
 model trains on train_00..07, the memory is unchanged): the split on which the script's defaults
@@ -104,13 +104,15 @@ def table(args):
                      f"{hardware['platform']}; seeds {' '.join(map(str, args.seeds))}.")
     text = "\n".join(lines)
     print(text)
+    os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "table.md"), "w") as f:
         f.write(text + "\n")
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default=os.path.join(ROOT, "bench", "sfm"), help="folder of the runs (default: bench/sfm)")
+    p.add_argument("--out", default=None, help="folder of the runs (default: bench/sfm, or bench/sfm_val "
+                                               "with --validation)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default: 0 1 2)")
     p.add_argument("--steps", type=int, default=None, help="--steps of each run (default: the script's)")
     p.add_argument("--device", default="auto", help="--device of each run (default: auto)")
@@ -121,6 +123,7 @@ def main():
     p.add_argument("--table-only", action="store_true", help="only collect the finished runs (default: off)")
     p.add_argument("extra", nargs="*", help="more flags for every run, after -- (default: none)")
     args = p.parse_args()
+    args.out = args.out or os.path.join(ROOT, "bench", "sfm_val" if args.validation else "sfm")
     if not args.table_only:
         run_all(args)
     table(args)
