@@ -38,7 +38,8 @@ def run_all(args):
     data = []
     if args.validation:  # the generic layout (train/ test/ memory/) made of links into the cache
         val = os.path.join(args.out, "data")
-        for role, names in (("train", [f"train_{i:02d}" for i in range(8)]), ("test", ["train_08", "train_09"])):
+        seqs = sorted(os.listdir(os.path.join(root, "train")))  # the last two are held out
+        for role, names in (("train", seqs[:-2]), ("test", seqs[-2:])):
             os.makedirs(os.path.join(val, role), exist_ok=True)
             for n in names:
                 if not os.path.lexists(os.path.join(val, role, n)):
