@@ -324,6 +324,13 @@ def test_bench_table(tmp_path):
             (run / "versions.json").write_text(json.dumps({"cuda": None, "processor": "x86_64", "cpu_threads": 2,
                                                            "torch": "2.13.0"}))
             (run / "bench_wall.json").write_text(json.dumps({"wall_total_s": 60.0}))
-    md = fb.table(argparse.Namespace(out=str(tmp_path), seeds=[0, 1]))
+    md = fb.table(argparse.Namespace(out=str(tmp_path), seeds=[0, 1], attr="-Male"))
     assert "| AIGN SR, female memory | 26.00 ± 0.10 | 0.700 ± 0.000 | 40.00 ± 0.00 | 0.600 ± 0.100 | 60 ± 0 |" in md
     assert "| bicubic upsampling (no training) | 27.50 ± 0.00 |" in md and "paired" not in md
+    assert "judged female |" in md
+    # --attr -Young: the biased rows are the old memory's; the female runs are not read
+    for s in (0, 1):
+        (tmp_path / f"sr-female_memory-s{s}").rename(tmp_path / f"sr-old_memory-s{s}")
+    md = fb.table(argparse.Namespace(out=str(tmp_path), seeds=[0, 1], attr="-Young"))
+    assert "| AIGN SR, old memory | 26.00 ± 0.10 |" in md and "judged old |" in md and "female" not in md
+    assert fb.runs("-Young")["AIGN SR, old memory"] == ["--task", "sr", "--bias", "-Young"]

@@ -3,8 +3,11 @@
     python3 tools/face_bench.py                     # 3 seeds, built-in faces, into bench/faces/
     python3 tools/face_bench.py --jobs 4 --steps 1500 --data CELEBA_DIR
 
+    python3 tools/face_bench.py --attr -Young --only sr-unbiased_memory sr-old_memory -- --steps 1500
+
 Rows: bicubic (no training), paired SR (ground-truth HR loss: the bound), unbiased AIGN, biased
-AIGN (female memory), and inpainting (smooth-fill baseline, unbiased and female memory). Each run
+AIGN (memory of --attr, default -Male: female), and inpainting (smooth-fill baseline, unbiased and
+biased memory); every run is judged for --attr on a test set balanced on it. Each run
 is `face_aign.py ... --seed S --out OUT/<row>-s<S>`; finished runs (results.json present) are
 reused, so an interrupted benchmark continues. Writes OUT/table.md, OUT/grid_sr.png,
 OUT/grid_inpaint.png.
@@ -22,40 +25,58 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import common  # noqa: E402
 
-RUNS = {  # row name -> face_aign.py flags
-    "paired SR (bound)": ["--task", "sr", "--paired"],
-    "AIGN SR, unbiased memory": ["--task", "sr"],
-    "AIGN SR, female memory": ["--task", "sr", "--bias", "-Male"],
-    "AIGN inpaint, unbiased memory": ["--task", "inpaint"],
-    "AIGN inpaint, female memory": ["--task", "inpaint", "--bias", "-Male"],
-}
-SLUG = {name: name.split(" (")[0].lower().replace("aign ", "").replace(", ", "-").replace(" ", "_")
-        for name in RUNS}
-COLS = [("psnr_hr", "HR PSNR (dB)", 2), ("ssim_hr", "HR SSIM", 3), ("psnr_lr", "LR PSNR (dB)", 2),
-        ("attr_rate", "judged female", 3)]
+WORD = {"-Male": "female", "Male": "male", "-Young": "old", "Young": "young"}  # else the attribute itself
+
+
+def runs(attr):
+    """Row name -> face_aign.py flags; the biased rows use a memory of faces with `attr`."""
+    judged, word = ["--judge-attr", attr], WORD.get(attr, attr)
+    return {"paired SR (bound)": ["--task", "sr", "--paired", *judged],
+            "AIGN SR, unbiased memory": ["--task", "sr", *judged],
+            f"AIGN SR, {word} memory": ["--task", "sr", "--bias", attr],
+            "AIGN inpaint, unbiased memory": ["--task", "inpaint", *judged],
+            f"AIGN inpaint, {word} memory": ["--task", "inpaint", "--bias", attr]}
+
+
+def slug(name):  # "AIGN SR, female memory" -> "sr-female_memory"
+    return name.split(" (")[0].lower().replace("aign ", "").replace(", ", "-").replace(" ", "_")
+
+
+def cols(attr):
+    return [("psnr_hr", "HR PSNR (dB)", 2), ("ssim_hr", "HR SSIM", 3), ("psnr_lr", "LR PSNR (dB)", 2),
+            ("attr_rate", f"judged {WORD.get(attr, attr)}", 3)]
 
 
 def get_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default: 0 1 2)")
-    p.add_argument("--out", default="bench/faces", help="output folder (default: bench/faces)")
+    p.add_argument("--attr", default="-Male", help="judged attribute and biased memory (default: -Male, female)")
+    p.add_argument("--out", default=None, help="output folder (default: bench/faces, bench/faces_<attr> for others)")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time (default: 1)")
     p.add_argument("--timeout", type=int, default=0,
                    help="stop each run gracefully (SIGTERM: evaluate, checkpoint, results) after N s (default: 0 = never)")
     p.add_argument("--only", nargs="*", default=None, help="run only these row slugs (default: all)")
     p.add_argument("extra", nargs=argparse.REMAINDER,
                    help="flags passed to every face_aign.py run after `--` (e.g. -- --steps 1500 --data DIR)")
-    return p.parse_args()
+    # `--attr -Young` reads as two flags to argparse: glue a negated attribute to its flag
+    argv = sys.argv[1:]
+    for i in range(len(argv) - 1, 0, -1):
+        if argv[i - 1] == "--attr" and argv[i][:1] == "-" and argv[i][1:2] != "-":
+            argv[i - 1:i + 1] = [f"--attr={argv[i]}"]
+    args = p.parse_args(argv)
+    if args.out is None:
+        args.out = "bench/faces" if args.attr == "-Male" else f"bench/faces_{WORD.get(args.attr, args.attr)}"
+    return args
 
 
 def launch(args):
     extra = [a for a in args.extra if a != "--"]
     todo = []
-    for name, flags in RUNS.items():
-        if args.only and SLUG[name] not in args.only:
+    for name, flags in runs(args.attr).items():
+        if args.only and slug(name) not in args.only:
             continue
         for s in args.seeds:
-            out = os.path.join(args.out, f"{SLUG[name]}-s{s}")
+            out = os.path.join(args.out, f"{slug(name)}-s{s}")
             if not os.path.exists(os.path.join(out, "results.json")):
                 limit = ["timeout", "-s", "TERM", str(args.timeout)] if args.timeout else []
                 todo.append((name, s, [*limit, sys.executable, os.path.join(ROOT, "face_aign.py"), *flags, *extra,
@@ -94,11 +115,11 @@ def mean_std(vals, digits):
 
 
 def table(args):
-    results, versions = {}, None
-    for name in RUNS:
+    results, versions, word, columns = {}, None, WORD.get(args.attr, args.attr), cols(args.attr)
+    for name in runs(args.attr):
         rs = []
         for s in args.seeds:
-            path = os.path.join(args.out, f"{SLUG[name]}-s{s}", "results.json")
+            path = os.path.join(args.out, f"{slug(name)}-s{s}", "results.json")
             if os.path.exists(path):
                 wall = os.path.join(os.path.dirname(path), "bench_wall.json")
                 rs.append({**json.load(open(path)), "wall_total_s": json.load(open(wall))["wall_total_s"]
@@ -108,7 +129,7 @@ def table(args):
     rows = []
 
     def row(name, rs, suffix=""):
-        cells = [mean_std([r.get(k + suffix) for r in rs], d) for k, _, d in COLS]
+        cells = [mean_std([r.get(k + suffix) for r in rs], d) for k, _, d in columns]
         if suffix:
             cells += ["–", "–"]
         else:
@@ -118,13 +139,13 @@ def table(args):
     sr = results["AIGN SR, unbiased memory"]
     if sr:
         row("bicubic upsampling (no training)", sr, "_bicubic")
-    for name in ("paired SR (bound)", "AIGN SR, unbiased memory", "AIGN SR, female memory"):
+    for name in ("paired SR (bound)", "AIGN SR, unbiased memory", f"AIGN SR, {word} memory"):
         if results[name]:
             row(name, results[name])
-    inp = results["AIGN inpaint, unbiased memory"] or results["AIGN inpaint, female memory"]
+    inp = results["AIGN inpaint, unbiased memory"] or results[f"AIGN inpaint, {word} memory"]
     if inp:
         row("smooth fill of the mouth box (no training)", inp, "_fill")
-    for name in ("AIGN inpaint, unbiased memory", "AIGN inpaint, female memory"):
+    for name in ("AIGN inpaint, unbiased memory", f"AIGN inpaint, {word} memory"):
         if results[name]:
             row(name, results[name])
     any_r = next((rs[0] for rs in results.values() if rs), None)
@@ -133,12 +154,12 @@ def table(args):
     hw = (f"{versions['cuda']} GPU" if versions.get("cuda") else f"CPU ({versions['processor']}, "
           f"{versions['cpu_threads']} torch threads)")
     gt = f"{any_r['attr_rate_gt']:.3f}" if any_r.get("attr_rate_gt") is not None else "–"
-    head = ("| run | " + " | ".join(c for _, c, _ in COLS) + " | wall s/run | train images/s | seeds |\n"
-            "| --- |" + " --- |" * (len(COLS) + 3))
+    head = ("| run | " + " | ".join(c for _, c, _ in columns) + " | wall s/run | train images/s | seeds |\n"
+            "| --- |" + " --- |" * (len(columns) + 3))
     steps = sorted({r["steps"] for rs in results.values() for r in rs})
     md = (f"{head}\n" + "\n".join(rows) + "\n\n"
           f"Mean ± std over seeds {args.seeds}; {'/'.join(map(str, steps))} steps per run, {any_r['n_test']} test faces "
-          f"(judged female rate of the ground-truth test faces: {gt}); judge: {any_r['judge']}. "
+          f"(judged {word} rate of the ground-truth test faces: {gt}); judge: {any_r['judge']}. "
           f"Hardware: {hw}; torch {versions['torch']}; `python3 tools/face_bench.py "
           f"{' '.join(sys.argv[1:])}`.\n")
     with open(os.path.join(args.out, "table.md"), "w") as f:
@@ -147,18 +168,18 @@ def table(args):
 
 
 def grids(args):
-    """Seed-0 sample faces: input | baseline | AIGN (unbiased) | AIGN (female memory) | ground truth."""
-    s = args.seeds[0]
+    """Seed-0 sample faces: input | baseline | AIGN (unbiased) | AIGN (biased memory) | ground truth."""
+    s, word = args.seeds[0], WORD.get(args.attr, args.attr)
     for task, base in (("sr", "bicubic"), ("inpaint", "fill")):
         a = os.path.join(args.out, f"{task}-unbiased_memory-s{s}", "samples.npz")
-        b = os.path.join(args.out, f"{task}-female_memory-s{s}", "samples.npz")
+        b = os.path.join(args.out, f"{task}-{word}_memory-s{s}", "samples.npz")
         if not (os.path.exists(a) and os.path.exists(b)):
             continue
         za, zb = np.load(a), np.load(b)
         rows = [[za["input"][i], za["baseline"][i], za["output"][i], zb["output"][i], za["gt"][i]]
                 for i in range(len(za["gt"]))]
         common.write_png(os.path.join(args.out, f"grid_{task}.png"), common.image_grid(rows))
-        print(f"wrote {args.out}/grid_{task}.png (columns: input | {base} | AIGN unbiased | AIGN female memory | "
+        print(f"wrote {args.out}/grid_{task}.png (columns: input | {base} | AIGN unbiased | AIGN {word} memory | "
               f"ground truth)")
 
 
