@@ -95,12 +95,7 @@ def get_args(argv=None):
     p.add_argument("--judge-steps", type=int, default=400, help="training steps of the CNN judge (default: 400)")
     p.add_argument("--builtin-size", type=int, default=12000,
                    help="faces in the built-in dataset when it is first built (default: 12000)")
-    # `--bias -Male` reads as two flags to argparse: glue a negated attribute to its flag
-    argv = list(sys.argv[1:] if argv is None else argv)
-    for i in range(len(argv) - 1, 0, -1):
-        if argv[i - 1] in ("--bias", "--judge-attr") and argv[i][:1] == "-" and argv[i][1:2] != "-":
-            argv[i - 1:i + 1] = [f"{argv[i - 1]}={argv[i]}"]
-    args = p.parse_args(argv)
+    args = p.parse_args(glue_negated(sys.argv[1:] if argv is None else argv, ("--bias", "--judge-attr")))
     if args.lambda_adv is None:
         args.lambda_adv = 0.01 if args.task == "sr" and not args.paired else 0.001
     if args.judge_attr is None:
@@ -108,6 +103,15 @@ def get_args(argv=None):
     if args.d_width is None:
         args.d_width = args.width // 2
     return args
+
+
+def glue_negated(argv, flags):
+    """`--bias -Male` reads as two flags to argparse: glue a negated attribute to its flag."""
+    argv = list(argv)
+    for i in range(len(argv) - 1, 0, -1):
+        if argv[i - 1] in flags and argv[i][:1] == "-" and argv[i][1:2] != "-":
+            argv[i - 1:i + 1] = [f"{argv[i - 1]}={argv[i]}"]
+    return argv
 
 
 def check_shape_args(args):

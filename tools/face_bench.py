@@ -24,6 +24,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import common  # noqa: E402
+from face_aign import glue_negated  # noqa: E402
 
 WORD = {"-Male": "female", "Male": "male", "-Young": "old", "Young": "young"}  # else the attribute itself
 
@@ -58,12 +59,7 @@ def get_args():
     p.add_argument("--only", nargs="*", default=None, help="run only these row slugs (default: all)")
     p.add_argument("extra", nargs=argparse.REMAINDER,
                    help="flags passed to every face_aign.py run after `--` (e.g. -- --steps 1500 --data DIR)")
-    # `--attr -Young` reads as two flags to argparse: glue a negated attribute to its flag
-    argv = sys.argv[1:]
-    for i in range(len(argv) - 1, 0, -1):
-        if argv[i - 1] == "--attr" and argv[i][:1] == "-" and argv[i][1:2] != "-":
-            argv[i - 1:i + 1] = [f"--attr={argv[i]}"]
-    args = p.parse_args(argv)
+    args = p.parse_args(glue_negated(sys.argv[1:], ("--attr",)))  # `--attr -Young` is one flag
     if args.out is None:
         args.out = "bench/faces" if args.attr == "-Male" else f"bench/faces_{WORD.get(args.attr, args.attr)}"
     return args
