@@ -1,19 +1,23 @@
 """Plumbing shared by pose_aign.py, sfm_aign.py and face_aign.py.
 
-Only non-algorithmic helpers live here: the shared command-line vocabulary, seeding, device choice,
-torchrun/DDP setup, the run folder (args, versions, command, metrics.jsonl, results.json), atomic
-checkpoints that load with ``weights_only=True``, clear input errors, image/GIF writing and the
-``--bench`` helpers. Models, renderers and losses stay in the task scripts, so each script can be
-copied and modified alone (together with this file).
+Only non-algorithmic helpers live here: the shared command-line vocabulary and its checks, seeding,
+device choice, torchrun/DDP, the run folder (lock, args, versions, command, metrics.jsonl,
+results.json), checkpoints with one set of keys that load with ``weights_only=True``, safe readers
+for data files that turn every failure into one clear ``InputError``, and image/GIF writing.
+Models, renderers and losses stay in the task scripts: each script, copied alone with this file,
+runs on a user's data.
 """
+import ast
+import atexit
 import datetime
 import json
+import math
 import os
 import platform
 import random
 import signal
+import socket
 import sys
-import time
 
 import numpy as np
 import torch
@@ -24,29 +28,32 @@ from tqdm import tqdm
 # ----------------------------------------------------------------------------------------------
 # Errors: bad input stops the program with one clear line, never a traceback deep inside torch.
 class InputError(Exception):
-    """A user-facing error: what file, what layout was expected, what was found."""
+    """A user-facing error: which file or flag, what was expected, what was found."""
 
 
 def run_main(main):
-    """Call ``main()``; turn an InputError into one line on stderr and exit status 2."""
+    """Call ``main()``; an InputError becomes one line on stderr and exit status 2."""
     try:
         main()
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     finally:
+        release_lock()
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
 
 
 # ----------------------------------------------------------------------------------------------
-# The command-line vocabulary every script shares (task flags are added by each script).
+# The command-line vocabulary every script shares (method flags are added by each script, with the
+# same names in all three: --memory, --paired-frac, --lambda-rec, --lambda-adv, --lambda-sup, --gan).
 def add_common_args(p, *, steps, batch_size, lr, eval_every):
-    """Add the flags all three scripts share; the defaults are the script's own."""
+    """Add the run flags all three scripts share; the defaults are the script's own."""
     p.add_argument("--data", default=None,
                    help="dataset path (see README for the layouts); default: the built-in dataset")
     p.add_argument("--out", default=None,
-                   help="run folder; default: runs/<script>-<time>, or the --resume checkpoint's folder")
+                   help="run folder (default: runs/<script>-<time>; with --resume its folder, with "
+                        "--eval-only/--predict a new eval-<time>/predict-<time> folder beside it)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     p.add_argument("--steps", type=int, default=steps,
@@ -55,18 +62,43 @@ def add_common_args(p, *, steps, batch_size, lr, eval_every):
                    help=f"batch size per process (default: {batch_size})")
     p.add_argument("--lr", type=float, default=lr, help=f"Adam learning rate (default: {lr})")
     p.add_argument("--eval-every", type=int, default=eval_every,
-                   help=f"evaluate and checkpoint every N steps (default: {eval_every})")
+                   help=f"checkpoint and evaluate every N steps (default: {eval_every})")
     p.add_argument("--resume", default=None, help="checkpoint to continue from or evaluate (default: none)")
     p.add_argument("--eval-only", action="store_true",
                    help="only evaluate the --resume checkpoint on --data (default: off)")
     p.add_argument("--predict", default=None,
-                   help="run the --resume model on this input and write predictions to --out (default: off)")
+                   help="run the --resume model on this input and write predictions (default: off)")
     p.add_argument("--deterministic", action="store_true",
                    help="ask torch for deterministic kernels (slower on CUDA; default: off)")
-    p.add_argument("--bench", action="store_true",
-                   help="measure throughput and the fraction of the matmul peak reached, then exit (default: off)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar (default: shown)")
     return p
+
+
+def check_args(args, nonneg_ints=(), positive_ints=()):
+    """One validation of the shared values, so a typo stops the run before anything is written:
+    steps >= 0, eval-every >= 1, batch >= 1, seed >= 0, finite lr > 0, every --lambda-* finite >= 0,
+    every --*-frac in [0, 1]; plus the script's own integer flags (by attribute name)."""
+    def bad(flag, want, value):
+        raise InputError(f"--{flag.replace('_', '-')} {value}: expected {want}")
+    for name in ("steps", "seed", *nonneg_ints):
+        if getattr(args, name) < 0:
+            bad(name, "an integer >= 0", getattr(args, name))
+    for name in ("eval_every", "batch_size", *positive_ints):
+        if getattr(args, name) < 1:
+            bad(name, "an integer >= 1", getattr(args, name))
+    for name, value in vars(args).items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if name.startswith("lr") and not (math.isfinite(value) and value > 0):
+            bad(name, "a finite number > 0", value)
+        if name.startswith("lambda_") and not (math.isfinite(value) and value >= 0):
+            bad(name, "a finite number >= 0", value)
+        if name.endswith("_frac") and not 0 <= value <= 1:
+            bad(name, "a fraction in [0, 1]", value)
+    if (args.eval_only or args.predict) and not args.resume:
+        raise InputError("--eval-only and --predict need --resume CHECKPOINT")
+    if args.eval_only and args.predict:
+        raise InputError("--eval-only and --predict: choose one")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -92,15 +124,21 @@ def pick_device(name, local_rank=0):
         device = torch.device(name)
     except RuntimeError:
         raise InputError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {name}: CUDA is not available on this machine (torch {torch.__version__})")
     if device.type not in ("cpu", "cuda"):
         raise InputError(f"--device {name}: only cpu and cuda are supported")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: CUDA is not available on this machine (torch {torch.__version__})")
     return device
 
 
 class Dist:
-    """torchrun/DDP state. Single-process runs get rank 0 of world 1 and no process group."""
+    """torchrun state. Single-process runs get rank 0 of world 1 and no process group.
+
+    Data parallelism is DistributedDataParallel's rule done by hand, the same way in all three
+    scripts: every rank starts from the same seed (identical weights), draws the same global batch
+    and keeps its slice, and after each backward ``average_grads`` all-reduces the gradients of the
+    nets being stepped. Unlike the DDP wrapper this also holds for discriminators, whose parameters
+    a generator loss reaches too, and for the double backward of a gradient penalty."""
 
     def __init__(self, device_arg):
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -113,6 +151,7 @@ class Dist:
             if self.device.type == "cuda":
                 torch.cuda.set_device(self.device)
             dist.init_process_group(backend)
+        self._comm = self.device if self.device.type == "cuda" else torch.device("cpu")
 
     @property
     def main(self):
@@ -123,7 +162,7 @@ class Dist:
             dist.barrier()
 
     def broadcast(self, obj):
-        """Send a picklable Python object from rank 0 to all ranks (plain data only)."""
+        """Send a small Python value (str, number, dict of them) from rank 0 to all ranks."""
         if self.world == 1:
             return obj
         box = [obj]
@@ -131,12 +170,12 @@ class Dist:
         return box[0]
 
     def average_grads(self, *modules):
-        """DDP's gradient all-reduce by hand (one flat all_reduce), for nets that are not wrapped in
-        DDP: e.g. discriminators, whose gradients a generator loss also reaches, or whose gradient
-        penalty needs double backward."""
+        """The gradient all-reduce of data parallelism (one flat all_reduce over the given nets)."""
         if self.world == 1:
             return
         params = [p for m in modules for p in m.parameters() if p.grad is not None]
+        if not params:
+            return
         flat = torch.cat([p.grad.flatten() for p in params])
         dist.all_reduce(flat)
         flat /= self.world
@@ -144,10 +183,11 @@ class Dist:
             p.grad.copy_(g.view_as(p))
 
     def any(self, flag):
-        """True on every rank if it is True on any rank (e.g. a stop request that reached one process)."""
+        """True on every rank if it is True on any rank: a stop request that reached one process
+        stops all of them at the same step (no rank waits forever in a collective)."""
         if self.world == 1:
             return bool(flag)
-        t = torch.tensor([float(flag)], device=self.device if self.device.type == "cuda" else "cpu")
+        t = torch.tensor([float(flag)], device=self._comm)
         dist.all_reduce(t)
         return t.item() > 0
 
@@ -155,14 +195,19 @@ class Dist:
         """Mean of a float over ranks (for logging losses)."""
         if self.world == 1:
             return float(value)
-        t = torch.tensor([float(value)], dtype=torch.float64,
-                         device=self.device if self.device.type == "cuda" else "cpu")
+        t = torch.tensor([float(value)], dtype=torch.float64, device=self._comm)
         dist.all_reduce(t)
         return t.item() / self.world
 
 
+def sync(device):
+    """Wait for queued CUDA work (timings); nothing to wait for on CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 # ----------------------------------------------------------------------------------------------
-# Run folder: args, versions, command; metrics.jsonl; results.json.
+# Run folder: a lock, args, versions, command; metrics.jsonl; results.json.
 def versions():
     return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
             "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
@@ -170,17 +215,77 @@ def versions():
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
+_LOCK = []  # the lock file this process holds, removed at exit
+
+
+def release_lock():
+    while _LOCK:
+        path = _LOCK.pop()
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+
+
+def acquire_lock(run_dir):
+    """One run per folder: run.lock holds host and pid; a lock of a process that is gone is taken over."""
+    path = os.path.join(run_dir, "run.lock")
+    me = f"{socket.gethostname()} {os.getpid()}"
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                with open(path) as f:
+                    host, pid = f.read().split()
+                alive = host != socket.gethostname() or _pid_alive(int(pid))
+            except (OSError, ValueError):
+                alive = False  # unreadable or half-written: a crashed run's leftover
+            if alive:
+                raise InputError(f"--out {run_dir}: another run (host {host}, pid {pid}) is using this "
+                                 f"folder; wait for it, choose another --out, or delete {path} if that "
+                                 f"run is gone") from None
+            os.remove(path)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        _LOCK.append(path)
+        atexit.register(release_lock)
+        return
+    raise InputError(f"--out {run_dir}: cannot take the folder's lock {path}")
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def make_run_dir(args, script, dist_state):
-    """Create the run folder (rank 0 picks the name) and store args, versions and the command."""
+    """Create and lock the run folder (rank 0 picks the name) and store args, versions and command.
+    Default: runs/<script>-<time>; with --resume the checkpoint's folder; with --eval-only or
+    --predict a new eval-<time>/predict-<time> folder beside the checkpoint."""
     out = args.out
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     if out is None and args.resume:
         out = os.path.dirname(os.path.abspath(args.resume))
+        if args.eval_only or args.predict:
+            out = os.path.join(out, f"{'predict' if args.predict else 'eval'}-{stamp}")
     if out is None:
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         out = os.path.join("runs", f"{script}-{stamp}")
     out = dist_state.broadcast(out)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise InputError(f"--out {out}: is a file; expected a run folder (new or existing)")
     if dist_state.main:
-        os.makedirs(out, exist_ok=True)
+        try:
+            os.makedirs(out, exist_ok=True)
+        except OSError as e:
+            raise InputError(f"--out {out}: cannot create the run folder ({e.strerror})") from None
+        acquire_lock(out)
         write_json(os.path.join(out, "args.json"), vars(args))
         write_json(os.path.join(out, "versions.json"), versions())
         with open(os.path.join(out, "command.txt"), "a") as f:
@@ -189,8 +294,12 @@ def make_run_dir(args, script, dist_state):
     return out
 
 
+def _tmp(path):
+    return f"{path}.tmp{os.getpid()}"  # per process: two writers never share a temporary file
+
+
 def write_json(path, obj):
-    tmp = path + ".tmp"
+    tmp = _tmp(path)
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=2, default=str)
         f.write("\n")
@@ -204,13 +313,18 @@ class MetricsLog:
     def __init__(self, run_dir, resume_step=None, enabled=True):
         self.path = os.path.join(run_dir, "metrics.jsonl")
         self.enabled = enabled
-        if enabled and resume_step is not None and os.path.exists(self.path):
-            with open(self.path) as f:
-                keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+        if enabled and os.path.exists(self.path):
+            keep = []
+            if resume_step is not None:  # a fresh run in an old folder starts a fresh log
+                with open(self.path, errors="replace") as f:
+                    for line in f:
+                        try:
+                            if json.loads(line).get("step", 0) <= resume_step:
+                                keep.append(line)
+                        except (ValueError, AttributeError):
+                            pass  # a line cut by a crash mid-write
             with open(self.path, "w") as f:
                 f.writelines(keep)
-        elif enabled and resume_step is None and os.path.exists(self.path):
-            os.remove(self.path)  # a fresh run in an old folder starts a fresh log
 
     def write(self, record):
         if self.enabled:
@@ -229,54 +343,9 @@ def progress(start, total, dist_state, disable=False):
                 disable=disable or not dist_state.main or start >= total)
 
 
-# ----------------------------------------------------------------------------------------------
-# Checkpoints: plain tensors and values, written atomically, loaded with weights_only=True.
-def rng_state():
-    """All global RNG states as plain values/tensors (loadable with weights_only=True)."""
-    np_state = np.random.get_state()
-    state = {"python": repr(random.getstate()),
-             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state):
-    import ast
-    random.setstate(ast.literal_eval(state["python"]))
-    name, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(gauss)))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_checkpoint(path, state):
-    """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path, map_location="cpu", required=("step",)):
-    """Load a checkpoint without executing code; any failure is one clear InputError."""
-    if not os.path.isfile(path):
-        raise InputError(f"checkpoint {path}: no such file")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # corrupt, truncated, or holding objects that are not plain data
-        raise InputError(f"checkpoint {path}: cannot be read as a torch checkpoint of plain tensors "
-                         f"and values (corrupt, truncated or not a checkpoint: {type(e).__name__})") from None
-    missing = [k for k in required if not isinstance(state, dict) or k not in state]
-    if missing:
-        raise InputError(f"checkpoint {path}: not a checkpoint of this script (missing {missing})")
-    return state
-
-
 class StopRequest:
     """SIGINT/SIGTERM set a flag; the training loop finishes its step, checkpoints and exits, so an
-    interrupted run resumes without losing or repeating work."""
+    interrupted run resumes without losing or repeating work. Check it with Dist.any."""
 
     def __init__(self):
         self.requested = False
@@ -290,7 +359,138 @@ class StopRequest:
 
 
 # ----------------------------------------------------------------------------------------------
-# Data files: .npz read without pickles, with clear messages.
+# Checkpoints: one set of keys in all three scripts, plain tensors and values, written atomically,
+# loaded with weights_only=True (loading never executes code).
+CKPT_KEYS = ("script", "step", "args", "nets", "opts", "rng", "data_rng", "wall_s", "samples")
+
+
+def rng_state():
+    """All global RNG states as plain values/tensors (loadable with weights_only=True)."""
+    np_state = np.random.get_state()
+    state = {"python": repr(random.getstate()),
+             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    random.setstate(ast.literal_eval(state["python"]))
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(gauss)))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path, *, script, step, args, nets, opts, data_rng, wall_s, samples, **extra):
+    """Write {script, step, args, nets, opts, rng, data_rng, wall_s, samples, **extra} atomically
+    (a crash mid-write leaves the previous checkpoint intact). nets/opts: dicts name -> module/optimiser;
+    wall_s and samples are the run's training seconds and samples so far (throughput = their ratio,
+    so resuming a finished run keeps its recorded numbers)."""
+    state = {"script": script, "step": step, "args": vars(args),
+             "nets": {k: m.state_dict() for k, m in nets.items()},
+             "opts": {k: o.state_dict() for k, o in opts.items()},
+             "rng": rng_state(), "data_rng": data_rng.get_state(), "wall_s": float(wall_s),
+             "samples": int(samples), **extra}
+    tmp = _tmp(path)
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, script, nets=()):
+    """Load a checkpoint of `script` without executing code and check it holds `nets`; any
+    failure is one clear InputError (missing, corrupt, another script's, missing keys)."""
+    if not os.path.isfile(path):
+        raise InputError(f"--resume {path}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt, truncated, or holding objects that are not plain data
+        raise InputError(f"--resume {path}: cannot be read as a torch checkpoint of plain tensors and "
+                         f"values (corrupt, truncated or not a checkpoint: {type(e).__name__})") from None
+    if not isinstance(state, dict) or state.get("script") != script:
+        found = state.get("script") if isinstance(state, dict) else type(state).__name__
+        raise InputError(f"--resume {path}: not a checkpoint of {script}.py (found {found!r})")
+    missing = [k for k in CKPT_KEYS if k not in state]
+    missing += [f"nets/{k}" for k in nets if k not in state.get("nets", {})]
+    if missing or not isinstance(state["args"], dict):
+        raise InputError(f"--resume {path}: incomplete checkpoint of {script}.py (missing {missing})")
+    return state
+
+
+def arch_from_checkpoint(args, state, names, path):
+    """The network shape comes from the checkpoint: copy these args over the command line's."""
+    missing = [k for k in names if k not in state["args"]]
+    if missing:
+        raise InputError(f"--resume {path}: checkpoint args lack {missing}")
+    for k in names:
+        setattr(args, k, state["args"][k])
+
+
+def load_weights(module, sd, path, name):
+    """module.load_state_dict with a clear error when the checkpoint's tensors do not fit."""
+    try:
+        module.load_state_dict(sd)
+    except (RuntimeError, KeyError, TypeError, AttributeError) as e:
+        first = str(e).strip().splitlines()[0][:200]
+        raise InputError(f"--resume {path}: weights of {name} do not fit this network ({first})") from None
+
+
+def restore_training(state, nets, opts, data_rng, path):
+    """Continue exactly where a checkpoint stopped: weights, optimisers, all RNGs.
+    Returns (step, wall_s, samples)."""
+    for k, m in nets.items():
+        load_weights(m, state["nets"][k], path, k)
+    try:
+        for k, o in opts.items():
+            o.load_state_dict(state["opts"][k])
+        data_rng.set_state(state["data_rng"])
+        set_rng_state(state["rng"])
+    except (KeyError, ValueError, RuntimeError, TypeError) as e:
+        raise InputError(f"--resume {path}: optimiser or RNG state does not fit this run "
+                         f"({type(e).__name__}: {str(e)[:120]})") from None
+    return int(state["step"]), float(state["wall_s"]), int(state["samples"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Data files: every reader names the file and the expected layout when it fails, and none
+# unpickles (numpy arrays load with allow_pickle=False).
+def read_text(path, what):
+    """A text file's contents; missing, unreadable or not UTF-8 is an InputError naming `what`."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file (expected {what})") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text (byte {e.start}; expected {what})") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror}; expected {what})") from None
+
+
+def read_json(path, what):
+    try:
+        return json.loads(read_text(path, what))
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: not valid JSON (line {e.lineno}: {e.msg}; expected {what})") from None
+
+
+def read_numbers(path, what, cols=None):
+    """A whitespace-separated numeric table -> float64 (rows, cols); ragged or non-numeric rows,
+    NaN/inf, or the wrong column count are an InputError."""
+    rows = [ln.split() for ln in read_text(path, what).splitlines() if ln.strip() and not ln.startswith("#")]
+    try:
+        arr = np.array([[float(v) for v in r] for r in rows], dtype=np.float64)
+    except ValueError:
+        raise InputError(f"{path}: non-numeric values or rows of unequal length (expected {what})") from None
+    if arr.ndim != 2 or not len(arr) or (cols is not None and arr.shape[1] not in np.atleast_1d(cols)):
+        raise InputError(f"{path}: found {arr.shape[1] if arr.ndim == 2 else 0} numbers per row in "
+                         f"{len(rows)} rows; expected {what}")
+    check_finite(arr, path, "values", what)
+    return arr
+
+
 def load_npz(path, required=(), what="an npz file"):
     """np.load with allow_pickle=False; a missing file or key is an InputError naming the layout."""
     if not os.path.isfile(path):
@@ -309,17 +509,52 @@ def load_npz(path, required=(), what="an npz file"):
     return data
 
 
+def load_npy(path, what):
+    """np.load of one .npy array with allow_pickle=False, errors as InputError."""
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: no such file (expected {what})")
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as e:
+        raise InputError(f"{path}: cannot be read as a .npy array without pickles "
+                         f"(expected {what}; {type(e).__name__})") from None
+
+
+def check_array(arr, path, key, shape, what):
+    """A numeric, finite array of shape pattern `shape` (None = any size) -> float32, else InputError."""
+    arr = np.asarray(arr)
+    ok = arr.dtype.kind in "fiub" and arr.ndim == len(shape) and all(
+        s is None or s == a for s, a in zip(shape, arr.shape))
+    if not ok:
+        want = "(" + ", ".join("N" if s is None else str(s) for s in shape) + ")"
+        raise InputError(f"{path}: '{key}' has shape {arr.shape} and dtype {arr.dtype}; expected numbers "
+                         f"of shape {want} ({what})")
+    arr = arr.astype(np.float32)
+    check_finite(arr, path, key, what)
+    return arr
+
+
+def check_finite(arr, path, key, what):
+    bad = ~np.isfinite(np.asarray(arr, dtype=np.float64))
+    if bad.any():
+        first = np.argwhere(bad)[0].tolist()
+        raise InputError(f"{path}: '{key}' holds {int(bad.sum())} NaN/inf value(s), first at index {first} "
+                         f"(expected finite numbers: {what})")
+
+
 # ----------------------------------------------------------------------------------------------
 # Figures: images and GIFs through imageio (no plotting library).
 def to_uint8(img):
-    """float array/tensor in [0, 1] (H, W, 3) or (3, H, W) -> uint8 (H, W, 3)."""
+    """An image as uint8 (H, W, 3): uint8 is kept as it is; floats are taken in [0, 1].
+    Accepts (H, W), (H, W, 1|3) or (1|3, H, W), as numpy arrays or tensors."""
     if isinstance(img, torch.Tensor):
-        img = img.detach().float().cpu().numpy()
+        img = img.detach().cpu()
+        img = img.numpy() if img.dtype == torch.uint8 else img.float().numpy()
     img = np.asarray(img)
     if img.ndim == 3 and img.shape[0] in (1, 3) and img.shape[-1] not in (1, 3):
         img = img.transpose(1, 2, 0)
     if img.dtype != np.uint8:
-        img = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+        img = (np.clip(np.nan_to_num(img.astype(np.float64)), 0, 1) * 255 + 0.5).astype(np.uint8)
     if img.ndim == 2:
         img = img[..., None]
     if img.shape[-1] == 1:
@@ -328,7 +563,7 @@ def to_uint8(img):
 
 
 def image_grid(rows, pad=2, bg=255):
-    """rows: list of lists of (H, W, 3) images of one size -> one uint8 image with padding."""
+    """rows: list of lists of images of one size -> one uint8 (H, W, 3) image with padding."""
     rows = [[to_uint8(im) for im in row] for row in rows]
     h, w = rows[0][0].shape[:2]
     ncol = max(len(r) for r in rows)
@@ -350,39 +585,36 @@ def write_gif(path, frames, fps=10):
     imageio.mimsave(path, [to_uint8(f) for f in frames], duration=1.0 / fps, loop=0)
 
 
-# ----------------------------------------------------------------------------------------------
-# --bench helpers: FLOPs of a step and the machine's measured matmul peak.
-def count_flops(fn):
-    """Run fn() once under torch's flop counter; returns the counted FLOPs (matmul/conv dominated)."""
-    from torch.utils.flop_counter import FlopCounterMode
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops()
-
-
-def matmul_peak(device, dtype=torch.float32, n=None, seconds=1.0):
-    """Measured FLOP/s of a large square matmul on this device: the ceiling a step is compared with."""
-    n = n or (4096 if device.type == "cuda" else 1024)
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    a @ b  # warm-up
-    sync(device)
-    reps, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        a @ b
-        reps += 1
-        sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - t0)
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def cache_dir(name):
     """Folder for built-in datasets built on first use: $AIGN_CACHE/<name>, default ~/.cache/aign."""
     root = os.environ.get("AIGN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "aign")
     path = os.path.join(root, name)
     os.makedirs(path, exist_ok=True)
+    return path
+
+
+def builtin_dataset(script_file, name, builder, dist_state, **build_kwargs):
+    """The cached built-in dataset folder of a script: $AIGN_CACHE/<name>/builtin, built on first use
+    by rank 0 with build(folder, **build_kwargs) of tools/<builder>.py next to the script (built aside
+    and renamed, so concurrent runs never see half a build). A copied script without tools/ gets one
+    line saying how to get data."""
+    path = os.path.join(cache_dir(name), "builtin")
+    if dist_state.main and not os.path.isdir(path):
+        tool = os.path.join(os.path.dirname(os.path.abspath(script_file)), "tools", builder + ".py")
+        if not os.path.isfile(tool):
+            raise InputError(f"no --data given and the built-in dataset's builder {tool} is not here: pass "
+                             f"--data (layouts: python3 {os.path.basename(script_file)} --help, README) "
+                             f"or run from a clone of the aign repository")
+        import importlib.util
+        import shutil
+        spec = importlib.util.spec_from_file_location(builder, tool)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        tmp = f"{path}.tmp{os.getpid()}"
+        module.build(tmp, **build_kwargs)
+        try:
+            os.rename(tmp, path)
+        except OSError:  # another process finished first
+            shutil.rmtree(tmp, ignore_errors=True)
+    dist_state.barrier()
     return path

@@ -1,0 +1,137 @@
+"""The shared plumbing: CLI checks, run-folder lock, checkpoints, safe readers, image conversion."""
+import argparse
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import common
+from common import InputError
+
+
+def parse(*argv):
+    p = common.add_common_args(argparse.ArgumentParser(), steps=10, batch_size=4, lr=1e-3, eval_every=5)
+    p.add_argument("--lambda-adv", type=float, default=0.01)
+    p.add_argument("--paired-frac", type=float, default=0.0)
+    return p.parse_args(list(argv))
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--steps", "-5"], "--steps"), (["--batch-size", "0"], "--batch-size"),
+    (["--eval-every", "0"], "--eval-every"), (["--lr", "nan"], "--lr"), (["--lr", "0"], "--lr"),
+    (["--lambda-adv", "-1"], "--lambda-adv"), (["--lambda-adv", "inf"], "--lambda-adv"),
+    (["--paired-frac", "1.5"], "--paired-frac"), (["--seed", "-1"], "--seed"),
+    (["--eval-only"], "--resume"), (["--predict", "x", "--eval-only", "--resume", "c"], "choose one")])
+def test_check_args_refuses_bad_values(argv, flag):
+    with pytest.raises(InputError, match=flag):
+        common.check_args(parse(*argv))
+
+
+def test_check_args_accepts_defaults_and_edges():
+    common.check_args(parse())
+    common.check_args(parse("--steps", "0", "--paired-frac", "1", "--lambda-adv", "0"))
+
+
+class OneRank:
+    main, world, rank = True, 1, 0
+
+    def broadcast(self, x):
+        return x
+
+    def barrier(self):
+        pass
+
+
+def test_run_dir_refuses_a_file_and_a_second_run(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(InputError, match="is a file"):
+        common.make_run_dir(parse("--out", str(f)), "t", OneRank())
+    out = tmp_path / "run"
+    common.make_run_dir(parse("--out", str(out)), "t", OneRank())
+    assert (out / "run.lock").exists() and (out / "args.json").exists()
+    # a second process on the same folder is refused while this one holds the lock
+    code = ("import sys, argparse; sys.path.insert(0, %r); import common;"
+            "p = common.add_common_args(argparse.ArgumentParser(), steps=1, batch_size=1, lr=1, eval_every=1);"
+            "common.run_main(lambda: common.make_run_dir(p.parse_args(['--out', %r]), 't', "
+            "common.Dist('cpu')))" % (os.path.dirname(common.__file__), str(out)))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 2 and "another run" in proc.stderr, proc.stderr
+    common.release_lock()
+    assert not (out / "run.lock").exists()
+    # a lock left by a process that is gone is taken over
+    (out / "run.lock").write_text(f"{os.uname().nodename} 999999999")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert not (out / "run.lock").exists()
+
+
+def test_checkpoint_round_trip_and_refusals(tmp_path):
+    net, gen = torch.nn.Linear(3, 2), torch.Generator().manual_seed(1)
+    opt = torch.optim.Adam(net.parameters())
+    path = str(tmp_path / "ckpt.pt")
+    common.save_checkpoint(path, script="demo", step=7, args=parse(), nets={"G": net}, opts={"G": opt},
+                           data_rng=gen, wall_s=1.5, samples=28)
+    assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
+    state = common.load_checkpoint(path, "demo", nets=("G",))
+    net2, gen2 = torch.nn.Linear(3, 2), torch.Generator()
+    opt2 = torch.optim.Adam(net2.parameters())
+    assert common.restore_training(state, {"G": net2}, {"G": opt2}, gen2, path) == (7, 1.5, 28)
+    assert torch.equal(net.weight, net2.weight) and torch.equal(gen.get_state(), gen2.get_state())
+    with pytest.raises(InputError, match="not a checkpoint of other.py"):
+        common.load_checkpoint(path, "other")
+    with pytest.raises(InputError, match="nets/D"):
+        common.load_checkpoint(path, "demo", nets=("G", "D"))
+    with pytest.raises(InputError, match="do not fit"):
+        common.restore_training(state, {"G": torch.nn.Linear(4, 2)}, {"G": opt2}, gen2, path)
+    torch.save({"step": 1}, path)
+    with pytest.raises(InputError, match="not a checkpoint"):
+        common.load_checkpoint(path, "demo")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match="cannot be read"):
+        common.load_checkpoint(str(tmp_path / "junk.pt"), "demo")
+    with pytest.raises(InputError, match="no such file"):
+        common.load_checkpoint(str(tmp_path / "none.pt"), "demo")
+
+
+def test_readers_turn_failures_into_input_errors(tmp_path):
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\xe9 1 2\n".encode("latin-1"))
+    with pytest.raises(InputError, match="not UTF-8"):
+        common.read_text(str(latin), "a table")
+    ragged = tmp_path / "ragged.txt"
+    ragged.write_text("1 2 3\n4 5\n")
+    with pytest.raises(InputError, match="unequal length"):
+        common.read_numbers(str(ragged), "3 numbers per row")
+    nan = tmp_path / "nan.txt"
+    nan.write_text("1 nan 3\n")
+    with pytest.raises(InputError, match="NaN"):
+        common.read_numbers(str(nan), "3 numbers per row")
+    ok = tmp_path / "ok.txt"
+    ok.write_text("# a comment\n1 2 3\n4 5 6\n")
+    assert common.read_numbers(str(ok), "3 numbers per row", cols=3).shape == (2, 3)
+    with pytest.raises(InputError, match="expected 12 numbers"):
+        common.read_numbers(str(ok), "12 numbers per row", cols=12)
+    bad_json = tmp_path / "b.json"
+    bad_json.write_text("{")
+    with pytest.raises(InputError, match="not valid JSON"):
+        common.read_json(str(bad_json), "a dict")
+    obj = tmp_path / "obj.npy"
+    np.save(obj, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(InputError, match="without pickles"):
+        common.load_npy(str(obj), "an array")
+    with pytest.raises(InputError, match="NaN/inf"):
+        common.check_array(np.array([[1.0, np.inf]]), "f.npz", "x", (None, 2), "pairs")
+    with pytest.raises(InputError, match=r"expected numbers of shape \(N, 3\)"):
+        common.check_array(np.zeros((2, 2)), "f.npz", "x", (None, 3), "triples")
+
+
+def test_to_uint8_keeps_uint8_and_scales_floats():
+    u8 = torch.tensor([0, 128, 255, 7], dtype=torch.uint8).view(1, 1, 4).expand(3, 2, 4)  # (3, 2, 4) CHW
+    out = common.to_uint8(u8)
+    assert out.dtype == np.uint8 and out.shape == (2, 4, 3) and out[1, :, 0].tolist() == [0, 128, 255, 7]
+    f = np.array([[0.0, 0.5, 1.0, 2.0]])
+    assert common.to_uint8(f)[0, :, 0].tolist() == [0, 128, 255, 255]
