@@ -200,6 +200,15 @@ class Dist:
         return t.item() / self.world
 
 
+def optimiser_step(opt, loss, dist_state, *modules):
+    """The plumbing of one update: zero the gradients, backpropagate `loss`, all-reduce the
+    gradients of `modules` over ranks (data parallelism), step the optimiser."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    dist_state.average_grads(*modules)
+    opt.step()
+
+
 def sync(device):
     """Wait for queued CUDA work (timings); nothing to wait for on CPU."""
     if device.type == "cuda":
