@@ -1,18 +1,33 @@
 """The built-in dataset of pose_aign.py: synthetic mocap on the H36M-17 skeleton plus real CMU poses,
 seen by random perspective cameras, written as a generic folder (train/val/test/memory.npz) that
-pose_aign.py then reads with its ordinary folder loader. pose_aign.py calls build_builtin() on first
-use (about 1 s); to write a copy somewhere else:
+pose_aign.py then reads with its ordinary folder loader. pose_aign.py calls build() through
+common.builtin_dataset on first use (about 1 s); to write a copy somewhere else:
 
     python3 tools/pose_builtin.py OUT_DIR
+
+It never imports pose_aign.py: the few skeleton constants it needs are copied here.
 """
 import os
 import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 import common  # noqa: E402
-from pose_aign import HERE, NJ, PARENTS, euler_matrix  # noqa: E402
+
+NJ = 17  # H36M-17 (VideoPose3D order), as in pose_aign.py
+PARENTS = [-1, 0, 1, 2, 0, 4, 5, 0, 7, 8, 9, 8, 11, 12, 8, 14, 15]
+
+
+def euler_matrix(axis, deg):
+    """(F,) degrees -> (F, 3, 3) rotation about 'X', 'Y' or 'Z'."""
+    a = np.radians(deg)
+    c, s, o, z = np.cos(a), np.sin(a), np.ones_like(a), np.zeros_like(a)
+    m = {"X": [[o, z, z], [z, c, -s], [z, s, c]], "Y": [[c, z, s], [z, o, z], [-s, z, c]],
+         "Z": [[c, -s, z], [s, c, z], [z, z, o]]}[axis]
+    return np.moveaxis(np.array(m), [0, 1], [-2, -1])
+
 
 # Rest pose in a body frame: Y up, X = the subject's left, Z = forward. Unit bone directions; the
 # lengths come from the real CMU poses shipped in data/cmu_h36m17.npz (median over frames).
@@ -134,12 +149,12 @@ def project_np(p_cam, cam):
     return p_cam[..., :2] / p_cam[..., 2:3] * cam[:, None, :2] + cam[:, None, 2:]
 
 
-def build_builtin(folder, seed=1234):
+def build(folder, seed=1234):
     """Write the built-in dataset: train/val/test.npz (2D + cameras + 3D + subject/action) and
     memory.npz (3D only). Synthetic subjects are split disjointly: S1-S6 give the 2D inputs, S7-S9 the
     memory, S10 validation, S11-S12 test; the real CMU clips: 01_01 memory, 01_03 test."""
-    cmu = common.load_npz(os.path.join(HERE, "data", "cmu_h36m17.npz"), ["poses_3d", "clip"],
-                          "the shipped CMU poses (rebuild with tools/build_cmu_poses.py)")
+    cmu = common.load_npz(os.path.join(ROOT, "data", "cmu_h36m17.npz"), ["poses_3d", "clip"],
+                          "the shipped CMU poses (rebuild with tools/bvh_to_memory.py, see its docstring)")
     lengths0 = bone_lengths(cmu["poses_3d"])
     rng = np.random.default_rng(seed)
     roles = {"train": range(1, 7), "memory": range(7, 10), "val": [10], "test": [11, 12]}
@@ -182,5 +197,5 @@ def build_builtin(folder, seed=1234):
 
 
 if __name__ == "__main__":
-    build_builtin(sys.argv[1])
+    build(sys.argv[1])
     print(f"wrote {sys.argv[1]}")

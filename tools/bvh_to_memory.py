@@ -1,0 +1,162 @@
+"""BVH mocap -> a pose_aign.py memory npz: poses_3d (N,17,3) metres on the H36M-17 skeleton (Y up),
+plus clip (N,) = the BVH file's name. CMU-style joint names are needed (other skeletons get an error
+listing them); CMU units are converted with 0.0564 m/unit (the shipped subject 01 then stands ~1.5 m).
+
+    python3 tools/bvh_to_memory.py cmu_bvh/ --out memory.npz        # a folder and/or .bvh files
+    python3 pose_aign.py --data poses.npz --memory memory.npz
+
+The shipped data/cmu_h36m17.npz (the built-in dataset's real poses) is rebuilt with
+    python3 tools/bvh_to_memory.py ../shared/data/cmu/01_01.bvh ../shared/data/cmu/01_03.bvh \\
+        --out data/cmu_h36m17.npz --source "CMU mocap subject 01 trials 01, 03 (mocap.cs.cmu.edu; NSF EIA-0196217)"
+Licence of that source: CMU Graphics Lab Motion Capture Database, free for research and commercial
+use ("The data used in this project was obtained from mocap.cs.cmu.edu. The database was created
+with funding from NSF EIA-0196217."); BVH conversion by B. Hahne (cgspeed), no added restrictions.
+"""
+import argparse
+import glob
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import common  # noqa: E402
+from common import InputError  # noqa: E402
+
+NJ = 17  # H36M-17 (VideoPose3D order), as in pose_aign.py
+# CMU BVH joint -> H36M-17 joint ("<name>_end" is the end site below <name>). CMU's Neck sits on
+# Spine1 (zero offset), so the thorax is Neck1, at shoulder height.
+CMU_TO_H36M = {"Hips": 0, "RightUpLeg": 1, "RightLeg": 2, "RightFoot": 3, "LeftUpLeg": 4, "LeftLeg": 5,
+               "LeftFoot": 6, "Spine1": 7, "Neck1": 8, "Head": 9, "Head_end": 10, "LeftArm": 11,
+               "LeftForeArm": 12, "LeftHand": 13, "RightArm": 14, "RightForeArm": 15, "RightHand": 16}
+CMU_UNIT_M = 0.0564  # CMU BVH units -> metres (CMU's mocap unit; the shipped subject 01 stands ~1.5 m)
+
+
+def read_bvh(path):
+    """Parse a BVH file. Returns (names, parents, offsets (J,3), channels [list of names per joint],
+    motion (F, C) float64). End sites are joints named '<parent>_end' with no channels."""
+    text = common.read_text(path, "a BVH file")
+    if "HIERARCHY" not in text or "MOTION" not in text:
+        raise InputError(f"{path}: not a BVH file (expected HIERARCHY ... MOTION sections)")
+    head, motion_text = text.split("MOTION", 1)
+    names, parents, offsets, channels, stack = [], [], [], [], []
+    try:
+        _parse_hierarchy(head.split(), names, parents, offsets, channels, stack)
+    except (IndexError, ValueError):
+        raise InputError(f"{path}: malformed HIERARCHY after {len(names)} joint(s) (expected ROOT/JOINT/End Site "
+                         f"blocks with OFFSET x y z and CHANNELS n ...)") from None
+    if any(o is None for o in offsets):
+        raise InputError(f"{path}: a joint has no OFFSET in the HIERARCHY")
+    lines = [ln for ln in motion_text.strip().splitlines()[2:] if ln.strip()]  # after Frames:, Frame Time:
+    n_ch = sum(len(c) for c in channels)
+    try:
+        motion = np.array([[float(v) for v in ln.split()] for ln in lines], dtype=np.float64)
+    except ValueError:
+        raise InputError(f"{path}: MOTION section holds non-numeric values or rows of unequal length") from None
+    if motion.ndim != 2 or motion.shape[1] != n_ch:
+        raise InputError(f"{path}: MOTION rows have {motion.shape[-1] if motion.size else 0} values, "
+                         f"the HIERARCHY declares {n_ch} channels")
+    common.check_finite(motion, path, "MOTION", "finite channel values")
+    return names, parents, np.array(offsets, dtype=np.float64), channels, motion
+
+
+def _parse_hierarchy(tokens, names, parents, offsets, channels, stack):
+    """Fill the joint lists from the HIERARCHY tokens (a small stack machine over { and })."""
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        if tok in ("ROOT", "JOINT", "End"):  # "End Site" is named after its parent
+            names.append(tokens[i + 1] if tok != "End" else names[stack[-1]] + "_end")
+            parents.append(stack[-1] if stack else -1)
+            offsets.append(None)
+            channels.append([])
+            i += 2
+        elif tok == "{":
+            stack.append(len(names) - 1)
+            i += 1
+        elif tok == "}":
+            stack.pop()
+            i += 1
+        elif tok == "OFFSET":
+            offsets[stack[-1]] = [float(v) for v in tokens[i + 1:i + 4]]
+            i += 4
+        elif tok == "CHANNELS":
+            n = int(tokens[i + 1])
+            channels[stack[-1]] = tokens[i + 2:i + 2 + n]
+            i += 2 + n
+        else:
+            i += 1
+
+
+def euler_matrix(axis, deg):
+    """(F,) degrees -> (F, 3, 3) rotation about 'X', 'Y' or 'Z'."""
+    a = np.radians(deg)
+    c, s, o, z = np.cos(a), np.sin(a), np.ones_like(a), np.zeros_like(a)
+    m = {"X": [[o, z, z], [z, c, -s], [z, s, c]], "Y": [[c, z, s], [z, o, z], [-s, z, c]],
+         "Z": [[c, -s, z], [s, c, z], [z, z, o]]}[axis]
+    return np.moveaxis(np.array(m), [0, 1], [-2, -1])
+
+
+def bvh_to_h36m(path, stride=1):
+    """BVH file -> (F, 17, 3) world positions in metres (Y up), H36M-17 order."""
+    names, parents, offsets, channels, motion = read_bvh(path)
+    missing = [n for n in CMU_TO_H36M if n not in names]
+    if missing:
+        raise InputError(f"{path}: skeleton lacks joints {missing}; the CMU-style names needed for "
+                         f"H36M-17 are {list(CMU_TO_H36M)} (found {names})")
+    motion = motion[::stride]
+    F_ = len(motion)
+    rot = [None] * len(names)    # (F, 3, 3) global rotations
+    pos = [None] * len(names)    # (F, 3) global positions
+    col = 0
+    for j, (par, chans) in enumerate(zip(parents, channels)):
+        local_r, local_t = np.broadcast_to(np.eye(3), (F_, 3, 3)), offsets[j][None]
+        for c in chans:  # each joint's own channel order, intrinsic Euler: R = R_c1 R_c2 R_c3
+            if c.endswith("rotation"):
+                local_r = local_r @ euler_matrix(c[0].upper(), motion[:, col])
+            elif c.endswith("position"):
+                local_t = local_t + np.eye(3)["XYZ".index(c[0].upper())] * motion[:, col:col + 1]
+            col += 1
+        if par < 0:
+            rot[j], pos[j] = local_r, np.broadcast_to(local_t, (F_, 3))
+        else:  # p_j = p_parent + R_parent offset_j;  R_j = R_parent R_local
+            pos[j] = pos[par] + np.einsum("fij,fj->fi", rot[par], np.broadcast_to(local_t, (F_, 3)))
+            rot[j] = rot[par] @ local_r
+    out = np.zeros((F_, NJ, 3))
+    for name, k in CMU_TO_H36M.items():
+        out[:, k] = pos[names.index(name)]
+    return (out * CMU_UNIT_M).astype(np.float32)
+
+
+def bvh_files(paths):
+    """.bvh files and folders of them -> the sorted list of files."""
+    files = []
+    for p in paths:
+        found = sorted(glob.glob(os.path.join(p, "*.bvh"))) if os.path.isdir(p) else [p]
+        if not found:
+            raise InputError(f"{p}: no .bvh files in this folder (expected BVH mocap with CMU joint names)")
+        files += found
+    return files
+
+
+def convert(paths, out, stride=4, source=None):
+    """BVH files/folders -> the memory npz `out` (poses_3d, clip[, source]); returns poses_3d."""
+    poses, clips = [], []
+    for f in bvh_files(paths):
+        world = bvh_to_h36m(f, stride=stride)
+        poses.append(world)
+        clips += [os.path.splitext(os.path.basename(f))[0]] * len(world)
+        print(f"{f}: {len(world)} poses, median height {np.median(np.ptp(world[:, :, 1], 1)):.2f} m")
+    extra = {} if source is None else {"source": np.array(source)}
+    np.savez_compressed(out, poses_3d=np.concatenate(poses).astype(np.float32), clip=np.array(clips), **extra)
+    return np.concatenate(poses)
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("bvh", nargs="+", help="BVH files and/or folders of .bvh files")
+    p.add_argument("--out", required=True, help="memory npz to write")
+    p.add_argument("--stride", type=int, default=4, help="keep every Nth frame: 120 fps -> 30 fps (default: 4)")
+    p.add_argument("--source", default=None, help="a 'source' note stored in the npz (default: none)")
+    a = p.parse_args()
+    common.run_main(lambda: print(f"wrote {a.out}: {len(convert(a.bvh, a.out, a.stride, a.source))} poses"))
