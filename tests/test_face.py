@@ -1,17 +1,23 @@
 """face_aign.py: renderers, loaders, metrics, CLI (train, resume, eval-only, predict, torchrun), learning.
 Runs without the optional face packages: the data are tiny procedural CelebA-layout fixtures."""
+import importlib.util
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
+import common
+from conftest import ROOT, one_line_error, run_cli, standalone_copy
 import face_aign as fa
 from common import InputError
 
-SMALL = ["--size", "32", "--width", "8", "--blocks", "1", "--batch-size", "4", "--test-size", "8",
+SMALL = ["--size", "32", "--channels", "8", "--blocks", "1", "--batch-size", "4", "--test-size", "8",
          "--judge-steps", "5", "--no-progress"]
 
 
@@ -33,6 +39,13 @@ def draw_face(rng, male, big_lips, h=218, w=178):
     img[((yy - cy - 38) / (9 if big_lips else 4)) ** 2 + ((xx - cx) / 18) ** 2 < 1] = [180, 40, 60]
     img += rng.normal(0, 6, img.shape)
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def load_tool(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def make_celeba(root, n=60, seed=0, partition=True):
@@ -69,9 +82,11 @@ def celeba(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sr_run(celeba, tmp_path_factory):
-    """One small sr training run shared by the checks that need a checkpoint."""
+    """One small sr training run shared by the checks that need a checkpoint (wgan-gp: the loss that
+    draws from the global RNG, so the resume check below also covers the judge-before-restore order)."""
     out = tmp_path_factory.mktemp("sr_run")
-    run_cli("face_aign.py", "--data", celeba, "--out", out, "--steps", 4, "--eval-every", 2, *SMALL)
+    run_cli("face_aign.py", "--data", celeba, "--out", out, "--steps", 4, "--eval-every", 2, "--gan", "wgan-gp",
+            *SMALL)
     return out
 
 
@@ -176,8 +191,11 @@ def test_plain_folder_with_memory(tmp_path):
 
 
 def bad(argv, match):
-    with pytest.raises(InputError, match=match):
-        fa.main(argv)
+    try:
+        with pytest.raises(InputError, match=match):
+            fa.main(argv)
+    finally:
+        common.release_lock()  # in-process main(): the run folder's lock is released by run_main otherwise
 
 
 def test_bad_inputs(tmp_path, celeba, cache_root):
@@ -198,10 +216,10 @@ def test_bad_inputs(tmp_path, celeba, cache_root):
     bad(["--data", celeba, *out, "--size", "48"], "--size 48")
     with open(tmp_path / "attr.txt", "w") as f:
         f.write("2\nMale\n000001.jpg 1\n000002.jpg 0\n")
-    with pytest.raises(InputError, match=r"attr.txt:4: expected a filename and 1 values"):
+    with pytest.raises(InputError, match=r"attr.txt:4: expected .* v in \{1, -1\}"):
         fa.read_celeba_attrs(str(tmp_path / "attr.txt"))
     with pytest.raises(InputError, match="requirements-faces.txt"):
-        fa.package_file("no-such-face-package", "no_such_face_package", "weights.tar")
+        load_tool("face_builtin").package_file("no-such-face-package", "no_such_face_package", "weights.tar")
 
 
 def test_bad_input_cli_exit_code(tmp_path):
@@ -216,27 +234,30 @@ def test_bad_input_cli_exit_code(tmp_path):
 def test_sr_train_outputs(sr_run):
     res = json.load(open(sr_run / "results.json"))
     for k in ("psnr_hr", "ssim_hr", "psnr_lr", "psnr_hr_bicubic", "ssim_hr_bicubic", "psnr_lr_bicubic",
-              "attr_rate", "attr_rate_bicubic", "attr_rate_gt", "judge_acc", "steps", "wall_seconds",
+              "attr_rate", "attr_rate_bicubic", "attr_rate_gt", "judge_acc", "steps", "wall_s",
               "images_per_s"):
         assert k in res, k
     assert res["steps"] == 4 and res["judge"] == "cnn" and res["attr_rate_gt"] == 0.5
     lines = [json.loads(ln) for ln in open(sr_run / "metrics.jsonl")]
-    assert [r["step"] for r in lines] == [2, 4]
-    for f in ("ckpt.pt", "samples.png", "training.gif", "args.json", "versions.json", "command.txt"):
+    assert [r["step"] for r in lines] == [2, 4] and "test_psnr_hr" in lines[-1] and "loss_sup" in lines[-1]
+    ck = torch.load(sr_run / "ckpt.pt", weights_only=True)
+    assert set(common.CKPT_KEYS) <= set(ck) and "judge" in ck and ck["script"] == "face_aign"
+    for f in ("ckpt.pt", "samples.png", "samples_000004.png", "samples.npz", "args.json", "versions.json",
+              "command.txt"):
         assert (sr_run / f).exists(), f
 
 
 def test_resume_is_exact(celeba, sr_run, tmp_path):
     out = tmp_path / "resumed"
-    run_cli("face_aign.py", "--data", celeba, "--out", out, "--steps", 2, "--eval-every", 2, *SMALL)
+    run_cli("face_aign.py", "--data", celeba, "--out", out, "--steps", 2, "--eval-every", 2, "--gan", "wgan-gp",
+            *SMALL)
     run_cli("face_aign.py", "--data", celeba, "--resume", out / "ckpt.pt", "--steps", 4, "--eval-every", 2, *SMALL)
     a = torch.load(sr_run / "ckpt.pt", weights_only=True)
     b = torch.load(out / "ckpt.pt", weights_only=True)
-    assert a["step"] == b["step"] == 4
-    for k in a["G"]:
-        assert torch.equal(a["G"][k], b["G"][k]), k
-    for k in a["D"]:
-        assert torch.equal(a["D"][k], b["D"][k]), k
+    assert a["step"] == b["step"] == 4 and b["args"]["gan"] == "wgan-gp"
+    for net in ("G", "D"):
+        for k in a["nets"][net]:
+            assert torch.equal(a["nets"][net][k], b["nets"][net][k]), (net, k)
     ra, rb = json.load(open(sr_run / "results.json")), json.load(open(out / "results.json"))
     assert ra["psnr_hr"] == rb["psnr_hr"] and ra["attr_rate"] == rb["attr_rate"]
     assert [json.loads(ln)["step"] for ln in open(out / "metrics.jsonl")] == [2, 4]
@@ -246,17 +267,28 @@ def test_eval_only_and_predict(celeba, sr_run, tmp_path):
     out = tmp_path / "eval"
     run_cli("face_aign.py", "--data", celeba, "--resume", sr_run / "ckpt.pt", "--eval-only", "--out", out,
             "--no-progress", "--test-size", "8")
-    ev = json.load(open(out / "eval_results.json"))
+    ev = json.load(open(out / "results.json"))
     res = json.load(open(sr_run / "results.json"))
-    assert ev["psnr_hr"] == pytest.approx(res["psnr_hr"]) and ev["step"] == 4
+    assert ev["psnr_hr"] == pytest.approx(res["psnr_hr"]) and ev["step"] == 4 and ev["eval_only"]
     lr = make_folder(tmp_path / "lr", 2, size=8)  # matches the model's 32/4 input
     make_folder(tmp_path / "lr_big", 1, size=20)  # resized to the input size
     run_cli("face_aign.py", "--predict", lr, "--resume", sr_run / "ckpt.pt", "--out", tmp_path / "pred")
     run_cli("face_aign.py", "--predict", tmp_path / "lr_big", "--resume", sr_run / "ckpt.pt",
             "--out", tmp_path / "pred")
     import imageio.v3 as iio
-    assert sorted(os.listdir(tmp_path / "pred")) == ["face0.png", "face1.png"]
+    assert sorted(f for f in os.listdir(tmp_path / "pred") if f.endswith(".png")) == ["face0.png", "face1.png"]
     assert iio.imread(tmp_path / "pred" / "face0.png").shape == (32, 32, 3)
+    # the PNGs are the model's outputs for those inputs (they were blank white before common.to_uint8's fix)
+    state = torch.load(sr_run / "ckpt.pt", weights_only=True)
+    G = fa.build_nets(fa.get_args(["--size", "32", "--channels", "8", "--blocks", "1"]), torch.device("cpu"))["G"]
+    G.load_state_dict(state["nets"]["G"])
+    G.eval()
+    run_cli("face_aign.py", "--predict", lr, "--resume", sr_run / "ckpt.pt", "--out", tmp_path / "pred2")
+    for name in ("face0", "face1"):
+        with torch.no_grad():
+            y = G(fa.to_float(fa.to_square(fa.read_rgb(os.path.join(lr, name + ".png")), 8)[None]))
+        png = torch.from_numpy(iio.imread(tmp_path / "pred2" / f"{name}.png")).permute(2, 0, 1)[None]
+        assert fa.psnr(png / 255.0, (y.clamp(-1, 1) + 1) / 2).item() > 40
 
 
 def test_inpaint_train_and_predict(celeba, tmp_path):
@@ -295,11 +327,15 @@ def test_builtin_builder_and_onnx_judge(tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("gan_face_generate")
     root = str(tmp_path / "builtin")
-    fa.build_builtin(root, 40, show=False)
+    tool = load_tool("face_builtin")
+    tool.build(root, 40, show=False)
     files, names, attrs = fa.read_celeba_attrs(os.path.join(root, "list_attr_celeba.txt"))
     assert names == ["Male", "Young"] and len(files) == 40 and attrs.shape == (40, 2)
     faces = fa.load_images([os.path.join(root, "img_align_celeba", f) for f in files], 64, "x", False)
-    judge = fa.OnnxJudge()
+    args = fa.get_args(["--data", root, "--size", "64", "--test-size", "4", "--batch-size", "2"])
+    data = fa.load_faces(args, root, show=False)  # the builder's folder goes through the CelebA loader
+    assert len(data["test"]) == 4 and data["judge_data"] is not None
+    judge = tool.OnnxJudge()
     assert torch.equal(judge.attributes(faces), attrs)  # the labels are the judge's own calls
     assert 0 < attrs[:, 0].sum() < 40  # both genders occur
 
@@ -308,11 +344,7 @@ def test_builtin_builder_and_onnx_judge(tmp_path):
 # The benchmark runner's table: mean ± std over seeds from the runs' results.json files.
 def test_bench_table(tmp_path):
     import argparse
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("face_bench", os.path.join(os.path.dirname(fa.__file__),
-                                                                            "tools", "face_bench.py"))
-    fb = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fb)
+    fb = load_tool("face_bench")
     for slug, rate in (("sr-unbiased_memory", 0.4), ("sr-female_memory", 0.6)):
         for s, d in ((0, -0.1), (1, 0.1)):
             run = tmp_path / f"{slug}-s{s}"
@@ -334,3 +366,133 @@ def test_bench_table(tmp_path):
     md = fb.table(argparse.Namespace(out=str(tmp_path), seeds=[0, 1], attr="-Young"))
     assert "| AIGN SR, old memory | 26.00 ± 0.10 |" in md and "judged old |" in md and "female" not in md
     assert fb.runs("-Young")["AIGN SR, old memory"] == ["--task", "sr", "--bias", "-Young"]
+
+
+# ----------------------------------------------------------------------------------------------
+# The skeleton: standalone copy, bad inputs as one-line errors, all ranks stop together.
+def test_standalone_copy_trains_resumes_evaluates_predicts(tmp_path):
+    folder = standalone_copy("face_aign.py", tmp_path / "alone")
+    env = {"AIGN_CACHE": str(tmp_path / "cache")}  # empty: no built-in dataset to fall back on
+    celeba = make_celeba(tmp_path / "celeba", n=40)
+    run = tmp_path / "run"
+    run_cli("face_aign.py", "--data", celeba, "--out", run, "--steps", 2, "--eval-every", 2, *SMALL, cwd=folder,
+            env=env)
+    run_cli("face_aign.py", "--data", celeba, "--resume", run / "ckpt.pt", "--steps", 4, *SMALL, cwd=folder,
+            env=env)
+    assert json.load(open(run / "results.json"))["steps"] == 4
+    run_cli("face_aign.py", "--data", celeba, "--resume", run / "ckpt.pt", "--eval-only", "--out", tmp_path / "ev",
+            "--test-size", "8", "--no-progress", cwd=folder, env=env)
+    assert json.load(open(tmp_path / "ev" / "results.json"))["step"] == 4
+    run_cli("face_aign.py", "--predict", make_folder(tmp_path / "lr", 1, size=8), "--resume", run / "ckpt.pt",
+            "--out", tmp_path / "pred", cwd=folder, env=env)
+    assert os.path.exists(tmp_path / "pred" / "face0.png")
+    # a plain folder of faces with a folder memory (the "one person" memory), no labels, no judge
+    faces, person = make_folder(tmp_path / "faces", 20), make_folder(tmp_path / "person", 6, seed=5)
+    run_cli("face_aign.py", "--data", faces, "--memory", person, "--out", tmp_path / "plain", "--steps", 2,
+            *SMALL, cwd=folder, env=env)
+    res = json.load(open(tmp_path / "plain" / "results.json"))
+    assert res["judge"] == "none" and res["n_memory"] == 6
+    # no --data and no tools/ beside the copy: one line saying how to get data
+    p = run_cli("face_aign.py", "--out", tmp_path / "none", *SMALL, cwd=folder, env=env, check=False)
+    one_line_error(p, "no --data given", "pass --data")
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--steps", "-5"], "--steps"), (["--batch-size", "0"], "--batch-size"), (["--lambda-adv", "-1"], "--lambda-adv"),
+    (["--eval-every", "0"], "--eval-every"), (["--paired-frac", "1.5"], "--paired-frac"), (["--lr", "nan"], "--lr"),
+    (["--max-images", "-30"], "--max-images"), (["--channels", "1"], "--channels"), (["--size", "48"], "--size"),
+    (["--jitter", "-1"], "--jitter"), (["--test-size", "0"], "--test-size"), (["--lambda-sup", "inf"], "--lambda-sup")])
+def test_bad_flag_values_are_one_line_errors(tmp_path, argv, flag):
+    p = run_cli("face_aign.py", "--data", tmp_path / "none", "--out", tmp_path / "run", *argv, check=False)
+    one_line_error(p, flag)
+    assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
+def test_bad_files_are_one_line_errors(tmp_path, sr_run):
+    # non-UTF-8 label files
+    for name, good in (("list_attr_celeba.txt", None), ("list_eval_partition.txt", None)):
+        d = make_celeba(tmp_path / name, n=8)
+        path = os.path.join(d, name)
+        with open(path, "ab") as f:
+            f.write("caf\xe9 1\n".encode("latin-1"))
+        p = run_cli("face_aign.py", "--data", d, "--out", tmp_path / f"run_{name}", *SMALL, check=False)
+        one_line_error(p, name, "not UTF-8")
+    d = make_celeba(tmp_path / "badpart", n=8)
+    with open(os.path.join(d, "list_eval_partition.txt"), "a") as f:
+        f.write("000001.jpg test\n")
+    one_line_error(run_cli("face_aign.py", "--data", d, "--out", tmp_path / "bp", *SMALL, check=False),
+                   "list_eval_partition.txt:9", "0, 1, 2")
+    # a checkpoint of another script, one with keys missing, a file as --out
+    other = tmp_path / "other.pt"
+    net = torch.nn.Linear(2, 2)
+    common.save_checkpoint(str(other), script="pose_aign", step=1, args=fa.get_args([]), nets={"G": net},
+                           opts={"G": torch.optim.Adam(net.parameters())}, data_rng=torch.Generator(),
+                           wall_s=1.0, samples=1)
+    p = run_cli("face_aign.py", "--resume", other, "--eval-only", "--out", tmp_path / "o", check=False)
+    one_line_error(p, "not a checkpoint of face_aign.py", "pose_aign")
+    torch.save({"script": "face_aign", "step": 3}, tmp_path / "partial.pt")
+    p = run_cli("face_aign.py", "--resume", tmp_path / "partial.pt", "--out", tmp_path / "o", check=False)
+    one_line_error(p, "incomplete checkpoint")
+    (tmp_path / "afile").write_text("x")
+    p = run_cli("face_aign.py", "--data", tmp_path / "none", "--out", tmp_path / "afile", check=False)
+    one_line_error(p, "--out", "is a file")
+
+
+def test_resuming_a_finished_run_keeps_its_throughput(tmp_path, celeba, sr_run):
+    import shutil
+    run = tmp_path / "again"
+    run.mkdir()
+    shutil.copy(sr_run / "ckpt.pt", run / "ckpt.pt")
+    run_cli("face_aign.py", "--data", celeba, "--resume", run / "ckpt.pt", "--steps", 4, *SMALL)
+    a, b = json.load(open(sr_run / "results.json")), json.load(open(run / "results.json"))
+    assert b["images_per_s"] == a["images_per_s"] and b["wall_s"] == a["wall_s"] and b["images_per_s"] > 0
+    assert b["psnr_hr"] == a["psnr_hr"]
+
+
+def test_paired_supervision_uses_only_paired_faces():
+    raw, hr = torch.zeros(4, 3, 2, 2), torch.ones(4, 3, 2, 2)
+    hr[0] = 3
+    assert fa.sup_loss(raw, hr, torch.tensor([True, False, False, False])).item() == 9
+    assert fa.sup_loss(raw, hr, torch.zeros(4, dtype=torch.bool)).item() == 0
+    # --paired-frac 1 --lambda-sup 1 --lambda-rec 0: the old --paired baseline (HR MSE + adversarial term)
+    args = fa.get_args(["--paired-frac", "1", "--lambda-sup", "1", "--lambda-rec", "0", "--lambda-adv", "0.001"])
+    assert (args.paired_frac, args.lambda_sup, args.lambda_rec, args.lambda_adv) == (1, 1, 0, 0.001)
+
+
+def worker_pids(parent):
+    """Pids of the processes whose parent is `parent` (torchrun's workers), with their RANK."""
+    out = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            if ppid == parent:
+                env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+                out[int(pid)] = next(int(e[5:]) for e in env if e.startswith(b"RANK="))
+        except (OSError, StopIteration, ValueError):
+            pass
+    return out
+
+
+def test_torchrun_sigterm_to_one_rank_stops_both(celeba, tmp_path):
+    out = tmp_path / "ddp_stop"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "face_aign.py",
+           "--data", celeba, "--out", str(out), "--steps", "100000", "--eval-every", "5", *SMALL]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 180
+        while not (out / "ckpt.pt").exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+        workers = worker_pids(proc.pid)
+        assert (out / "ckpt.pt").exists() and sorted(workers.values()) == [0, 1], workers
+        os.kill(next(p for p, r in workers.items() if r == 1), signal.SIGTERM)  # rank 1 only
+        log = proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, log[-3000:]
+    step = torch.load(out / "ckpt.pt", weights_only=True)["step"]
+    assert 5 <= step < 100000 and f"stopped at step {step}" in log
+    run_cli("face_aign.py", "--data", celeba, "--resume", out / "ckpt.pt", "--steps", step + 2, *SMALL)
+    assert json.load(open(out / "results.json"))["steps"] == step + 2
