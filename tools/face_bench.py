@@ -4,13 +4,19 @@
     python3 tools/face_bench.py --jobs 4 --steps 1500 --data CELEBA_DIR
 
     python3 tools/face_bench.py --attr -Young --only sr-unbiased_memory sr-old_memory -- --steps 1500
+    python3 tools/face_bench.py --throughput [-- --task inpaint ...]   # train_step timing -> OUT/bench.json
 
 Rows: bicubic (no training), paired SR (ground-truth HR loss: the bound), unbiased AIGN, biased
 AIGN (memory of --attr, default -Male: female), and inpainting (smooth-fill baseline, unbiased and
 biased memory); every run is judged for --attr on a test set balanced on it. Each run
 is `face_aign.py ... --seed S --out OUT/<row>-s<S>`; finished runs (results.json present) are
-reused, so an interrupted benchmark continues. Writes OUT/table.md, OUT/grid_sr.png,
-OUT/grid_inpaint.png.
+reused, so an interrupted benchmark continues; a run stopped by --timeout is evaluated from its
+checkpoint (`--resume OUT/<row>-s<S>/ckpt.pt --steps <its step>`). The paired row is
+`--paired-frac 1 --lambda-sup 1 --lambda-rec 0 --lambda-adv 0.001` (the former `--paired`).
+Writes OUT/table.md, OUT/grid_sr.png, OUT/grid_inpaint.png.
+
+--throughput times face_aign.train_step from outside (tools/bench_util.py): images/s, seconds per
+step, FLOPs per step and the fraction of the measured matmul peak, into OUT/bench.json.
 """
 import argparse
 import json
@@ -20,11 +26,17 @@ import sys
 import time
 
 import numpy as np
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+import bench_util  # noqa: E402
 import common  # noqa: E402
+import face_aign  # noqa: E402
 from face_aign import glue_negated  # noqa: E402
+
+PAIRED = ["--paired-frac", "1", "--lambda-sup", "1", "--lambda-rec", "0", "--lambda-adv", "0.001"]  # old --paired
 
 WORD = {"-Male": "female", "Male": "male", "-Young": "old", "Young": "young"}  # else the attribute itself
 
@@ -32,7 +44,7 @@ WORD = {"-Male": "female", "Male": "male", "-Young": "old", "Young": "young"}  #
 def runs(attr):
     """Row name -> face_aign.py flags; the biased rows use a memory of faces with `attr`."""
     judged, word = ["--judge-attr", attr], WORD.get(attr, attr)
-    return {"paired SR (bound)": ["--task", "sr", "--paired", *judged],
+    return {"paired SR (bound)": ["--task", "sr", *PAIRED, *judged],
             "AIGN SR, unbiased memory": ["--task", "sr", *judged],
             f"AIGN SR, {word} memory": ["--task", "sr", "--bias", attr],
             "AIGN inpaint, unbiased memory": ["--task", "inpaint", *judged],
@@ -57,6 +69,8 @@ def get_args():
     p.add_argument("--timeout", type=int, default=0,
                    help="stop each run gracefully (SIGTERM: evaluate, checkpoint, results) after N s (default: 0 = never)")
     p.add_argument("--only", nargs="*", default=None, help="run only these row slugs (default: all)")
+    p.add_argument("--throughput", action="store_true",
+                   help="only time face_aign.train_step (flags after `--`) into OUT/bench.json (default: off)")
     p.add_argument("extra", nargs=argparse.REMAINDER,
                    help="flags passed to every face_aign.py run after `--` (e.g. -- --steps 1500 --data DIR)")
     args = p.parse_args(glue_negated(sys.argv[1:], ("--attr",)))  # `--attr -Young` is one flag
@@ -91,6 +105,13 @@ def launch(args):
         for item in list(running):
             name, s, proc, logf, t0, out = item
             if proc.poll() is not None:
+                ckpt = os.path.join(out, "ckpt.pt")
+                if proc.returncode == 124 and os.path.exists(ckpt) and not os.path.exists(
+                        os.path.join(out, "results.json")):  # stopped by --timeout: evaluate its checkpoint
+                    step = torch.load(ckpt, map_location="cpu", weights_only=True)["step"]
+                    subprocess.run([sys.executable, os.path.join(ROOT, "face_aign.py"), *extra, "--resume", ckpt,
+                                    "--steps", str(step), "--no-progress"], cwd=ROOT, env=env, stdout=logf,
+                                   stderr=subprocess.STDOUT)
                 logf.close()
                 common.write_json(os.path.join(out, "bench_wall.json"), {"wall_total_s": time.time() - t0})
                 running.remove(item)
@@ -179,9 +200,36 @@ def grids(args):
               f"ground truth)")
 
 
+def throughput(args):
+    """Training images/s and the fraction of the measured matmul peak reached by face_aign.train_step."""
+    fargs = face_aign.get_args([a for a in args.extra if a != "--"] + ["--no-progress"])
+    dist = common.Dist(fargs.device)
+    common.seed_everything(fargs.seed, fargs.deterministic)
+    nets = face_aign.build_nets(fargs, dist.device)
+    data = face_aign.load_data(fargs, dist)
+    opts = {k: torch.optim.Adam(nets[k].parameters(), fargs.lr, betas=(0.5, 0.999)) for k in nets}
+    gen = torch.Generator().manual_seed(fargs.seed)
+
+    def step():
+        face_aign.train_step(nets, opts, face_aign.draw_batch(data, gen, fargs, dist), fargs, dist, 0)
+    flops = bench_util.count_flops(step)
+    dt = bench_util.time_per_call(step, dist.device, reps=10, warmup=3)
+    peak = bench_util.matmul_peak(dist.device)
+    out = {"images_per_s": fargs.batch_size * dist.world / dt, "step_s": dt, "flops_per_step": flops,
+           "achieved_flops": flops / dt, "matmul_peak_flops": peak, "fraction_of_peak": flops / dt / peak,
+           "device": str(dist.device), "task": fargs.task, "batch_size": fargs.batch_size, "world": dist.world,
+           "versions": common.versions()}
+    if dist.main:
+        common.write_json(os.path.join(args.out, "bench.json"), out)
+        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in out.items()
+                       if k != "versions"))
+
+
 def main():
     args = get_args()
     os.makedirs(args.out, exist_ok=True)
+    if args.throughput:
+        return throughput(args)
     failed = launch(args)
     md = table(args)
     grids(args)
@@ -192,4 +240,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    common.run_main(main)

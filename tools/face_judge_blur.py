@@ -14,8 +14,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 import face_aign as A  # noqa: E402
+from face_builtin import OnnxJudge  # noqa: E402
 
 
 def gaussian_blur(y, sigma):
@@ -31,12 +33,12 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--attrs", nargs="+", default=["-Male", "-Young"], help="judged attributes (default: -Male -Young)")
     args = p.parse_args()
-    judge = A.OnnxJudge()
+    judge = OnnxJudge()
     print("| judged attribute | ground truth | bicubic x2 | bicubic x4 | bicubic x8 | Gaussian blur sigma 1 px |")
     print("| --- | --- | --- | --- | --- | --- |")
     for attr in args.attrs:
-        fa = A.get_args(["--judge-attr", attr])
-        data = A.load_faces(fa, A.builtin_root(fa, common.Dist("cpu"), False), False)
+        fa = A.get_args(["--judge-attr", attr, "--no-progress"])
+        data = A.load_data(fa, common.Dist("cpu"))
         hr = A.to_float(data["test"])  # (N, 3, 64, 64) in [-1, 1], balanced on attr
         views = [hr] + [A.bicubic(A.render_sr(hr, k), k).clamp(-1, 1) for k in (2, 4, 8)] + [gaussian_blur(hr, 1.0)]
         rates = [judge.has(A.u8_of(y), attr).float().mean().item() for y in views]
@@ -44,4 +46,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    common.run_main(main)
