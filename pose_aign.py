@@ -4,11 +4,9 @@ G lifts 2D keypoints to 3D, learnt from 2D observations plus an *unpaired* memor
     L_G = lambda_rec ||P(G(x)) - x||^2 + lambda_adv adv(D(G(x))) [+ lambda_sup ||G(x) - y||^2 on paired x]
 with P a parameter-free perspective camera and D telling memory poses from predicted ones.
 
-Results card (built-in test split, P-MPJPE / MPJPE mm, seeds 0-2, 3000 steps; details in docs/pose.md):
-    AIGN, unpaired (default)   53.5 ± 0.8 / 86.9 ± 1.0    supervised-only, 5% paired   70.4 ± 0.7 / 113.0 ± 2.3
-    AIGN + 5% paired           52.1 ± 0.4 / 80.0 ± 0.7    reprojection-only (no prior) 112.9 ± 0.0 / -
-    supervised, 100% paired    42.0 ± 0.7 / 72.2 ± 5.0    (the bound)
-    default run (seed 0): 108 s on 2 CPU cores (AMD EPYC, torch 2.13.0+cpu).
+Results card (built-in test split, P-MPJPE mm, seeds 0-2, 3000 steps; commands, hardware: docs/pose.md):
+AIGN unpaired (default) 53.5 ± 0.8; AIGN + 5% paired 52.1 ± 0.4; supervised-only on the same 5% 70.4 ± 0.7;
+reprojection only (no prior) 112.9 ± 0.0; supervised on 100% (bound) 42.0 ± 0.7. Default run: 108 s, 2 cores.
 
 Usage:
     python3 pose_aign.py                                     # unpaired AIGN on the built-in data
@@ -144,9 +142,10 @@ def load_pose_npz(path):
     x2d = z["poses_2d"]  # its shape here; NaN (a missing joint) and inf (an error) are judged in make_split
     common.check_array(np.nan_to_num(x2d) if x2d.dtype.kind == "f" else x2d, path, "poses_2d",
                        (None, NJ, 2), NPZ_LAYOUT)
-    cam = common.check_array(z["camera"], path, "camera", (None, 4)[2 - z["camera"].ndim:], NPZ_LAYOUT)
-    y3d = None if "poses_3d" not in z else common.check_array(z["poses_3d"], path, "poses_3d", (None, NJ, 3),
-                                                               NPZ_LAYOUT)
+    cam = common.check_array(z["camera"], path, "camera", (4,) if z["camera"].ndim == 1 else (None, 4),
+                             NPZ_LAYOUT)
+    y3d = z.get("poses_3d")
+    y3d = None if y3d is None else common.check_array(y3d, path, "poses_3d", (None, NJ, 3), NPZ_LAYOUT)
     split = make_split(path, x2d.astype(np.float32), cam, y3d, z.get("action"))
     return split, (z["subject"].astype(str) if "subject" in z else None)
 
@@ -159,15 +158,15 @@ def load_memory(path):
 
 class SafeUnpickler(pickle.Unpickler):
     """Unpickles VideoPose3D's dicts of numpy arrays and refuses every other class: no code runs."""
-    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
-               ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
-               ("numpy._core.multiarray", "scalar"), ("collections", "OrderedDict")}
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict")} | {
+        (m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray")
+        for n in ("_reconstruct", "scalar")}
 
     def find_class(self, module, name):
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-        if module.startswith("numpy.core"):
-            module = module.replace("numpy.core", "numpy._core" if hasattr(np, "_core") else "numpy.core")
+        if hasattr(np, "_core"):  # numpy >= 2 reads numpy 1.x pickles
+            module = module.replace("numpy.core", "numpy._core")
         return super().find_class(module, name)
 
 
@@ -191,16 +190,13 @@ def load_pickled_dict(path, key):
     return obj
 
 
-def h36m_array(value, path, where, joints):
-    """One array of the Human3.6M dicts as float32 (N, joints, 2 or 3), else an InputError."""
+def as_numbers(value, path, key, what, dtype=np.float64):
+    """A value read from a file as a numeric array; ragged lists or non-numbers are an InputError."""
     try:
-        arr = np.asarray(value, np.float32)
+        return np.asarray(value, dtype)
     except (ValueError, TypeError):
-        raise InputError(f"{path}: {where} is not an array of numbers") from None
-    if arr.ndim != 3 or arr.shape[1] not in joints or arr.shape[2] not in (2, 3):
-        raise InputError(f"{path}: {where} has shape {arr.shape}; expected (N, {' or '.join(map(str, joints))}, "
-                         f"{3 if 32 in joints else 2})")
-    return arr
+        raise InputError(f"{path}: {key} is not a rectangular array of numbers (lists of unequal length or "
+                         f"non-numbers); expected {what}") from None
 
 
 def quat_to_matrix(q):
@@ -222,7 +218,9 @@ def load_h36m(folder, keypoints):
                 raise InputError(f"{p3} / {p2}: subject {s} missing (found {sorted(pos3d)} / "
                                  f"{sorted(pos2d)})")
             for action, world in pos3d[s].items():
-                world = h36m_array(world, p3, f"{s}/{action}", (32, NJ))
+                world = as_numbers(world, p3, f"{s}/{action}", "(N, 32, 3) metres", np.float32)
+                if world.shape[1:] not in ((32, 3), (NJ, 3)):
+                    raise InputError(f"{p3}: {s}/{action} has shape {world.shape}; expected (N, 32, 3)")
                 world = world[:, H36M_KEEP] if world.shape[1] == 32 else world           # (N,17,3) metres
                 common.check_finite(world, p3, f"{s}/{action}", "3D joint positions in metres")
                 memory += [world] if role == "train" else []
@@ -232,7 +230,10 @@ def load_h36m(folder, keypoints):
                 for c, kp in enumerate(views):
                     if s == "S11" and action == "Directions" and c == 0:
                         continue  # a known broken clip, dropped by convention
-                    kp = h36m_array(kp, p2, f"{s}/{action} camera {c}", (NJ,))[..., :2]   # (N,17,2) pixels
+                    kp = as_numbers(kp, p2, f"{s}/{action} camera {c}", "(N, 17, 2)", np.float32)[..., :2]
+                    if kp.ndim != 3 or kp.shape[1:] != (NJ, 2):
+                        raise InputError(f"{p2}: {s}/{action} camera {c} has shape {kp.shape}; expected "
+                                         f"(N, 17, 2)")
                     n = min(len(kp), len(world))
                     q, t = H36M_EXTRINSICS[s][c][:4], H36M_EXTRINSICS[s][c][4:] / 1000
                     x2d.append(kp[:n])
@@ -262,12 +263,10 @@ def load_data(args, dist):
     else:  # one npz: hold out the last ~20% of subjects (or of frames) as the test split
         split, subj = load_pose_npz(path)
         names = sorted(set(subj)) if subj is not None else []
-        if len(names) >= 2:
-            test = np.isin(subj, names[-max(1, round(0.2 * len(names))):])
-        else:
-            test = np.arange(len(split["x2d"])) >= int(0.8 * len(split["x2d"]))
-        splits = {"train": {k: v if v is None else v[~test] for k, v in split.items()}, "val": None,
-                  "test": {k: v if v is None else v[test] for k, v in split.items()}}
+        test = (np.isin(subj, names[-max(1, round(0.2 * len(names))):]) if len(names) >= 2
+                else np.arange(len(split["x2d"])) >= int(0.8 * len(split["x2d"])))
+        splits = {"val": None, **{role: {k: v if v is None else v[rows] for k, v in split.items()}
+                                  for role, rows in (("train", ~test), ("test", test))}}
     if args.memory:
         memory, memory_src = load_memory(args.memory), args.memory
     if args.noise_2d > 0:  # fixed noise per frame (seeded), the same in every run with this seed
@@ -490,10 +489,9 @@ def evaluate(G, split, camera, device, action_mean):
 
 def validate(G, data, args, device):
     """The metrics logged during training: val_* on the validation split, test_* if there is none."""
-    split, tag = (data["val"], "val") if data["val"] is not None else (data["test"], "test")
-    if split["y3d"] is None:
-        return {}
-    m = evaluate(G, split, args.camera, device, data["action_mean"])
+    tag = "val" if data["val"] is not None else "test"
+    split = data[tag]
+    m = evaluate(G, split, args.camera, device, data["action_mean"]) if split["y3d"] is not None else {}
     return {f"{tag}_{k}": v for k, v in m.items() if k != "per_action"}
 
 
@@ -503,16 +501,15 @@ COLOURS = {"l": (40, 100, 230), "r": (225, 60, 40), "c": (70, 70, 70)}  # left l
 def draw_skeleton(canvas, pts, alpha=1.0, radius=1):
     """Rasterise a skeleton, pts (17,2) pixels, into canvas (H,W,3) uint8 in place: discs along each bone."""
     H, W, _ = canvas.shape
-    disc = [(dx, dy) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)
-            if dx * dx + dy * dy <= radius * radius + 1]
+    r = range(-radius, radius + 1)
+    disc = np.array([(dx, dy) for dy in r for dx in r if dx * dx + dy * dy <= radius * radius + 1])  # (k,2)
     for j in (j for j in range(1, NJ) if np.isfinite(pts[[PARENTS[j], j]]).all()):
         a, b = pts[PARENTS[j]], pts[j]
+        seg = a + np.linspace(0, 1, int(np.ceil(np.abs(b - a).max())) * 2 + 2)[:, None] * (b - a)   # (n,2)
+        x, y = np.round(seg[:, None] + disc).astype(int).reshape(-1, 2).T
+        ok = (x >= 0) & (x < W) & (y >= 0) & (y < H)
         colour = np.array(COLOURS["l" if j in LEFT else "r" if j in RIGHT else "c"], float)
-        seg = a[None] + np.linspace(0, 1, int(np.ceil(np.abs(b - a).max())) * 2 + 2)[:, None] * (b - a)[None]
-        for dx, dy in disc:
-            x, y = np.round(seg[:, 0] + dx).astype(int), np.round(seg[:, 1] + dy).astype(int)
-            ok = (x >= 0) & (x < W) & (y >= 0) & (y < H)
-            canvas[y[ok], x[ok]] = (alpha * colour + (1 - alpha) * canvas[y[ok], x[ok]]).astype(np.uint8)
+        canvas[y[ok], x[ok]] = (alpha * colour + (1 - alpha) * canvas[y[ok], x[ok]]).astype(np.uint8)
     return canvas
 
 
@@ -520,23 +517,20 @@ def view3d(pose, size=160, yaw=0.0, extent=2.2, ghost=None):
     """Orthographic picture of a root-relative camera-frame pose (17,3) turned by `yaw` degrees about the
     camera's vertical axis (0 = the camera's view, 90 = from the side), with an optional faint ghost."""
     c, s = np.cos(np.radians(yaw)), np.sin(np.radians(yaw))
-    R = np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])                              # about the y axis
     canvas = np.full((size, size, 3), 255, np.uint8)
     canvas[size - 1, :] = canvas[:, 0] = 200
     for p, alpha in ((ghost, 0.3), (pose, 1.0)):
         if p is not None:
-            q = (np.asarray(p, float) - np.asarray(p, float)[0]) @ R.T            # (17,3)
+            q = (p - p[0]) @ np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]]).T                     # (17,3)
             draw_skeleton(canvas, q[:, :2] * size / extent + size / 2, alpha, radius=1 if alpha < 1 else 2)
     return canvas
 
 
 def view2d(x2d, size=160):
     """The 2D input (17,2), fitted into the panel."""
-    ok = np.isfinite(x2d).all(-1)
-    lo, hi = x2d[ok].min(0), x2d[ok].max(0)
-    canvas = np.full((size, size, 3), 255, np.uint8)
+    lo, hi = np.nanmin(x2d, 0), np.nanmax(x2d, 0)
     pts = (x2d - (lo + hi) / 2) * 0.8 * size / max((hi - lo).max(), 1e-6) + size / 2
-    return draw_skeleton(canvas, pts, radius=2)
+    return draw_skeleton(np.full((size, size, 3), 255, np.uint8), pts, radius=2)
 
 
 def save_figures(G, split, camera, device, out_dir, n=6):
@@ -545,7 +539,7 @@ def save_figures(G, split, camera, device, out_dir, n=6):
     idx = np.linspace(0, len(split["x2d"]) - 1, n).astype(int)
     pred = predict(G, split["x2d"][idx], split["cam"][idx], camera, device)[0].numpy()      # (n,17,3)
     gt = split["y3d"][idx] - split["y3d"][idx][:, :1] if split["y3d"] is not None else [None] * n
-    rows = [[view2d(split["x2d"][i]), view3d(p, yaw=0), view3d(p, yaw=90)]
+    rows = [[view2d(split["x2d"][i]), view3d(p), view3d(p, yaw=90)]
             + ([view3d(g), view3d(g, yaw=90)] if g is not None else []) for i, p, g in zip(idx, pred, gt)]
     common.write_png(os.path.join(out_dir, "samples.png"), common.image_grid(rows))
     frames = [view3d(pred[0], size=256, yaw=yaw, ghost=gt[0]) for yaw in range(0, 360, 10)]
@@ -571,10 +565,9 @@ def training_set(args, data, device):
     if t["use_paired"] and tr["y3d"] is None:
         raise InputError(f"--paired-frac {args.paired_frac} needs poses_3d in the training data")
     y3d = torch.as_tensor(tr["y3d"], device=device) if t["use_paired"] else None       # (N,17,3)
-    t["y_rel"] = y3d - y3d[:, :1] if t["use_paired"] else None                         # root-relative
+    t["y_rel"] = None if y3d is None else y3d - y3d[:, :1]                              # root-relative
     if args.lambda_adv > 0 and memory is None:
-        raise InputError(f"--data {args.data} brings no 3D memory: pass --memory, {MEMORY_LAYOUT} "
-                         f"(or --lambda-adv 0)")
+        raise InputError(f"--data {args.data} brings no 3D memory: pass --memory, {MEMORY_LAYOUT}")
     if args.lambda_adv > 0 and len(memory) < B:
         raise InputError(f"--memory {data['memory_src']}: {len(memory)} poses, fewer than --batch-size {B}; "
                          f"pass a larger --memory or a smaller --batch-size")
@@ -677,35 +670,25 @@ KEYPOINTS_LAYOUT = ("'keypoints' (N,17,2 or 3) pixels in H36M-17 or COCO-17 orde
                     "(fx, fy, cx, cy) or 'image_size' (w, h)")
 
 
-def numbers(z, key, path, shape=None):
-    """z[key] as float64 (of a shape pattern, then finite); ragged lists or non-numbers: InputError."""
-    try:
-        arr = np.asarray(z[key], np.float64)
-    except (ValueError, TypeError):
-        raise InputError(f"{path}: '{key}' is not a rectangular array of numbers (lists of unequal length or "
-                         f"non-numbers); expected {KEYPOINTS_LAYOUT}") from None
-    return arr if shape is None else common.check_array(arr, path, key, shape, KEYPOINTS_LAYOUT)
-
-
 def load_keypoints(path, order):
-    """--predict FILE, npz or JSON (see KEYPOINTS_LAYOUT): a 3rd keypoint column is a confidence (0 =
-    missing); with image_size, f = max(w, h) and the centre is the middle. -> a split without 3D."""
+    """--predict FILE, npz or JSON (KEYPOINTS_LAYOUT): a 3rd keypoint column is a confidence (0 = missing);
+    with image_size, f = max(w, h) and the centre is the middle. -> a split without 3D."""
     z = common.read_json(path, KEYPOINTS_LAYOUT) if path.endswith(".json") else common.load_npz(path, ())
     if not (isinstance(z, dict) and {"keypoints", "poses_2d"} & set(z) and {"camera", "image_size"} & set(z)):
         raise InputError(f"{path}: found {sorted(z) if isinstance(z, dict) else type(z).__name__}; expected "
                          f"{KEYPOINTS_LAYOUT}")
-    kp = numbers(z, "keypoints" if "keypoints" in z else "poses_2d", path)
-    kp = kp[None] if kp.ndim == 2 else kp
+    kp = as_numbers(z.get("keypoints", z.get("poses_2d")), path, "'keypoints'", KEYPOINTS_LAYOUT)
+    kp = kp[None] if kp.ndim == 2 else kp                                                  # (N,17,2|3)
     if kp.ndim != 3 or kp.shape[1] != 17 or kp.shape[2] not in (2, 3):
         raise InputError(f"{path}: keypoints have shape {kp.shape}; expected {KEYPOINTS_LAYOUT}")
     kp = np.where(kp[..., 2:] > 0, kp[..., :2], np.nan) if kp.shape[2] == 3 else kp
     if (order or str(z.get("layout", "h36m")).lower()) == "coco":  # H36M joint = mean of its COCO joints
         kp = np.stack([kp[:, idx].mean(1) for idx in COCO_TO_H36M], 1)
-    if "camera" in z:
-        cam = numbers(z, "camera", path, (None, 4)[2 - np.ndim(z["camera"]):])
-    else:
-        w, h = numbers(z, "image_size", path, (2,))
-        cam = np.array([max(w, h), max(w, h), w / 2, h / 2], np.float32)
+    key = "camera" if "camera" in z else "image_size"
+    v = as_numbers(z[key], path, f"'{key}'", KEYPOINTS_LAYOUT)
+    shape = ((4,) if v.ndim == 1 else (None, 4)) if key == "camera" else (2,)
+    v = common.check_array(v, path, key, shape, KEYPOINTS_LAYOUT)
+    cam = v if key == "camera" else np.array([max(v), max(v), v[0] / 2, v[1] / 2], np.float32)
     return make_split(path, kp.astype(np.float32), cam)
 
 
@@ -761,10 +744,8 @@ def main(argv=None):
     results = {"dataset": data["name"], "split": "test", "n_test": len(test["x2d"]), **stats}
     if test["y3d"] is not None:
         results.update(evaluate(nets["G"], test, args.camera, dist.device, data["action_mean"]))
-        common.log(f"test: MPJPE {results['mpjpe']:.1f} mm  P-MPJPE {results['p_mpjpe']:.1f} mm  "
-                   f"N-MPJPE {results['n_mpjpe']:.1f} mm", dist)
-    else:
-        common.log("test split has no poses_3d: metrics skipped", dist)
+    common.log(" ".join(f"test {k} {results[k]:.1f} mm" for k in ("mpjpe", "p_mpjpe", "n_mpjpe")
+                        if k in results) or "test split has no poses_3d: metrics skipped", dist)
     common.write_json(os.path.join(run_dir, "results.json"), results)
     save_figures(nets["G"], test, args.camera, dist.device, run_dir)
 

@@ -515,7 +515,7 @@ def test_standalone_copy_trains_resumes_evaluates_predicts(tmp_path):
     pc, cam = random_poses(2)
     kp = tmp_path / "kp.json"
     kp.write_text(json.dumps({"keypoints": B.project_np(pc, cam).tolist(), "camera": cam[0].tolist()}))
-    flags = [*TINY[:-4], "--batch-size", "16", "--device", "cpu", "--eval-every", "2"]
+    flags = [*TINY, "--batch-size", "16", "--eval-every", "2"]
     for name, data in (("generic", [tmp_path / "generic"]), ("one", [tmp_path / "one.npz", "--memory",
                                                                      tmp_path / "mem.npz"]),
                        ("h36m", [tmp_path / "h36m"])):
@@ -528,10 +528,10 @@ def test_standalone_copy_trains_resumes_evaluates_predicts(tmp_path):
                 out / "ev", "--device", "cpu", cwd=folder, env=env)
         res = json.loads((out / "ev" / "results.json").read_text())
         assert res["eval_only"] and res["step"] == 4 and np.isfinite(res["p_mpjpe"])
-        run_cli("pose_aign.py", "--predict", kp, "--resume", out / "ckpt.pt", "--out", out / "pr", "--device",
-                "cpu", cwd=folder, env=env)
-        assert np.load(out / "pr" / "predictions.npz")["poses_3d"].shape == (len(pc), 17, 3)
-    assert sorted(os.listdir(folder)) == ["common.py", "pose_aign.py"] or "__pycache__" in os.listdir(folder)
+    run_cli("pose_aign.py", "--predict", kp, "--resume", out / "ckpt.pt", "--out", out / "pr", "--device", "cpu",
+            cwd=folder, env=env)  # (the input format of --predict does not depend on the training data)
+    assert np.load(out / "pr" / "predictions.npz")["poses_3d"].shape == (len(pc), 17, 3)
+    assert set(os.listdir(folder)) <= {"common.py", "pose_aign.py", "__pycache__"}  # nothing else was needed
     proc = run_cli("pose_aign.py", "--steps", "1", "--out", tmp_path / "nodata", cwd=folder, env=env, check=False)
     one_line_error(proc, "--data")
 
