@@ -200,12 +200,14 @@ class Dist:
         return t.item() / self.world
 
 
-def optimiser_step(opt, loss, dist_state, *modules):
+def optimiser_step(opt, loss, dist_state=None, *modules):
     """The plumbing of one update: zero the gradients, backpropagate `loss`, all-reduce the
-    gradients of `modules` over ranks (data parallelism), step the optimiser."""
+    gradients of `modules` over ranks (data parallelism; skipped with dist_state=None, e.g. for a
+    net only rank 0 trains), step the optimiser."""
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    dist_state.average_grads(*modules)
+    if dist_state is not None:
+        dist_state.average_grads(*modules)
     opt.step()
 
 
@@ -602,6 +604,20 @@ def cache_dir(name):
     return path
 
 
+def load_tool(script_file, name, needed_for):
+    """Import tools/<name>.py from beside the script (the repository's data builders and optional
+    instruments, which a copied script may lack): the module, or one line saying what is missing."""
+    import importlib.util
+    tool = os.path.join(os.path.dirname(os.path.abspath(script_file)), "tools", name + ".py")
+    if not os.path.isfile(tool):
+        raise InputError(f"{needed_for} needs {tool}, which is not here: run from a clone of the aign "
+                         f"repository (see `python3 {os.path.basename(script_file)} --help`)")
+    spec = importlib.util.spec_from_file_location(name, tool)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def builtin_dataset(script_file, name, builder, dist_state, **build_kwargs):
     """The cached built-in dataset folder of a script: $AIGN_CACHE/<name>/builtin, built on first use
     by rank 0 with build(folder, **build_kwargs) of tools/<builder>.py next to the script (built aside
@@ -609,21 +625,13 @@ def builtin_dataset(script_file, name, builder, dist_state, **build_kwargs):
     line saying how to get data."""
     path = os.path.join(cache_dir(name), "builtin")
     if dist_state.main and not os.path.isdir(path):
-        tool = os.path.join(os.path.dirname(os.path.abspath(script_file)), "tools", builder + ".py")
-        if not os.path.isfile(tool):
-            raise InputError(f"no --data given and the built-in dataset's builder {tool} is not here: pass "
-                             f"--data (layouts: python3 {os.path.basename(script_file)} --help, README) "
-                             f"or run from a clone of the aign repository")
-        import importlib.util
-        import shutil
-        spec = importlib.util.spec_from_file_location(builder, tool)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        module = load_tool(script_file, builder, "no --data given: the built-in dataset")
         tmp = f"{path}.tmp{os.getpid()}"
         module.build(tmp, **build_kwargs)
         try:
             os.rename(tmp, path)
         except OSError:  # another process finished first
+            import shutil
             shutil.rmtree(tmp, ignore_errors=True)
     dist_state.barrier()
     return path

@@ -15,7 +15,6 @@ a classifier G never sees). Results card (built-in 64x64 DCGAN faces, sr x4, 500
 """
 import argparse
 import glob
-import importlib.util
 import math
 import os
 import sys
@@ -437,12 +436,7 @@ def make_judge(args, data, state):
     """The judge. Built before restore_training, with its own seed: the run's RNG stays exact. The
     ONNX age/gender judge (optional packages) lives with the built-in faces it labelled, in tools/."""
     if args.judge == "onnx":
-        tool = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tools", "face_builtin.py")
-        if not os.path.isfile(tool):
-            raise InputError(f"--judge onnx: needs {tool} (from the aign repository; cnn/none do not)")
-        spec = importlib.util.spec_from_file_location("face_builtin", tool)
-        spec.loader.exec_module(module := importlib.util.module_from_spec(spec))
-        return module.OnnxJudge()
+        return common.load_tool(__file__, "face_builtin", "--judge onnx (cnn and none do not)").OnnxJudge()
     if args.judge != "cnn":
         return None
     with torch.random.fork_rng():
@@ -458,9 +452,7 @@ def make_judge(args, data, state):
         flip = torch.rand(64, generator=g) < 0.5
         x = torch.where(flip[:, None, None, None], images[idx].flip(-1), images[idx])
         loss = F.binary_cross_entropy_with_logits(judge(x), labels[idx].float())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        common.optimiser_step(opt, loss)                              # rank 0 only: no all-reduce
     return judge.eval()
 
 
