@@ -1,24 +1,20 @@
 """sfm_aign.py: Adversarial Inverse Graphics Networks for structure from motion (Tung et al., ICCV 2017).
 
-From consecutive video frames a DepthNet predicts per-pixel depth and a PoseNet the camera motion;
-a hand-written, parameter-free camera-motion renderer (inverse warp) rebuilds the target frame from
-its neighbours, and two discriminators compare predicted depth maps and camera motions with an
-*unpaired* memory of ground-truth ones (other sequences). The photometric loss alone cannot fix the
-metric scale; the memory does.
+From frames t-1, t, t+1 a DepthNet predicts the depth of frame t and a PoseNet the camera motions;
+a hand-written, parameter-free renderer (inverse warp) rebuilds frame t from its neighbours, and two
+discriminators compare the predicted depth maps and motions with an *unpaired* memory of real ones
+(other sequences). The photometric loss alone cannot fix the metric scale; the memory does.
 
-Results card (built-in procedural streets, 3 test sequences, 48x160, 2000 steps of 8 triplets,
-seeds 0/1/2, torch 2.13.0+cpu on a 2-core AMD EPYC VM, one thread per run; tools/sfm_bench.py):
-    method                     abs_rel (no scaling)  abs_rel (median-scaled)  ATE (m)   train s
-    photometric only           0.887 +- 0.009        0.322 +- 0.008           0.105     273 +- 3
-    supervised only, 5% pairs  0.268 +- 0.009        0.272 +- 0.004           0.059     178 +- 4
-    AIGN (default)             0.347 +- 0.025        0.362 +- 0.023           0.047     322 +- 11
-    AIGN + 5% pairs            0.265 +- 0.007        0.278 +- 0.002           0.062     601 +- 23
-The memory recovers metric scale (AIGN unscaled is 1.08x photometric-only median-scaled);
-AIGN + 5% pairs only ties supervised-only on the same 5%. Details: README.md, "sfm_aign.py".
+Results card (built-in procedural streets, 3 test sequences, 48x160, 2000 steps of 8 triplets, CPU;
+abs_rel unscaled / median-scaled, ATE m; details, commands and hardware: docs/sfm.md):
+    seeds 0-2, old G-then-D order (9ba0a00): photometric only 0.887 / 0.322, 0.105; supervised only
+    on 5% pairs 0.268 / 0.272, 0.059; AIGN (default) 0.347 / 0.362, 0.047; AIGN + 5% 0.265 / 0.278, 0.062.
+RESULTS_NEW
+The memory recovers metric scale; AIGN + 5% pairs only ties supervised-only.
 
     python3 sfm_aign.py                      # unpaired AIGN on the built-in procedural streets
     python3 sfm_aign.py --lambda-adv 0       # photometric-only baseline (scale-ambiguous)
-    python3 sfm_aign.py --paired-frac 0.05   # AIGN + 5% paired frames
+    python3 sfm_aign.py --data DIR --memory MEM       # your sequences (layouts: --help)
 """
 import argparse
 import glob
@@ -34,116 +30,99 @@ import torch.nn.functional as F
 import common
 from common import InputError
 
+SCRIPT = "sfm_aign"
+NETS = ("depth_net", "pose_net", "D_depth", "D_motion")
+ARCH = ("height", "width", "min_depth", "max_depth")  # a checkpoint's networks follow these
+LAYOUTS = """--data layouts (frames are resized to --height x --width as they are read, K with them):
+  generic    DIR/<seq>/images/*.png|jpg, DIR/<seq>/intrinsics.txt ('fx fy cx cy' or a 3x3 K, image size);
+             optional DIR/<seq>/poses.txt (KITTI odometry: 12 numbers a line, 3x4 camera-to-world) and
+             DIR/<seq>/depth/<frame>.npy (metres, 0 = invalid) or .png (16-bit mm); DIR/train/, DIR/test/
+             (and DIR/val/) of such folders are the splits; DIR/memory/ is the default --memory
+  KITTI      raw ROOT/<date>/calib_cam_to_cam.txt + <date>_drive_XXXX_sync/image_02/data/*.png, or odometry
+             ROOT/sequences/NN/image_2/*.png + calib.txt (P2:), ROOT/poses/NN.txt"""
+
 
 # ----------------------------------------------------------------------------------------------
-# Arguments
+# Args
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=LAYOUTS,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_common_args(p, steps=2000, batch_size=8, lr=2e-4, eval_every=500)
-    p.add_argument("--prior", default=None,
-                   help="memory: folder of sequences with depth/ maps and/or poses.txt (unpaired); "
-                        "default: DATA/memory if it exists (the built-in data has one)")
-    p.add_argument("--gt-depth", default=None,
-                   help="KITTI Eigen-style GT: npz with 'depth' (N,H,W) metres and 'frames' (N,) "
-                        "'<sequence> <frame index>' (default: none)")
-    p.add_argument("--height", type=int, default=48, help="training image height (default: 48)")
-    p.add_argument("--width", type=int, default=160, help="training image width (default: 160)")
-    p.add_argument("--lambda-rec", type=float, default=1.0,
-                   help="weight of the photometric reconstruction through the renderer (default: 1.0)")
-    p.add_argument("--lambda-smooth", type=float, default=1e-3,
-                   help="weight of the edge-aware disparity smoothness (default: 0.001)")
-    p.add_argument("--lambda-adv", type=float, default=0.01,
-                   help="weight of the adversarial prior on depth maps and motions; 0 = photometric-only "
-                        "(default: 0.01)")
-    p.add_argument("--adv-on", choices=["both", "depth", "motion"], default="both",
-                   help="which memory the adversarial prior uses: depth maps, motions or both (default: both)")
-    p.add_argument("--adv-warmup", type=int, default=500,
-                   help="ramp the adversarial weight linearly from 0 over the first N steps, so the "
-                        "discriminators first meet structured depth maps (default: 500)")
-    p.add_argument("--lambda-sup", type=float, default=1.0,
-                   help="weight of the supervised loss on paired frames (used when --paired-frac > 0; "
-                        "default: 1.0)")
-    p.add_argument("--paired-frac", type=float, default=0.0,
-                   help="fraction of training frames whose GT depth and motion are used (default: 0)")
-    p.add_argument("--gan", default="bce", choices=["bce", "lsgan", "wgan-gp"],
-                   help="adversarial loss: non-saturating bce (the paper), lsgan or wgan-gp (default: bce)")
-    p.add_argument("--lr-d", type=float, default=None, help="discriminator learning rate (default: --lr)")
-    p.add_argument("--min-depth", type=float, default=0.5, help="smallest predictable depth, m (default: 0.5)")
-    p.add_argument("--max-depth", type=float, default=100.0, help="largest predictable depth, m (default: 100)")
-    p.add_argument("--eval-cap", type=float, default=80.0,
-                   help="depth evaluation range 0.001..CAP metres, as on KITTI (default: 80)")
-    return p.parse_args(argv)
+    add = p.add_argument
+    add("--memory", help="unpaired memory: sequence folders with depth/*.npy|png and/or poses.txt, not "
+                         "trained on (default: DATA/memory if it exists; the built-in data has one)")
+    add("--gt-depth", help="test GT npz: 'depth' (N,H,W) m, 'frames' (N,) '<seq> <index>' (default: none)")
+    add("--height", type=int, default=48, help="training image height (default: 48)")
+    add("--width", type=int, default=160, help="training image width (default: 160)")
+    add("--lambda-rec", type=float, default=1.0, help="weight of the photometric reconstruction (default: 1)")
+    add("--lambda-smooth", type=float, default=1e-3, help="weight of the disparity smoothness (default: 0.001)")
+    add("--lambda-adv", type=float, default=0.01, help="adversarial weight; 0 = photometric only (default: 0.01)")
+    add("--adv-on", choices=["both", "depth", "motion"], default="both", help="memories used (default: both)")
+    add("--adv-warmup", type=int, default=500, help="ramp --lambda-adv up from 0 over N steps (default: 500)")
+    add("--lambda-sup", type=float, default=1.0, help="weight of the supervised loss on pairs (default: 1)")
+    add("--paired-frac", type=float, default=0.0, help="fraction of triplets with GT used (default: 0)")
+    add("--gan", default="bce", choices=["bce", "lsgan", "wgan-gp"], help="GAN loss; bce = the paper's (default: bce)")
+    add("--lr-d", type=float, default=None, help="discriminator learning rate (default: --lr)")
+    add("--min-depth", type=float, default=0.5, help="smallest predictable depth, m (default: 0.5)")
+    add("--max-depth", type=float, default=100.0, help="largest predictable depth, m (default: 100)")
+    add("--eval-cap", type=float, default=80.0, help="evaluate depth on GT in 0.001..CAP m (default: 80)")
+    args = p.parse_args(argv)
+    common.check_args(args, nonneg_ints=("adv_warmup",))
+    if min(args.height, args.width) < 16:
+        raise InputError(f"--height {args.height} --width {args.width}: expected sizes >= 16")
+    if not (0 < args.min_depth < args.max_depth < math.inf and 0 < args.eval_cap < math.inf):
+        raise InputError(f"--min-depth {args.min_depth} --max-depth {args.max_depth} --eval-cap {args.eval_cap}: "
+                         "expected 0 < min < max and a finite cap > 0")
+    return args
 
 
 # ----------------------------------------------------------------------------------------------
-# Data. Every source becomes a list of sequences: dict(name, images (N,3,H,W) uint8 at the training
-# size, K (3,3) rescaled to that size, poses (N,4,4) camera-to-world or None, depth {frame: (h,w)}).
-IMG_EXT = (".png", ".jpg", ".jpeg")
+# Data
+# Every source becomes sequences: dict(name, images (N,3,H,W) uint8 at the training size, size (h,w) of
+# the files, K (3,3) at the training size, poses (N,4,4) camera-to-world or None, depth {frame index:
+# the path of a GT map, checked when loaded and read again when evaluated, or an array}).
+def resize(x, hw, mode):
+    """(N,C,h,w) float -> (N,C,H,W): images area-averaged when shrinking (anti-aliased), else bilinear;
+    depth nearest (never mixes valid and invalid pixels)."""
+    if tuple(x.shape[-2:]) == tuple(hw) or mode == "depth":
+        return x if tuple(x.shape[-2:]) == tuple(hw) else F.interpolate(x, size=hw, mode="nearest")
+    if x.shape[-2] >= hw[0] and x.shape[-1] >= hw[1]:
+        return F.interpolate(x, size=hw, mode="area")
+    return F.interpolate(x, size=hw, mode="bilinear", align_corners=False)
 
-
-def read_image(path):
+def read_image(path, hw, dtype=np.uint8):
+    """An 8-bit frame -> (uint8 (3,H,W) at the size hw, file size (h,w)); with hw None, the array as is."""
     import imageio.v3 as iio
     try:
         img = np.asarray(iio.imread(path))
     except Exception as e:
         raise InputError(f"{path}: cannot be read as an image ({type(e).__name__})") from None
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, -1)
-    if img.ndim != 3 or img.shape[-1] not in (3, 4) or img.dtype != np.uint8:
-        raise InputError(f"{path}: expected an 8-bit grey/RGB/RGBA image, found shape {img.shape} {img.dtype}")
-    return img[..., :3]
+    img = np.repeat(img[..., None], 3, -1) if img.ndim == 2 and hw else img
+    if img.dtype != dtype or (hw and (img.ndim != 3 or img.shape[-1] not in (3, 4))):
+        raise InputError(f"{path}: expected an 8-bit grey/RGB/RGBA image (16-bit for depth), found shape "
+                         f"{img.shape} {img.dtype}")
+    if hw is None:
+        return img, img.shape
+    x = torch.from_numpy(np.ascontiguousarray(img[..., :3])).permute(2, 0, 1)[None].float()
+    return resize(x, hw, "image")[0].round().clamp(0, 255).to(torch.uint8), img.shape[:2]
 
-
-def read_numbers(path, what):
-    try:
-        with open(path) as f:
-            return [[float(x) for x in line.split()] for line in f if line.strip()]
-    except OSError:
-        raise InputError(f"{path}: no such file (expected {what})") from None
-    except ValueError:
-        raise InputError(f"{path}: expected {what}, found a non-numeric entry") from None
-
-
-def read_intrinsics(path):
-    """intrinsics.txt: 'fx fy cx cy' on one line, or a 3x3 K (9 numbers) -> (3,3) float64."""
-    vals = sum(read_numbers(path, "'fx fy cx cy' or a 3x3 K"), [])
-    if len(vals) == 4:
-        fx, fy, cx, cy = vals
-        return np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]])
-    if len(vals) == 9:
-        return np.array(vals).reshape(3, 3)
-    raise InputError(f"{path}: expected 4 numbers (fx fy cx cy) or 9 (a 3x3 K), found {len(vals)}")
-
-
-def read_poses(path, n=None):
-    """KITTI odometry format: one line per frame, 12 numbers, row-major 3x4 camera-to-world."""
-    rows = read_numbers(path, "KITTI poses (12 numbers a line, camera-to-world 3x4)")
-    for i, r in enumerate(rows):
-        if len(r) != 12:
-            raise InputError(f"{path}: line {i + 1}: expected 12 numbers (3x4 camera-to-world), found {len(r)}")
-    if n is not None and len(rows) != n:
-        raise InputError(f"{path}: expected {n} lines (one per frame), found {len(rows)}")
-    poses = np.tile(np.eye(4), (len(rows), 1, 1))
-    poses[:, :3] = np.array(rows).reshape(-1, 3, 4)
-    return poses
-
-
-def read_depth(path, hw):
-    """depth/<frame>.npy (float metres, 0 = invalid) or a 16-bit PNG in millimetres."""
-    import imageio.v3 as iio
-    try:
-        d = np.load(path, allow_pickle=False) if path.endswith(".npy") else np.asarray(iio.imread(path))
-    except Exception as e:
-        raise InputError(f"{path}: cannot be read as a depth map ({type(e).__name__})") from None
-    if path.endswith(".png"):
-        if d.dtype != np.uint16:
-            raise InputError(f"{path}: expected a 16-bit PNG of millimetres, found {d.dtype}")
-        d = d / 1000.0
-    if d.shape != tuple(hw):
-        raise InputError(f"{path}: expected a depth map of the image size {tuple(hw)}, found {d.shape}")
-    return d.astype(np.float32)
-
+def read_intrinsics(path, key=None):
+    """intrinsics.txt ('fx fy cx cy' or a 3x3 K), or with key the KITTI calibration line 'key: <3x4 P>'
+    ('P_rect_02' in calib_cam_to_cam.txt, 'P2' in calib.txt) -> K (3,3)."""
+    want = f"a line '{key}: <12 numbers>' (KITTI calibration)" if key else "'fx fy cx cy' or a 3x3 K"
+    v = np.zeros(0) if key else common.read_numbers(path, want).ravel()
+    for line in common.read_text(path, want).splitlines() if key else []:
+        try:
+            v = np.array(line.split()[1:], dtype=np.float64) if line.startswith(key + ":") else v
+        except ValueError:
+            break
+    v = (v.reshape(3, 4)[:, :3].ravel() if len(v) == 12 else v[:0]) if key else v
+    if len(v) not in (4, 9):
+        raise InputError(f"{path}: expected {want}, found {len(v)} numbers")
+    K = np.array([[v[0], 0, v[2]], [0, v[1], v[3]], [0, 0, 1]]) if len(v) == 4 else v.reshape(3, 3)
+    if not (np.isfinite(K).all() and K[0, 0] > 0 and K[1, 1] > 0):
+        raise InputError(f"{path}: intrinsics with fx={K[0, 0]:g}, fy={K[1, 1]:g}; expected finite, fx, fy > 0")
+    return K
 
 def rescale_K(K, sx, sy):
     """Intrinsics for an image resized by (sx, sy), pixel centres at integer coordinates:
@@ -153,174 +132,134 @@ def rescale_K(K, sx, sy):
     K[1, 1], K[1, 2] = K[1, 1] * sy, (K[1, 2] + 0.5) * sy - 0.5
     return K
 
+def read_poses(path, n=None):
+    """KITTI odometry format: one line per frame, 12 numbers, row-major 3x4 camera-to-world [R|t]."""
+    rows = common.read_numbers(path, "KITTI poses (12 numbers a line, camera-to-world 3x4)", cols=12)
+    if n is not None and len(rows) != n:
+        raise InputError(f"{path}: expected {n} lines (one per frame), found {len(rows)}")
+    P = np.tile(np.eye(4), (len(rows), 1, 1))
+    P[:, :3] = rows.reshape(-1, 3, 4)
+    err = np.abs(P[:, :3, :3].transpose(0, 2, 1) @ P[:, :3, :3] - np.eye(3)).max((1, 2))
+    bad = np.flatnonzero((err > 1e-2) | (np.linalg.det(P[:, :3, :3]) <= 0))
+    if len(bad):
+        raise InputError(f"{path}: line {bad[0] + 1}: the 3x3 part is not a rotation (singular or not "
+                         f"orthonormal: |R^T R - I| = {err[bad[0]]:.3g}); expected camera-to-world [R|t]")
+    return P
 
-def resize(x, hw, mode):
-    """(N,C,h,w) float -> (N,C,H,W); area-averaging when shrinking keeps the frames anti-aliased."""
-    if tuple(x.shape[-2:]) == tuple(hw):
-        return x
-    if mode == "image":
-        shrink = x.shape[-2] >= hw[0] and x.shape[-1] >= hw[1]
-        return F.interpolate(x, size=hw, mode="area") if shrink else \
-            F.interpolate(x, size=hw, mode="bilinear", align_corners=False)
-    return F.interpolate(x, size=hw, mode="nearest")  # depth: never mix valid and invalid pixels
+def read_depth(path, size):
+    """depth/<frame>.npy (float metres, 0 = invalid) or a 16-bit PNG in millimetres -> float32 (h,w)."""
+    what = f"a depth map of size {size}: float metres (.npy) or 16-bit millimetres (.png)"
+    d = common.load_npy(path, what) if path.endswith(".npy") else read_image(path, None, np.uint16)[0] / 1000.0
+    return common.check_array(d, path, "depth", size, what)
 
+def gt_depth(seq, i):  # a GT map at its own size: read from its file again, or the --gt-depth array
+    return read_depth(seq["depth"][i], seq["size"]) if isinstance(seq["depth"][i], str) else seq["depth"][i]
 
-def make_sequence(name, image_paths, K, poses_path, depth_paths, hw):
-    """Read one sequence, check it, resize it to the training size hw and rescale K with it."""
-    if len(image_paths) < 3:
-        raise InputError(f"{name}: expected at least 3 frames, found {len(image_paths)}")
-    imgs = [read_image(p) for p in image_paths]
-    size = imgs[0].shape[:2]
-    for p, im in zip(image_paths, imgs):
-        if im.shape[:2] != size:
-            raise InputError(f"{p}: expected the sequence's image size {size} (as {image_paths[0]}), "
-                             f"found {im.shape[:2]}")
-    x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float()  # (N, 3, h, w)
-    images = resize(x, hw, "image").round().clamp(0, 255).to(torch.uint8)
-    K = rescale_K(K, hw[1] / size[1], hw[0] / size[0])
-    poses = read_poses(poses_path, len(image_paths)) if poses_path and os.path.exists(poses_path) else None
-    depth = {i: read_depth(p, size) for i, p in (depth_paths or {}).items()}
-    return dict(name=name, images=images, K=K, poses=poses, depth=depth,
-                frames=[os.path.splitext(os.path.basename(p))[0] for p in image_paths])
+def list_files(folder, ext=(".png", ".jpg", ".jpeg")):
+    return sorted(p for p in glob.glob(os.path.join(folder, "*")) if p.lower().endswith(ext))
 
-
-def list_images(folder):
-    return sorted(p for p in glob.glob(os.path.join(folder, "*")) if p.lower().endswith(IMG_EXT))
-
-
-def load_generic_seq(seq_dir, hw):
-    """DIR/<seq>/images/*.png|jpg, intrinsics.txt, optional poses.txt and depth/<frame>.npy|png."""
-    paths = list_images(os.path.join(seq_dir, "images"))
-    intr = os.path.join(seq_dir, "intrinsics.txt")
-    if not os.path.isfile(intr):
-        raise InputError(f"{intr}: no such file (expected 'fx fy cx cy' or a 3x3 K at the image size)")
-    depth = {}
-    for i, p in enumerate(paths):
-        stem = os.path.splitext(os.path.basename(p))[0]
-        for ext in (".npy", ".png"):
-            if os.path.isfile(os.path.join(seq_dir, "depth", stem + ext)):
-                depth[i] = os.path.join(seq_dir, "depth", stem + ext)
-                break
-    return make_sequence(os.path.basename(seq_dir.rstrip("/")), paths, read_intrinsics(intr),
-                         os.path.join(seq_dir, "poses.txt"), depth, hw)
-
-
-def kitti_calib(path, key):
-    """A 3x4 projection matrix line ('P_rect_02:' in calib_cam_to_cam.txt, 'P2:' in calib.txt) -> K."""
-    try:
-        with open(path) as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    vals = [float(v) for v in line.split()[1:]]
-                    if len(vals) == 12:
-                        return np.array(vals).reshape(3, 4)[:, :3]
-    except (OSError, ValueError):
-        pass
-    raise InputError(f"{path}: expected a line '{key}: <12 numbers>' (KITTI calibration)")
-
+def make_sequence(name, paths, K, poses_path, hw, depth_dir=None):
+    """Read one sequence frame by frame at the training size hw; rescale K with it."""
+    if len(paths) < 3:
+        raise InputError(f"{name}: expected at least 3 frames, found {len(paths)}")
+    frames, sizes = zip(*(read_image(p, hw) for p in paths))
+    for p, s in ((p, s) for p, s in zip(paths, sizes) if s != sizes[0]):
+        raise InputError(f"{p}: expected the sequence's image size {sizes[0]} (as {paths[0]}), found {s}")
+    stems = [os.path.join(depth_dir or "", os.path.splitext(os.path.basename(p))[0]) for p in paths]
+    depth = {i: f for i, st in enumerate(stems) for f in (st + ".png", st + ".npy") if depth_dir and os.path.isfile(f)}
+    for p in depth.values():  # (.npy wins over .png)
+        read_depth(p, sizes[0])  # checked now, read again when evaluated
+    images = torch.stack(frames).contiguous(memory_format=torch.channels_last)  # (N, 3, H, W) uint8, NHWC
+    return dict(name=name, images=images, size=sizes[0], depth=depth,
+                poses=read_poses(poses_path, len(paths)) if os.path.exists(poses_path) else None,
+                K=rescale_K(K, hw[1] / sizes[0][1], hw[0] / sizes[0][0]))
 
 def load_sequences(root, hw):
     """Detect the layout of root: KITTI odometry, KITTI raw, or generic sequence folders."""
     if not os.path.isdir(root):
-        raise InputError(f"{root}: no such folder (expected a dataset folder, see README)")
+        raise InputError(f"{root}: no such folder (expected a dataset folder; layouts: --help)")
     if os.path.isdir(os.path.join(root, "sequences")):  # KITTI odometry
-        seqs = []
-        for d in sorted(glob.glob(os.path.join(root, "sequences", "*"))):
-            nm = os.path.basename(d)
-            K = kitti_calib(os.path.join(d, "calib.txt"), "P2")
-            seqs.append(make_sequence(nm, list_images(os.path.join(d, "image_2")), K,
-                                      os.path.join(root, "poses", nm + ".txt"), {}, hw))
-        return seqs
+        return [make_sequence(os.path.basename(d), list_files(os.path.join(d, "image_2")),
+                              read_intrinsics(os.path.join(d, "calib.txt"), "P2"),
+                              os.path.join(root, "poses", os.path.basename(d) + ".txt"), hw)
+                for d in sorted(glob.glob(os.path.join(root, "sequences", "*")))]
     calibs = sorted(glob.glob(os.path.join(root, "*", "calib_cam_to_cam.txt")))
     if calibs:  # KITTI raw: <date>/<date>_drive_XXXX_sync/image_02/data/*.png
-        seqs = []
-        for calib in calibs:
-            K = kitti_calib(calib, "P_rect_02")
-            for d in sorted(glob.glob(os.path.join(os.path.dirname(calib), "*_sync"))):
-                seqs.append(make_sequence(os.path.basename(d), list_images(os.path.join(d, "image_02", "data")),
-                                          K, os.path.join(d, "poses.txt"), {}, hw))
+        seqs = [make_sequence(os.path.basename(d), list_files(os.path.join(d, "image_02", "data")),
+                              read_intrinsics(c, "P_rect_02"), os.path.join(d, "poses.txt"), hw)
+                for c in calibs for d in sorted(glob.glob(os.path.join(os.path.dirname(c), "*_sync")))]
         if not seqs:
             raise InputError(f"{root}: found {calibs[0]} but no <date>_drive_XXXX_sync/image_02/data folders")
         return seqs
     dirs = sorted(d for d in glob.glob(os.path.join(root, "*")) if os.path.isdir(os.path.join(d, "images")))
     if not dirs:
         raise InputError(f"{root}: expected sequence folders <seq>/images/*.png with <seq>/intrinsics.txt, "
-                         "a KITTI raw root (<date>/calib_cam_to_cam.txt) or KITTI odometry (sequences/), "
-                         "found none")
-    return [load_generic_seq(d, hw) for d in dirs]
-
+                         "a KITTI raw root or KITTI odometry (sequences/), found none (layouts: --help)")
+    return [make_sequence(os.path.basename(d), list_files(os.path.join(d, "images")),
+                          read_intrinsics(os.path.join(d, "intrinsics.txt")), os.path.join(d, "poses.txt"), hw,
+                          os.path.join(d, "depth")) for d in dirs]
 
 def attach_gt_depth(seqs, path):
-    """Eigen-style GT: depth maps for listed frames '<sequence> <frame index>'."""
-    z = common.load_npz(path, required=("depth", "frames"), what="'depth' (N,H,W) and 'frames' (N,)")
+    """Eigen-style GT: depth maps (at the frames' size) for listed frames '<sequence> <frame index>'."""
+    what = "'depth' (N,H,W) metres at the frames' size and 'frames' (N,) '<sequence> <frame index>'"
+    z = common.load_npz(path, required=("depth", "frames"), what=what)
+    depth = common.check_array(z["depth"], path, "depth", (None, None, None), what)
+    if z["frames"].shape != (len(depth),):
+        raise InputError(f"{path}: 'frames' has shape {z['frames'].shape}, 'depth' {depth.shape}; expected {what}")
     by_name = {s["name"]: s for s in seqs}
-    if len(z["frames"]) != len(z["depth"]):
-        raise InputError(f"{path}: 'frames' has {len(z['frames'])} entries, 'depth' {len(z['depth'])}")
-    for entry, d in zip(z["frames"], z["depth"]):
-        parts = str(entry).split()
-        if len(parts) != 2 or parts[0] not in by_name or not parts[1].isdigit() \
-                or int(parts[1]) >= len(by_name[parts[0]]["images"]):
-            raise InputError(f"{path}: frame entry {str(entry)!r}: expected '<sequence> <frame index>' of a "
-                             f"loaded sequence ({sorted(by_name)[:5]}...)")
-        by_name[parts[0]]["depth"][int(parts[1])] = d.astype(np.float32)
-
+    for entry, d in zip(map(str, z["frames"]), depth):
+        name, _, idx = entry.partition(" ")
+        s = by_name.get(name)
+        if s is None or not idx.isdigit() or int(idx) >= len(s["images"]) or d.shape != s["size"]:
+            raise InputError(f"{path}: frame entry {entry!r} (depth map of size {d.shape}): expected "
+                             f"'<sequence> <frame index>' of a loaded sequence ({sorted(by_name)[:3]}...) and "
+                             "its frames' size")
+        s["depth"][int(idx)] = d
 
 def load_memory(root, hw, max_depth):
-    """The unpaired memory: depth maps (log-depth at the training size, invalid -> max depth) and
-    6-DoF motions between neighbouring frames, from sequences not used for training."""
+    """The unpaired memory of sequences not trained on: depth maps at the training size (invalid ->
+    max depth) (M,1,H,W) and the 6-DoF motion pairs t->t-1, t->t+1 of their poses (Q,12)."""
     depths, motions = [], []
-    dirs = sorted(d for d in glob.glob(os.path.join(root, "*")) if os.path.isdir(d))
-    for d in dirs:
-        files = sorted(glob.glob(os.path.join(d, "depth", "*.npy")) + glob.glob(os.path.join(d, "depth", "*.png")))
-        for f in files:
-            import imageio.v3 as iio
-            shape = np.load(f, mmap_mode="r").shape if f.endswith(".npy") else iio.improps(f).shape[:2]
-            depths.append(resize(torch.from_numpy(read_depth(f, shape))[None, None], hw, "depth")[0])
+    for d in sorted(d for d in glob.glob(os.path.join(root, "*")) if os.path.isdir(d)):
+        for f in list_files(os.path.join(d, "depth"), (".npy", ".png")):
+            depths.append(resize(torch.from_numpy(read_depth(f, (None, None)))[None, None], hw, "depth")[0])
         if os.path.isfile(os.path.join(d, "poses.txt")):
             P = torch.from_numpy(read_poses(os.path.join(d, "poses.txt")))
             T = torch.stack([torch.linalg.inv(P[:-2]) @ P[1:-1], torch.linalg.inv(P[2:]) @ P[1:-1]], 1)
-            motions.append(matrix_to_pose6(T).flatten(1))  # (N-2, 12): t -> t-1 and t -> t+1
+            motions.append(matrix_to_pose6(T).flatten(1))  # (N-2, 12)
     if not depths and not motions:
-        raise InputError(f"{root}: expected memory sequences <seq>/depth/*.npy|png and/or <seq>/poses.txt, "
-                         "found none")
+        raise InputError(f"--memory {root}: expected <seq>/depth/*.npy|png and/or <seq>/poses.txt, found none")
     depth = torch.stack(depths).float() if depths else None
     if depth is not None:
         depth = torch.where(depth > 0, depth, torch.full_like(depth, max_depth)).clamp(max=max_depth)
-    return depth, (torch.cat(motions).float() if motions else None)  # (M,1,H,W), (Q,12)
+    return depth, (torch.cat(motions).float() if motions else None)
 
-
-def builtin_K(h, w):
-    return np.array([[0.58 * w, 0, (w - 1) / 2], [0, 0.58 * w, (h - 1) / 2], [0, 0, 1]])
-
-
-def load_data(args, dist_state):
-    """(train, test, memory_depth, memory_motion) from --data/--prior, or the built-in streets.
-    A --data folder with train/ and test/ subfolders is split by them (and memory/ is the default
-    prior); otherwise its sequences serve for both training and evaluation."""
+def load_data(args, dist):
+    """{train, test[, val]: sequences, mem_depth, mem_motion} from --data (split by its train/ test/
+    [val/] subfolders if it has them, else used for both) or the built-in streets."""
     hw = (args.height, args.width)
-    if args.data is None:  # the generator is data, not the method: it lives in tools/
-        from tools.sfm_builtin import build_builtin
-    root = args.data or build_builtin(dist_state)
+    root = args.data or common.builtin_dataset(__file__, "sfm", "sfm_builtin", dist, device=str(dist.device))
     if os.path.isdir(os.path.join(root, "train")) and os.path.isdir(os.path.join(root, "test")):
-        train, test = load_sequences(os.path.join(root, "train"), hw), load_sequences(os.path.join(root, "test"), hw)
+        data = {k: load_sequences(os.path.join(root, k), hw) for k in ("train", "val", "test")
+                if os.path.isdir(os.path.join(root, k))}
     else:
-        train = test = load_sequences(root, hw)
+        data = dict.fromkeys(("train", "test"), load_sequences(root, hw))
     if args.gt_depth:
-        attach_gt_depth(test, args.gt_depth)
-    prior = args.prior or (os.path.join(root, "memory") if os.path.isdir(os.path.join(root, "memory")) else None)
-    mem_depth, mem_motion = load_memory(prior, hw, args.max_depth) if prior else (None, None)
-    return train, test, mem_depth, mem_motion
+        attach_gt_depth(data["test"], args.gt_depth)
+    memory = args.memory or (os.path.join(root, "memory") if os.path.isdir(os.path.join(root, "memory")) else None)
+    data["mem_depth"], data["mem_motion"] = load_memory(memory, hw, args.max_depth) if memory else (None, None)
+    return data
 
 
 # ----------------------------------------------------------------------------------------------
-# Networks, sized to train on a CPU. No batch norm: nothing to synchronise across processes.
+# Networks
 def conv(cin, cout, stride=1):
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.ELU())
 
-
 class DepthNet(nn.Module):
     """U-Net: frame (B,3,H,W) -> depth (B,1,H,W) from a bounded disparity (a sigmoid between
-    1/max_depth and 1/min_depth): always positive and finite."""
+    1/max_depth and 1/min_depth): always positive and finite. No batch norm or dropout in any net
+    (nothing to synchronise across processes; train and eval modes are the same)."""
 
     def __init__(self, min_depth, max_depth, ch=(16, 32, 64, 96, 128)):
         super().__init__()
@@ -341,12 +280,10 @@ class DepthNet(nn.Module):
         disp = self.min_disp + (self.max_disp - self.min_disp) * torch.sigmoid(x)
         return 1.0 / disp  # (B, 1, H, W) metres
 
-
 class PoseNet(nn.Module):
     """Frames t-1, t, t+1 stacked on channels (B,9,H,W) -> the two 6-DoF motions target->source
     (B,2,6): t->t-1 and t->t+1, axis-angle rotation (rad) and translation (m). As in SfMLearner the
-    order of the sources is in the input, so "which way is forward" is learnable; small output
-    scales start near the identity."""
+    order of the sources is in the input; small output scales start near the identity."""
 
     def __init__(self, ch=(16, 32, 64, 128, 128)):
         super().__init__()
@@ -356,7 +293,6 @@ class PoseNet(nn.Module):
     def forward(self, prev, target, nxt):  # (B, 3, H, W) each
         x = torch.cat([prev, target, nxt], 1)
         return self.net((x - 0.45) / 0.225).mean((2, 3)).view(-1, 2, 6) * self.scale  # (B, 2, 6)
-
 
 class PatchD(nn.Module):
     """Depth-map discriminator: log-depth (B,1,H,W) -> a grid of real/fake logits (B,1,h,w)."""
@@ -372,24 +308,31 @@ class PatchD(nn.Module):
     def forward(self, depth):  # (B, 1, H, W) metres
         return self.net(torch.log(depth) - math.log(10.0))
 
-
 class MotionD(nn.Module):
-    """Camera-motion discriminator: the two motions of a triplet (B,12) (t->t-1, t->t+1), standardised
-    with the memory's statistics."""
+    """Camera-motion discriminator: the two motions of a triplet (B,12) (t->t-1, t->t+1) -> logits
+    (B,1), standardised with the memory's statistics (set by set_memory, kept in the checkpoint)."""
 
-    def __init__(self, mean, std, width=128):
+    def __init__(self, width=128):
         super().__init__()
-        self.register_buffer("mean", mean)
-        self.register_buffer("std", std)
+        self.register_buffer("mean", torch.zeros(12))
+        self.register_buffer("std", torch.ones(12))
         self.net = nn.Sequential(nn.Linear(12, width), nn.LeakyReLU(0.2), nn.Linear(width, width),
                                  nn.LeakyReLU(0.2), nn.Linear(width, 1))
+
+    def set_memory(self, motions):  # (Q, 12)
+        self.mean.copy_(motions.mean(0))
+        self.std.copy_(motions.std(0).clamp(min=1e-3))
 
     def forward(self, motions):  # (B, 12)
         return self.net((motions - self.mean) / self.std)
 
+def build_nets(args, device):
+    return {"depth_net": DepthNet(args.min_depth, args.max_depth).to(device), "pose_net": PoseNet().to(device),
+            "D_depth": PatchD().to(device), "D_motion": MotionD().to(device)}
+
 
 # ----------------------------------------------------------------------------------------------
-# The renderer: camera motion as an inverse warp (parameter-free, differentiable, device-agnostic).
+# Renderer
 def axis_angle_to_matrix(r):
     """Rodrigues: (..., 3) -> (..., 3, 3); a Taylor form near 0 keeps gradients finite."""
     th2 = (r * r).sum(-1, keepdim=True)[..., None]  # (..., 1, 1)
@@ -402,7 +345,6 @@ def axis_angle_to_matrix(r):
     Kx = torch.stack([o, -z, y, z, o, -x, -y, x, o], -1).reshape(*r.shape[:-1], 3, 3)
     return torch.eye(3, dtype=r.dtype, device=r.device) + a * Kx + b * (Kx @ Kx)
 
-
 def matrix_to_pose6(T):
     """(..., 4, 4) rigid transforms -> (..., 6) axis-angle + translation (rotations well below pi)."""
     R = T[..., :3, :3]
@@ -412,7 +354,6 @@ def matrix_to_pose6(T):
     fac = torch.where(th < 1e-6, torch.full_like(th, 0.5), th / (2 * torch.sin(th).clamp(min=1e-12)))
     return torch.cat([vee * fac, T[..., :3, 3]], -1)
 
-
 def pose6_to_matrix(p):
     """(..., 6) -> (..., 4, 4)."""
     T = torch.zeros(*p.shape[:-1], 4, 4, dtype=p.dtype, device=p.device)
@@ -420,7 +361,6 @@ def pose6_to_matrix(p):
     T[..., :3, 3] = p[..., 3:]
     T[..., 3, 3] = 1
     return T
-
 
 def inverse_warp(source, depth, pose6, K):
     """Rebuild the target frame from a source frame.
@@ -450,19 +390,29 @@ def inverse_warp(source, depth, pose6, K):
 # Losses
 def ssim_dissimilarity(x, y):
     """(1 - SSIM) / 2 on 3x3 windows, per pixel (B,C,H,W)."""
-    pool = lambda t: F.avg_pool2d(F.pad(t, (1, 1, 1, 1), mode="reflect"), 3, 1)
+    def pool(t):
+        return F.avg_pool2d(F.pad(t, (1, 1, 1, 1), mode="reflect"), 3, 1)
     mx, my = pool(x), pool(y)
     sx, sy, sxy = pool(x * x) - mx ** 2, pool(y * y) - my ** 2, pool(x * y) - mx * my
     c1, c2 = 0.01 ** 2, 0.03 ** 2
     ssim = (2 * mx * my + c1) * (2 * sxy + c2) / ((mx ** 2 + my ** 2 + c1) * (sx + sy + c2))
     return ((1 - ssim) / 2).clamp(0, 1)
 
-
 def photometric_error(pred, target):
     """The renderer's reconstruction error per pixel (B,1,H,W): 0.85 (1-SSIM)/2 + 0.15 L1."""
     return 0.85 * ssim_dissimilarity(pred, target).mean(1, keepdim=True) + \
         0.15 * (pred - target).abs().mean(1, keepdim=True)
 
+def reconstruction_loss(tgt, srcs, depth, pose, K):
+    """Warp both sources (b,2,3,H,W) into the target (b,3,H,W) with the predicted depth (b,1,H,W) and
+    motions (b,2,6); per pixel keep the better source (occlusions; Monodepth2's minimum reprojection)
+    and ignore pixels that no source sees."""
+    warped, valid = inverse_warp(srcs.flatten(0, 1), depth.repeat_interleave(2, 0), pose.flatten(0, 1),
+                                 K.repeat_interleave(2, 0))
+    err = photometric_error(warped, tgt.repeat_interleave(2, 0))  # (2b, 1, H, W)
+    err = torch.where(valid > 0, err, torch.full_like(err, 1e3)).view(len(tgt), 2, *err.shape[-2:]).min(1).values
+    seen = err < 1e3
+    return (err * seen).sum() / seen.sum().clamp(min=1)
 
 def smoothness(depth, img):
     """Edge-aware smoothness of mean-normalised disparity: flat where the image is flat."""
@@ -473,33 +423,37 @@ def smoothness(depth, img):
     iy = (img[..., 1:, :] - img[..., :-1, :]).abs().mean(1, keepdim=True)
     return (dx * torch.exp(-ix)).mean() + (dy * torch.exp(-iy)).mean()
 
+def supervised_loss(depth, pose, gt_d, gt_pose):
+    """Paired frames: L1 of log-depth on valid GT pixels (b,1,H,W) + L1 of the two motions (b,2,6)."""
+    v = gt_d > 0
+    return (depth[v].log() - gt_d[v].log()).abs().mean() + (pose - gt_pose).abs().mean()
 
 def d_loss(D, real, fake, gan):
-    """Discriminator: memory samples are real, predictions fake. bce = -log D(y) - log(1 - D(G(x)))."""
+    """Discriminator: memory samples are real, predictions fake (same shapes)."""
     logits = D(torch.cat([real, fake]))
     lr, lf = logits[:len(real)], logits[len(real):]
-    if gan == "bce":
+    if gan == "bce":  # -log D(y_mem) - log(1 - D(G(x))): the paper's loss
         return F.softplus(-lr).mean() + F.softplus(lf).mean()
-    if gan == "lsgan":
-        return ((lr - 1) ** 2).mean() + (lf ** 2).mean()
-    a = torch.rand(len(real), *[1] * (real.dim() - 1), dtype=real.dtype, device=real.device)
-    mix = (a * real + (1 - a) * fake).requires_grad_(True)
-    g, = torch.autograd.grad(D(mix).sum(), mix, create_graph=True)
-    return lf.mean() - lr.mean() + 10 * ((g.flatten(1).norm(dim=1) - 1) ** 2).mean()  # WGAN-GP
-
+    if gan == "lsgan":  # least squares (Mao et al. 2017)
+        return 0.5 * ((lr - 1) ** 2).mean() + 0.5 * (lf ** 2).mean()
+    # WGAN-GP (Gulrajani et al. 2017): the critic's gap plus a gradient penalty on interpolates
+    alpha = torch.rand(len(real), *[1] * (real.dim() - 1), device=real.device)
+    mix = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+    grad, = torch.autograd.grad(D(mix).sum(), mix, create_graph=True)
+    return lf.mean() - lr.mean() + 10 * ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
 
 def g_adv_loss(D, fake, gan):
-    """Generator's adversarial term: non-saturating -log D(G(x)) (the paper), or lsgan / wgan."""
+    """Generator's adversarial term: make predictions look like memory samples."""
     logits = D(fake)
-    if gan == "bce":
+    if gan == "bce":  # non-saturating -log D(G(x))
         return F.softplus(-logits).mean()
     if gan == "lsgan":
-        return ((logits - 1) ** 2).mean()
+        return 0.5 * ((logits - 1) ** 2).mean()
     return -logits.mean()
 
 
 # ----------------------------------------------------------------------------------------------
-# Evaluation: Eigen depth metrics (with and without median scaling), ATE on 5-frame snippets.
+# Evaluation and figures
 def depth_metrics(pred, gt):
     """Eigen et al. metrics over valid pixels; pred, gt 1-D tensors of metres."""
     thresh = torch.maximum(gt / pred, pred / gt)
@@ -509,7 +463,6 @@ def depth_metrics(pred, gt):
             "a1": (thresh < 1.25).float().mean().item(), "a2": (thresh < 1.25 ** 2).float().mean().item(),
             "a3": (thresh < 1.25 ** 3).float().mean().item()}
 
-
 def ate_snippet(gt_xyz, pred_xyz):
     """SfMLearner's ATE: align the first positions, fit one scale by least squares, then
     sqrt(sum ||error||^2) / N (not an RMSE; the form every peer reports). (N,3) each."""
@@ -517,35 +470,31 @@ def ate_snippet(gt_xyz, pred_xyz):
     scale = (gt_xyz * pred).sum() / (pred ** 2).sum().clamp(min=1e-12)
     return ((pred * scale - gt_xyz) ** 2).sum().sqrt().item() / len(gt_xyz)
 
-
 @torch.no_grad()
-def predict_sequence(depth_net, pose_net, images, device, chunk=32):
+def predict_sequence(nets, images, device, chunk=32):
     """images (N>=3,3,H,W) uint8 -> depth (N,1,H,W) and camera-to-first-frame poses (N,4,4), chained
     from the motions i -> i+1 of the triplets centred at i = 1..N-2 (and 0 -> 1 = inverse of 1 -> 0)."""
     depth, motion = [], []
     for i in range(0, len(images), chunk):
         x = images[max(i - 1, 0):i + chunk + 1].to(device).float() / 255
-        depth.append(depth_net(x[int(i > 0):][:chunk]).cpu())
+        depth.append(nets["depth_net"](x[int(i > 0):][:chunk]).cpu())
         if len(x) >= 3:
-            motion.append(pose_net(x[:-2], x[1:-1], x[2:]).double().cpu())  # (n, 2, 6)
+            motion.append(nets["pose_net"](x[:-2], x[1:-1], x[2:]).double().cpu())  # (n, 2, 6)
     T = pose6_to_matrix(torch.cat(motion))  # (N-2, 2, 4, 4)
     step = torch.cat([torch.linalg.inv(T[:1, 0]), T[:, 1]])  # (N-1, 4, 4) motions i -> i+1
-    rel = torch.linalg.inv(step)  # camera i+1 in the frame of camera i
     poses = [torch.eye(4, dtype=torch.float64)]
-    for r in rel:
+    for r in torch.linalg.inv(step):  # camera i+1 in the frame of camera i
         poses.append(poses[-1] @ r)
     return torch.cat(depth), torch.stack(poses)
 
-
-def evaluate(depth_net, pose_net, seqs, args, device):
-    """Metrics on every frame with GT depth and every 5-frame snippet with GT poses."""
-    was_training = depth_net.training
-    depth_net.eval(), pose_net.eval()
+def evaluate(nets, seqs, args, device):
+    """Depth metrics (unscaled and per-image median-scaled) on every frame with GT depth, at the GT's
+    resolution, and SfMLearner's ATE on every 5-frame snippet with GT poses."""
     rows, rows_med, ratios, ates, ates_metric = [], [], [], [], []
     for s in seqs:
-        depth, poses = predict_sequence(depth_net, pose_net, s["images"], device)
-        for i, gt in sorted(s["depth"].items()):
-            gt = torch.from_numpy(gt)
+        depth, poses = predict_sequence(nets, s["images"], device)
+        for i in sorted(s["depth"]):
+            gt = torch.from_numpy(gt_depth(s, i))
             pred = F.interpolate(depth[i:i + 1], size=gt.shape, mode="bilinear", align_corners=False)[0, 0]
             m = (gt > 1e-3) & (gt < args.eval_cap)
             if m.sum() == 0:
@@ -562,28 +511,38 @@ def evaluate(depth_net, pose_net, seqs, args, device):
                 pred_xyz = (torch.linalg.inv(poses[st]) @ poses[st:st + 5])[:, :3, 3]
                 ates.append(ate_snippet(gt_xyz, pred_xyz))
                 ates_metric.append(((pred_xyz - gt_xyz) ** 2).sum().sqrt().item() / 5)
-    depth_net.train(was_training), pose_net.train(was_training)
-    mean = lambda rs: {k: float(np.mean([r[k] for r in rs])) for k in rs[0]} if rs else None
+
+    def mean(rs):
+        return {k: float(np.mean([r[k] for r in rs])) for k in rs[0]} if rs else None
     return {"depth": mean(rows), "depth_median_scaled": mean(rows_med),
             "median_scale": float(np.median(ratios)) if ratios else None,
             "ate": float(np.mean(ates)) if ates else None, "ate_std": float(np.std(ates)) if ates else None,
             "ate_no_scale": float(np.mean(ates_metric)) if ates else None,
             "depth_frames": len(rows), "ate_snippets": len(ates)}
 
+def summary(res, step):
+    d, m, a = res["depth"] or {}, res["depth_median_scaled"] or {}, res["ate"]
+    return f"step {step}" + (f" | abs_rel {d['abs_rel']:.3f} | abs_rel(median-scaled) {m['abs_rel']:.3f} | a1 " \
+        f"{d['a1']:.3f} scale(gt/pred) {res['median_scale']:.2f}" if d else "") + (f" | ATE {a:.4f} ± " \
+        f"{res['ate_std']:.4f} (no scale fit {res['ate_no_scale']:.4f})" if a is not None else "")
 
-# ----------------------------------------------------------------------------------------------
-# Figures, drawn with numpy (no plotting library).
+def validate(nets, data, args, device, step):
+    """Periodic metrics on val/ if the data has one (val_*), else on the test split (test_*)."""
+    split = "val" if "val" in data else "test"
+    res = evaluate(nets, data[split], args, device)
+    common.log(f"{split}: {summary(res, step)}")
+    flat = {f"{split}_{k}": v for k, v in res.items() if not isinstance(v, dict)}
+    flat.update({f"{split}_{k}/{kk}": vv for k, v in res.items() if isinstance(v, dict) for kk, vv in v.items()})
+    return {k: v for k, v in flat.items() if v is not None}
+
 CMAP = np.array([[0.0, 0.0, 0.02], [0.23, 0.06, 0.44], [0.55, 0.16, 0.5], [0.87, 0.29, 0.4],
                  [0.99, 0.6, 0.36], [0.99, 0.99, 0.75]])  # dark (far) -> bright (near), magma-like
-
 
 def colorize(v):
     """(H,W) values in [0,1] -> (H,W,3) colours by piecewise-linear interpolation of CMAP."""
     v = np.clip(np.asarray(v, dtype=np.float64), 0, 1) * (len(CMAP) - 1)
     i = np.minimum(np.floor(v).astype(int), len(CMAP) - 2)
-    f = (v - i)[..., None]
-    return CMAP[i] * (1 - f) + CMAP[i + 1] * f
-
+    return CMAP[i] * (1 - (v - i)[..., None]) + CMAP[i + 1] * (v - i)[..., None]
 
 def depth_color(d, args):
     """Log-depth colours on a fixed range (comparable across steps and runs); 0 = invalid -> black."""
@@ -591,211 +550,173 @@ def depth_color(d, args):
     v = np.log(args.max_depth / np.maximum(d, 1e-3)) / np.log(args.max_depth / args.min_depth)
     return np.where(d[..., None] > 0, colorize(v), 0.0)
 
-
 @torch.no_grad()
-def depth_figure(path, depth_net, pose_net, seq, args, device, n=4):
-    """Rows of fixed test frames: frame | predicted depth | GT depth | warped source | photometric error."""
-    was_training = depth_net.training
-    depth_net.eval(), pose_net.eval()
-    rows, hw = [], (args.height, args.width)
+def write_figures(run_dir, nets, test, args, device, n=4, size=320):
+    """depth_grid.png: fixed frames of the first test sequence with GT depth (frame | predicted depth | GT
+    | warped neighbour | photometric error); trajectory.png: top view (x right, z up) of the first test
+    sequence with poses, GT in black, the chained predictions (no scale fit) in red."""
+    seq, rows, hw = next((s for s in test if s["depth"]), test[0]), [], (args.height, args.width)
     for i in np.linspace(1, len(seq["images"]) - 2, n).round().astype(int):
         prev, tgt, src = (seq["images"][j:j + 1].to(device).float() / 255 for j in (i - 1, i, i + 1))
-        depth = depth_net(tgt)
+        depth = nets["depth_net"](tgt)
         K = torch.as_tensor(seq["K"], dtype=torch.float32, device=device)[None]
-        warped, valid = inverse_warp(src, depth, pose_net(prev, tgt, src)[:, 1], K)
+        warped, valid = inverse_warp(src, depth, nets["pose_net"](prev, tgt, src)[:, 1], K)
         err = (photometric_error(warped, tgt) * valid)[0, 0].cpu().numpy()
-        gt = seq["depth"].get(i)
-        gt = resize(torch.from_numpy(gt)[None, None], hw, "depth")[0, 0].numpy() if gt is not None else np.zeros(hw)
+        gt = resize(torch.from_numpy(gt_depth(seq, i))[None, None], hw, "depth")[0, 0].numpy() \
+            if i in seq["depth"] else np.zeros(hw)
         rows.append([tgt[0].cpu(), depth_color(depth[0, 0].cpu().numpy(), args), depth_color(gt, args),
                      (warped * valid)[0].cpu(), colorize(err / 0.5)])
-    depth_net.train(was_training), pose_net.train(was_training)
-    common.write_png(path, common.image_grid(rows))
-
-
-def trajectory_figure(path, gt, pred, size=320, pad=16):
-    """Top view (x right, z up) of camera positions: GT in black, prediction (no scale fit) in red."""
-    pts = np.concatenate([gt, pred])[:, [0, 2]]
-    centre, span = (pts.min(0) + pts.max(0)) / 2, max(np.ptp(pts, 0).max(), 1e-6)
-    img = np.ones((size, size, 3))
-    for xyz, color in ((gt, (0, 0, 0)), (pred, (0.85, 0.1, 0.1))):
-        q = (xyz[:, [0, 2]] - centre) / span * (size - 2 * pad) + size / 2  # one scale for x and z
-        for a, b in zip(q[:-1], q[1:]):
-            for t in np.linspace(0, 1, int(np.abs(b - a).max()) * 2 + 2):
-                x, y = (a + t * (b - a)).round().astype(int)
-                img[size - 1 - y - 1:size - y + 1, x - 1:x + 2] = color  # 3x3 dots
-    common.write_png(path, img)
-
-
-def write_figures(run_dir, depth_net, pose_net, test, args, device):
-    seq = next((s for s in test if s["depth"]), test[0])
-    depth_figure(os.path.join(run_dir, "depth_grid.png"), depth_net, pose_net, seq, args, device)
-    seq = next((s for s in test if s["poses"] is not None), None)
+    common.write_png(os.path.join(run_dir, "depth_grid.png"), common.image_grid(rows))
+    seq, img = next((s for s in test if s["poses"] is not None), None), np.ones((size, size, 3))
     if seq is not None:
-        _, poses = predict_sequence(depth_net, pose_net, seq["images"], device)
-        gt = np.linalg.inv(seq["poses"][0]) @ seq["poses"]
-        trajectory_figure(os.path.join(run_dir, "trajectory.png"), gt[:, :3, 3], poses[:, :3, 3].numpy())
+        paths = [(np.linalg.inv(seq["poses"][0]) @ seq["poses"])[:, :3, 3],
+                 predict_sequence(nets, seq["images"], device)[1][:, :3, 3].numpy()]  # (N, 3) each
+        pts = np.concatenate(paths)[:, [0, 2]]
+        centre, span = (pts.min(0) + pts.max(0)) / 2, max(np.ptp(pts, 0).max(), 1e-6)  # one scale for x, z
+        for xyz, color in zip(paths, ((0, 0, 0), (0.85, 0.1, 0.1))):
+            t = np.linspace(0, len(xyz) - 1, 8 * size)  # dense samples along the path: a line of 3x3 dots
+            q = np.stack([np.interp(t, np.arange(len(xyz)), xyz[:, c]) for c in (0, 2)], 1)
+            for x, y in ((q - centre) / span * (size - 32) + size / 2).round().astype(int):
+                img[size - 2 - y:size + 1 - y, x - 1:x + 2] = color
+        common.write_png(os.path.join(run_dir, "trajectory.png"), img)
 
 
 # ----------------------------------------------------------------------------------------------
 # Training
-def training_set(train, args, device):
-    """Triplets (target t, sources t-1 and t+1) of every training sequence, and the paired subset:
-    evenly spaced triplets whose GT depth and motions are used by the supervised loss."""
-    images = torch.cat([s["images"] for s in train]).to(device)  # (F, 3, H, W) uint8
-    trip, K, starts = [], [], np.cumsum([0] + [len(s["images"]) for s in train])
-    for s, o in zip(train, starts):
-        for t in range(1, len(s["images"]) - 1):
-            trip.append([o + t, o + t - 1, o + t + 1])
-            K.append(s["K"])
-    data = dict(images=images, trip=torch.tensor(trip, device=device),
-                K=torch.tensor(np.array(K), dtype=torch.float32, device=device))
-    n_paired = int(round(args.paired_frac * len(trip))) if args.lambda_sup > 0 else 0
-    if args.paired_frac > 0 and args.lambda_sup > 0:
-        n_paired = max(1, n_paired)
-        idx = np.linspace(0, len(trip) - 1, n_paired).round().astype(int)
-        owner = np.searchsorted(starts, np.array(trip)[idx, 0], side="right") - 1
-        gt_depth, gt_pose = [], []
-        for j, k in zip(idx, owner):
-            s, t = train[k], trip[j][0] - starts[k]
-            if t not in s["depth"] or s["poses"] is None:
-                raise InputError(f"--paired-frac {args.paired_frac}: sequence {s['name']} frame {s['frames'][t]} "
-                                 "has no GT depth map or poses.txt; paired frames need both")
-            gt_depth.append(resize(torch.from_numpy(s["depth"][t])[None, None], (args.height, args.width), "depth")[0])
-            P = torch.from_numpy(s["poses"])
-            gt_pose.append(matrix_to_pose6(torch.linalg.inv(P[[t - 1, t + 1]]) @ P[t]))  # target -> sources
-        data.update(paired=torch.tensor(idx, device=device), gt_depth=torch.stack(gt_depth).to(device),
-                    gt_pose=torch.stack(gt_pose).float().to(device))
-    return data
+def training_set(data, args, device):
+    """On the device: the training frames, their triplets (target t, sources t-1, t+1) with K, the
+    paired subset (evenly spaced triplets whose GT depth and motions are used) and the memory in use."""
+    train = data["train"]
+    starts = np.cumsum([0] + [len(s["images"]) for s in train])
+    trip = [[o + t, o + t - 1, o + t + 1] for s, o in zip(train, starts) for t in range(1, len(s["images"]) - 1)]
+    mem = {"mem_depth": None if args.adv_on == "motion" else data["mem_depth"],
+           "mem_motion": None if args.adv_on == "depth" else data["mem_motion"]}
+    if args.lambda_adv > 0 and mem["mem_depth"] is None and mem["mem_motion"] is None:
+        raise InputError("--lambda-adv > 0 needs a memory of depth maps and/or poses: pass --memory DIR "
+                         "(or --lambda-adv 0 for the photometric-only baseline)")
+    out = dict(images=torch.cat([s["images"] for s in train]).to(device), trip=torch.tensor(trip, device=device),
+               K=torch.tensor(np.array([s["K"] for s in train for _ in s["images"][2:]]), dtype=torch.float32,
+                              device=device), **{k: None if v is None else v.to(device) for k, v in mem.items()})
+    if args.paired_frac == 0 or args.lambda_sup == 0:
+        if args.lambda_rec == 0 and args.lambda_adv == 0:
+            raise InputError("nothing to train: --lambda-rec and --lambda-adv are 0 and there are no paired frames")
+        return out
+    idx = np.linspace(0, len(trip) - 1, max(1, int(round(args.paired_frac * len(trip))))).round().astype(int)
+    gt_d, gt_pose = [], []
+    for j, k in zip(idx, np.searchsorted(starts, np.array(trip)[idx, 0], side="right") - 1):
+        s, t = train[k], trip[j][0] - starts[k]
+        if t not in s["depth"] or s["poses"] is None:
+            raise InputError(f"--paired-frac {args.paired_frac}: sequence {s['name']} frame {t} has no GT depth "
+                             "map or poses.txt; paired frames need both")
+        gt_d.append(resize(torch.from_numpy(gt_depth(s, t))[None, None], (args.height, args.width), "depth")[0])
+        P = torch.from_numpy(s["poses"])
+        gt_pose.append(matrix_to_pose6(torch.linalg.inv(P[[t - 1, t + 1]]) @ P[t]))  # target -> sources
+    return dict(out, paired=torch.tensor(idx, device=device), gt_depth=torch.stack(gt_d).to(device),
+                gt_pose=torch.stack(gt_pose).float().to(device))
 
+def draw_batch(data, gen, args, dist):
+    """The *global* batch drawn from one generator seeded alike on every rank; this rank keeps its
+    slice (a run is the same at any world size and resumes exactly). Unpaired triplets come first."""
+    B, dev = args.batch_size, data["trip"].device
 
-def sample_batch(data, mem_depth, mem_motion, gen, args, d, use_unpaired, use_adv):
-    """Draw the *global* batch from one generator seeded alike on every rank; keep this rank's slice
-    (so a run is identical at any world size and resumes exactly)."""
-    B, sl = args.batch_size, slice(d.rank * args.batch_size, (d.rank + 1) * args.batch_size)
-    draw = lambda n: torch.randint(n, (B * d.world,), generator=gen)[sl]
-    ids, paired = [], 0
-    if use_unpaired:
-        ids.append(draw(len(data["trip"])).to(data["trip"].device))
+    def draw(n):
+        return torch.randint(n, (B * dist.world,), generator=gen)[dist.rank * B:(dist.rank + 1) * B].to(dev)
+    ids, batch = [], {"n_paired": 0}
+    if args.lambda_rec > 0 or args.lambda_adv > 0:
+        ids.append(draw(len(data["trip"])))
     if "paired" in data:
-        p = draw(len(data["paired"])).to(data["trip"].device)
+        p = draw(len(data["paired"]))
         ids.append(data["paired"][p])
-        paired = dict(depth=data["gt_depth"][p], pose=data["gt_pose"][p])
-    trip = data["trip"][torch.cat(ids)]
-    frames = data["images"][trip].float() / 255  # (b, 3, 3, H, W): target, source t-1, source t+1
-    batch = dict(target=frames[:, 0], sources=frames[:, 1:], K=data["K"][torch.cat(ids)], paired=paired)
-    if use_adv:
-        batch["mem_depth"] = mem_depth[draw(len(mem_depth))].to(frames.device) if mem_depth is not None else None
-        batch["mem_motion"] = mem_motion[draw(len(mem_motion))].to(frames.device) if mem_motion is not None else None
+        batch.update(n_paired=len(p), gt_depth=data["gt_depth"][p], gt_pose=data["gt_pose"][p])
+    ids = torch.cat(ids)
+    frames = data["images"][data["trip"][ids]].float() / 255  # (b, 3, 3, H, W): target, t-1, t+1
+    batch.update(target=frames[:, 0], sources=frames[:, 1:], K=data["K"][ids])
+    for k in ("mem_depth", "mem_motion"):
+        mem = data[k] if args.lambda_adv > 0 else None
+        batch[k] = None if mem is None else mem[draw(len(mem))]
     return batch
 
-
-def train_step(nets, opts, batch, args, d, step):
-    """One generator update (reconstruction + adversarial + supervised) and one discriminator update."""
-    depth_net, pose_net, Dd, Dm = nets
+def train_step(nets, opts, batch, args, dist, step):
+    """One AIGN update: the discriminators first, then DepthNet + PoseNet against the updated ones."""
     tgt, srcs, K = batch["target"], batch["sources"], batch["K"]  # (b,3,H,W), (b,2,3,H,W), (b,3,3)
-    b = len(tgt)
-    depth = depth_net(tgt)  # (b, 1, H, W)
-    pose = pose_net(srcs[:, 0], tgt, srcs[:, 1])  # (b, 2, 6): target -> t-1, t -> t+1
-    logs, loss = {}, 0.0
-    n_un = b - (len(batch["paired"]["depth"]) if batch["paired"] else 0)  # unpaired samples come first
+    n_un = len(tgt) - batch["n_paired"]  # the unpaired samples come first
+    depth = nets["depth_net"](tgt)  # (b, 1, H, W) metres
+    pose = nets["pose_net"](srcs[:, 0], tgt, srcs[:, 1])  # (b, 2, 6): t -> t-1, t -> t+1
+    judged = [(D, real, fake) for D, real, fake in ((nets["D_depth"], batch["mem_depth"], depth[:n_un]),
+                                                    (nets["D_motion"], batch["mem_motion"], pose[:n_un].flatten(1)))
+              if real is not None]  # (discriminator, memory samples, predictions) of each memory in use
+    loss_d = loss_rec = loss_smooth = loss_adv = loss_sup = depth.new_zeros(())
+    if judged:
+        # (ii) the discriminators learn to tell the unpaired memory (real) from the predictions (fake)
+        loss_d = sum(d_loss(D, real, fake.detach(), args.gan) for D, real, fake in judged)
+        common.optimiser_step(opts["D"], loss_d, dist, nets["D_depth"], nets["D_motion"])
+        # (ii) adversarial prior: predicted depth maps and motions must look like the memory's
+        loss_adv = sum(g_adv_loss(D, fake, args.gan) for D, _, fake in judged)
     if args.lambda_rec > 0:
-        # Renderer: warp both sources into the target with the predicted depth and motion; per pixel
-        # keep the better source (occlusions, Monodepth2) and ignore pixels that no source sees.
-        warped, valid = inverse_warp(srcs.flatten(0, 1), depth.repeat_interleave(2, 0), pose.flatten(0, 1),
-                                     K.repeat_interleave(2, 0))
-        err = photometric_error(warped, tgt.repeat_interleave(2, 0))  # (2b, 1, H, W)
-        err = torch.where(valid > 0, err, torch.full_like(err, 1e3)).view(b, 2, *err.shape[-2:]).min(1).values
-        seen = err < 1e3
-        logs["rec"] = (err * seen).sum() / seen.sum().clamp(min=1)
-        logs["smooth"] = smoothness(depth, tgt)
-        loss = loss + args.lambda_rec * logs["rec"] + args.lambda_smooth * logs["smooth"]
-    if "mem_depth" in batch:
-        # Adversarial prior: predicted depth maps and motions should look like the memory's.
-        adv = 0.0
-        if batch["mem_depth"] is not None:
-            adv = adv + g_adv_loss(Dd, depth[:n_un], args.gan)
-        if batch["mem_motion"] is not None:
-            adv = adv + g_adv_loss(Dm, pose[:n_un].flatten(1), args.gan)
-        logs["adv"] = adv
-        loss = loss + args.lambda_adv * min(1.0, (step + 1) / max(args.adv_warmup, 1)) * adv
-    if batch["paired"]:
-        # Supervised on the paired subset: log-depth L1 on valid GT pixels + L1 on the 6-DoF motion.
-        gt_d, pd = batch["paired"]["depth"], depth[n_un:]
-        v = gt_d > 0
-        logs["sup"] = (pd[v].log() - gt_d[v].log()).abs().mean() + (pose[n_un:] - batch["paired"]["pose"]).abs().mean()
-        loss = loss + args.lambda_sup * logs["sup"]
-    opts[0].zero_grad(set_to_none=True)
-    loss.backward()
-    d.average_grads(depth_net, pose_net)  # DDP's all-reduce by hand (see common.Dist)
-    opts[0].step()
-    if "mem_depth" in batch:
-        opts[1].zero_grad(set_to_none=True)
-        ld = 0.0
-        if batch["mem_depth"] is not None:
-            ld = ld + d_loss(Dd, batch["mem_depth"], depth[:n_un].detach(), args.gan)
-        if batch["mem_motion"] is not None:
-            ld = ld + d_loss(Dm, batch["mem_motion"], pose[:n_un].detach().flatten(1), args.gan)
-        ld.backward()
-        d.average_grads(Dd, Dm)
-        opts[1].step()
-        logs["d"] = ld
-    return {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in logs.items()}
+        # (i) renderer: P(depth, motion) applied to the neighbours must reproduce frame t
+        loss_rec = reconstruction_loss(tgt, srcs, depth, pose, K)
+        loss_smooth = smoothness(depth, tgt)  # edge-aware disparity smoothness (Monodepth's regulariser)
+    if batch["n_paired"]:
+        # (iii) paired supervision where labels exist
+        loss_sup = supervised_loss(depth[n_un:], pose[n_un:], batch["gt_depth"], batch["gt_pose"])
+    ramp = min(1.0, (step + 1) / max(args.adv_warmup, 1))  # the adversarial weight warms up from 0
+    loss_g = args.lambda_rec * loss_rec + args.lambda_smooth * loss_smooth + args.lambda_adv * ramp * loss_adv \
+        + args.lambda_sup * loss_sup
+    common.optimiser_step(opts["G"], loss_g, dist, nets["depth_net"], nets["pose_net"])
+    return {"loss_d": loss_d.item(), "loss_rec": loss_rec.item(), "loss_adv": loss_adv.item(),
+            "loss_sup": loss_sup.item(), "loss_smooth": loss_smooth.item()}
+
+def train(args, dist, data, nets, opts, state, run_dir):
+    """D and G steps for --steps in total; every --eval-every steps: checkpoint, then validate."""
+    gen = torch.Generator().manual_seed(args.seed)  # draws every batch, alike on all ranks
+    start, wall_s, samples = 0, 0.0, 0
+    if state is not None:
+        start, wall_s, samples = common.restore_training(state, nets, opts, gen, args.resume)
+    metrics = common.MetricsLog(run_dir, start if state is not None else None, enabled=dist.main)
+    stop, sums, n = common.StopRequest(), {}, 0
+    t0 = time.perf_counter()
+    for step in common.progress(start, args.steps, dist, args.no_progress):
+        for k, v in train_step(nets, opts, draw_batch(data, gen, args, dist), args, dist, step).items():
+            sums[k] = sums.get(k, 0.0) + v
+        n += 1
+        done = step + 1
+        stopping = dist.any(stop.requested)  # all ranks stop together
+        if done % args.eval_every == 0 or done == args.steps or stopping:
+            common.sync(dist.device)
+            wall_s, samples = wall_s + time.perf_counter() - t0, samples + n * args.batch_size * dist.world
+            if dist.main:  # the checkpoint first: an evaluation that fails loses no training
+                common.save_checkpoint(os.path.join(run_dir, "ckpt.pt"), script=SCRIPT, step=done, args=args,
+                                       nets=nets, opts=opts, data_rng=gen, wall_s=wall_s, samples=samples)
+            record = {"step": done, **{k: dist.mean(v / n) for k, v in sums.items()}, "wall_s": round(wall_s, 2)}
+            if dist.main:
+                record.update(validate(nets, data, args, dist.device, done))
+                metrics.write(record)
+            dist.barrier()
+            sums, n, t0 = {}, 0, time.perf_counter()
+            if stopping:
+                common.log(f"stopped at step {done}; continue with --resume {run_dir}/ckpt.pt", dist)
+                return None
+    return {"steps": args.steps, "wall_s": round(wall_s, 2),
+            "frames_per_s": round(samples / wall_s, 1) if wall_s > 0 else None}
 
 
-def bench(nets, opts, data, mem, gen, args, d, run_dir):
-    """Renderer throughput (forward + backward) beside a plain copy of the same tensors; training
-    frames/s and the fraction of the measured matmul peak that a training step reaches."""
-    dev, B, (H, W) = d.device, 2 * args.batch_size, (args.height, args.width)
-    src = torch.rand(B, 3, H, W, device=dev)
-    depth = (5 + 10 * torch.rand(B, 1, H, W, device=dev)).requires_grad_(True)
-    pose = (0.05 * torch.randn(B, 6, device=dev)).requires_grad_(True)
-    K = torch.tensor(builtin_K(H, W), dtype=torch.float32, device=dev).expand(B, 3, 3)
-
-    def timed(fn, reps=20):
-        fn()
-        common.sync(dev)
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        common.sync(dev)
-        return (time.perf_counter() - t0) / reps
-
-    t_warp = timed(lambda: inverse_warp(src, depth, pose, K)[0].sum().backward())
-    t_copy = timed(lambda: (src.clone(), depth.detach().clone()))
-    use_unpaired, use_adv = args.lambda_rec > 0 or args.lambda_adv > 0, args.lambda_adv > 0
-    step = lambda: train_step(nets, opts, sample_batch(data, *mem, gen, args, d, use_unpaired, use_adv), args, d,
-                              args.steps)
-    t_step = timed(step, reps=5)
-    flops, peak = common.count_flops(step), common.matmul_peak(dev)
-    frames = args.batch_size * d.world
-    out = {"renderer_mpix_per_s": B * H * W / t_warp / 1e6, "renderer_ms": 1e3 * t_warp,
-           "copy_ms": 1e3 * t_copy, "train_frames_per_s": frames / t_step, "step_ms": 1e3 * t_step,
-           "step_gflop": flops / 1e9, "matmul_peak_gflops": peak / 1e9,
-           "fraction_of_peak": flops / t_step / peak, "batch": B // 2, "size": [H, W], "device": str(dev)}
-    for k, v in out.items():
-        common.log(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}", d)
-    if d.main:
-        common.write_json(os.path.join(run_dir, "bench.json"), out)
-
-
+# ----------------------------------------------------------------------------------------------
+# Prediction
 @torch.no_grad()
-def predict(args, depth_net, pose_net, d, run_dir):
-    """--predict FOLDER (frames as images, or FOLDER/images/): depth maps as npy (metres, at the
-    input size) + colour PNG, and the trajectory as KITTI poses (camera-to-first-frame)."""
-    folder = args.predict
-    paths = list_images(folder) or list_images(os.path.join(folder, "images"))
+def predict(args, nets, device, run_dir):
+    """--predict FOLDER (frames, or FOLDER/images/): depth maps as npy (metres, at the input size) and
+    colour PNG, and the trajectory as KITTI poses (camera-to-first-frame) in poses.txt."""
+    paths = list_files(args.predict) or list_files(os.path.join(args.predict, "images"))
     if len(paths) < 3:
-        raise InputError(f"{folder}: expected at least 3 frames (*.png|jpg, or images/*.png|jpg), found {len(paths)}")
-    imgs = [read_image(p) for p in paths]
-    for p, im in zip(paths, imgs):
-        if im.shape != imgs[0].shape:
-            raise InputError(f"{p}: expected the first frame's size {imgs[0].shape[:2]}, found {im.shape[:2]}")
-    x = resize(torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float(), (args.height, args.width), "image")
-    depth_net.eval(), pose_net.eval()
-    depth, poses = predict_sequence(depth_net, pose_net, x.round().clamp(0, 255).to(torch.uint8), d.device)
-    depth = F.interpolate(depth, size=imgs[0].shape[:2], mode="bilinear", align_corners=False)
+        raise InputError(f"--predict {args.predict}: expected at least 3 frames (*.png|jpg or images/*.png|jpg), "
+                         f"found {len(paths)}")
+    frames, sizes = zip(*(read_image(p, (args.height, args.width)) for p in paths))
+    if len(set(sizes)) > 1:
+        raise InputError(f"--predict {args.predict}: frames of sizes {sorted(set(sizes))}; expected one size")
+    depth, poses = predict_sequence(nets, torch.stack(frames), device)
     os.makedirs(os.path.join(run_dir, "depth"), exist_ok=True)
-    for p, dm in zip(paths, depth[:, 0].numpy()):
+    for p, dm in zip(paths, depth):
+        dm = F.interpolate(dm[None], size=sizes[0], mode="bilinear", align_corners=False)[0, 0].numpy()
         stem = os.path.join(run_dir, "depth", os.path.splitext(os.path.basename(p))[0])
         np.save(stem + ".npy", dm.astype(np.float32))
         common.write_png(stem + ".png", depth_color(dm, args))
@@ -803,133 +724,50 @@ def predict(args, depth_net, pose_net, d, run_dir):
     common.log(f"wrote {len(paths)} depth maps and poses.txt to {run_dir}")
 
 
-ARCH_ARGS = ("height", "width", "min_depth", "max_depth")  # a checkpoint's network follows these
-
-
-def main():
-    args = get_args()
-    d = common.Dist(args.device)
-    if (args.eval_only or args.predict) and not args.resume:
-        raise InputError("--eval-only and --predict need --resume CHECKPOINT")
-    if min(args.height, args.width) < 16 or args.batch_size < 1 or not 0 <= args.paired_frac <= 1:
-        raise InputError("expected --height/--width >= 16, --batch-size >= 1 and 0 <= --paired-frac <= 1")
-    ckpt = common.load_checkpoint(args.resume, required=("step", "depth_net", "pose_net", "args")) \
-        if args.resume else None
-    if ckpt:
-        for k in ARCH_ARGS:
-            setattr(args, k, ckpt["args"][k])
-    common.seed_everything(args.seed, args.deterministic)  # same seed on every rank: identical init
-    run_dir = common.make_run_dir(args, "sfm_aign", d)
-    dev = d.device
-    depth_net, pose_net = DepthNet(args.min_depth, args.max_depth).to(dev), PoseNet().to(dev)
-    if ckpt:
-        depth_net.load_state_dict(ckpt["depth_net"]), pose_net.load_state_dict(ckpt["pose_net"])
+# ----------------------------------------------------------------------------------------------
+# Main
+def main(argv=None):
+    args = get_args(argv)
+    dist = common.Dist(args.device)
+    state = common.load_checkpoint(args.resume, SCRIPT, nets=NETS) if args.resume else None
+    if state is not None:
+        common.arch_from_checkpoint(args, state, ARCH, args.resume)
+    common.seed_everything(args.seed, args.deterministic)  # same seed on every rank: same init
+    run_dir = common.make_run_dir(args, SCRIPT, dist)  # eval-only/predict get their own folder
+    nets = build_nets(args, dist.device)
+    for k in ("depth_net", "pose_net") if args.predict or args.eval_only else ():
+        common.load_weights(nets[k], state["nets"][k], args.resume, k)
     if args.predict:
-        if d.main:
-            predict(args, depth_net, pose_net, d, run_dir)
+        if dist.main:
+            predict(args, nets, dist.device, run_dir)
         return
-    train, test, mem_depth, mem_motion = load_data(args, d)
+    data = load_data(args, dist)
     if args.eval_only:
-        if d.main:
-            res = evaluate(depth_net, pose_net, test, args, dev)
-            common.write_json(os.path.join(run_dir, "results.json"), {**res, "steps": ckpt["step"]})
-            write_figures(run_dir, depth_net, pose_net, test, args, dev)
-            common.log(summary(res, ckpt["step"]))
+        if dist.main:
+            res = evaluate(nets, data["test"], args, dist.device)
+            common.write_json(os.path.join(run_dir, "results.json"),
+                              {**res, "eval_only": True, "checkpoint": args.resume, "step": state["step"]})
+            write_figures(run_dir, nets, data["test"], args, dist.device)
+            common.log(f"test: {summary(res, state['step'])}")
         return
-
-    mem_depth = None if args.adv_on == "motion" else mem_depth  # --adv-on: keep one memory only
-    mem_motion = None if args.adv_on == "depth" else mem_motion
-    use_adv = args.lambda_adv > 0
-    use_unpaired = args.lambda_rec > 0 or use_adv
-    if use_adv and mem_depth is None and mem_motion is None:
-        raise InputError("--lambda-adv > 0 needs a memory of depth maps and/or poses: pass --prior DIR "
-                         "(or --lambda-adv 0 for the photometric-only baseline)")
-    if not use_unpaired and not (args.paired_frac > 0 and args.lambda_sup > 0):
-        raise InputError("nothing to train: --lambda-rec and --lambda-adv are 0 and there are no paired frames")
-    data = training_set(train, args, dev)
-    stats = mem_motion if mem_motion is not None else torch.zeros(2, 12)
-    Dd, Dm = PatchD().to(dev), MotionD(stats.mean(0), stats.std(0).clamp(min=1e-3)).to(dev)
-    opt_g = torch.optim.Adam([*depth_net.parameters(), *pose_net.parameters()], lr=args.lr, betas=(0.9, 0.999))
-    opt_d = torch.optim.Adam([*Dd.parameters(), *Dm.parameters()], lr=args.lr_d or args.lr, betas=(0.5, 0.999))
-    gen = torch.Generator().manual_seed(args.seed)  # the data order, identical on every rank
-    start, wall = 0, 0.0
-    if ckpt:
-        Dd.load_state_dict(ckpt["d_depth"]), Dm.load_state_dict(ckpt["d_motion"])
-        opt_g.load_state_dict(ckpt["opt_g"]), opt_d.load_state_dict(ckpt["opt_d"])
-        gen.set_state(ckpt["data_rng"])
-        common.set_rng_state(ckpt["rng"])
-        start, wall = ckpt["step"], ckpt["wall"]
-    nets, opts, mem = (depth_net, pose_net, Dd, Dm), (opt_g, opt_d), (mem_depth, mem_motion)
-    if args.bench:
-        return bench(nets, opts, data, mem, gen, args, d, run_dir)
-    common.log(f"train: {len(train)} sequences, {len(data['trip'])} triplets ({len(data.get('paired', []))} "
-               f"paired); test: {len(test)} sequences; memory: "
-               f"{0 if mem_depth is None else len(mem_depth)} depth maps, "
-               f"{0 if mem_motion is None else len(mem_motion)} motions; {d.world} process(es) on {dev}", d)
-
-    def checkpoint(step):
-        if d.main:
-            common.save_checkpoint(os.path.join(run_dir, "ckpt.pt"), {
-                "depth_net": depth_net.state_dict(), "pose_net": pose_net.state_dict(),
-                "d_depth": Dd.state_dict(), "d_motion": Dm.state_dict(),
-                "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "step": step, "wall": wall,
-                "rng": common.rng_state(), "data_rng": gen.get_state(), "args": vars(args)})
-        d.barrier()
-
-    metrics = common.MetricsLog(run_dir, start if ckpt else None, enabled=d.main)
-    stop, sums, n, t0, t_session = common.StopRequest(), {}, 0, time.perf_counter(), time.perf_counter()
-    step = start
-    for step in common.progress(start, args.steps, d, disable=args.no_progress):
-        logs = train_step(nets, opts, sample_batch(data, *mem, gen, args, d, use_unpaired, use_adv), args, d, step)
-        for k, v in logs.items():
-            sums[k] = sums.get(k, 0.0) + v
-        step, n = step + 1, n + 1
-        stopping = d.mean(float(stop.requested)) > 0  # every rank stops at the same step
-        if step % args.eval_every == 0 or step == args.steps or stopping:
-            wall += time.perf_counter() - t0  # training time only: evaluations are not counted
-            record = {"step": step, **{f"loss_{k}": d.mean(v / n) for k, v in sums.items()}}
-            if d.main:
-                res = evaluate(depth_net, pose_net, test, args, dev)
-                record.update(flatten(res))
-                metrics.write(record)
-                common.log(summary(res, step), d)
-            checkpoint(step)
-            sums, n, t0 = {}, 0, time.perf_counter()
-        if stopping:
-            common.log(f"stopped at step {step}; continue with --resume {os.path.join(run_dir, 'ckpt.pt')}", d)
-            return
-    if d.main:
-        res = evaluate(depth_net, pose_net, test, args, dev)
-        session = time.perf_counter() - t_session
-        res.update(steps=step, wall_seconds=wall,
-                   frames_per_s=(step - start) * args.batch_size * d.world / max(session, 1e-9),
-                   world=d.world, device=str(dev))
-        common.write_json(os.path.join(run_dir, "results.json"), res)
-        write_figures(run_dir, depth_net, pose_net, test, args, dev)
-        common.log(summary(res, step))
-    d.barrier()
-
-
-def flatten(res):
-    out = {}
-    for k, v in res.items():
-        if isinstance(v, dict):
-            out.update({f"{k}/{kk}": vv for kk, vv in v.items()})
-        elif v is not None:
-            out[k] = v
-    return out
-
-
-def summary(res, step):
-    parts = [f"step {step}"]
-    for key, tag in (("depth", "abs_rel"), ("depth_median_scaled", "abs_rel(median-scaled)")):
-        if res[key]:
-            parts.append(f"{tag} {res[key]['abs_rel']:.3f}")
-    if res["depth"]:
-        parts.append(f"a1 {res['depth']['a1']:.3f} scale(gt/pred) {res['median_scale']:.2f}")
-    if res["ate"] is not None:
-        parts.append(f"ATE {res['ate']:.4f} ± {res['ate_std']:.4f} (no scale fit {res['ate_no_scale']:.4f})")
-    return " | ".join(parts)
+    data.update(training_set(data, args, dist.device))
+    if data["mem_motion"] is not None:
+        nets["D_motion"].set_memory(data["mem_motion"])
+    opts = {"G": torch.optim.Adam([*nets["depth_net"].parameters(), *nets["pose_net"].parameters()], lr=args.lr),
+            "D": torch.optim.Adam([*nets["D_depth"].parameters(), *nets["D_motion"].parameters()],
+                                  lr=args.lr_d or args.lr, betas=(0.5, 0.999))}
+    count = {k: 0 if data[k] is None else len(data[k]) for k in ("mem_depth", "mem_motion")}
+    common.log(f"train: {len(data['train'])} sequences, {len(data['trip'])} triplets ({len(data.get('paired', []))} "
+               f"paired); test: {len(data['test'])} sequences; memory: {count['mem_depth']} depth maps, "
+               f"{count['mem_motion']} motions; {dist.world} process(es) on {dist.device}", dist)
+    stats = train(args, dist, data, nets, opts, state, run_dir)
+    if stats is None or not dist.main:
+        return
+    res = evaluate(nets, data["test"], args, dist.device)
+    common.write_json(os.path.join(run_dir, "results.json"),
+                      {**res, **stats, "world": dist.world, "device": str(dist.device)})
+    write_figures(run_dir, nets, data["test"], args, dist.device)
+    common.log(f"test: {summary(res, stats['steps'])}")
 
 
 if __name__ == "__main__":

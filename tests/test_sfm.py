@@ -1,6 +1,12 @@
-"""sfm_aign.py: renderer, loaders, metrics, command line and a short learning test."""
+"""sfm_aign.py: renderer, loaders, metrics, bad inputs, command line (also copied alone) and a short learning test."""
 import json
 import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -9,7 +15,7 @@ import torch.nn.functional as F
 
 import sfm_aign as S
 from tools import sfm_builtin as B
-from conftest import run_cli
+from conftest import ROOT, one_line_error, run_cli, standalone_copy
 
 SCRIPT = "sfm_aign.py"
 
@@ -26,7 +32,7 @@ def street(seed, n):
 def tiny_data(tmp_path_factory):
     """train/ (2 sequences), memory/ (1), test/ (1): 8 frames of 32x96, trained at 16x48."""
     root = tmp_path_factory.mktemp("sfm_tiny")
-    K = S.builtin_K(32, 96)
+    K = B.builtin_K(32, 96)
     for role, seeds in (("train", (0, 1)), ("memory", (2,)), ("test", (3,))):
         for s in seeds:
             boxes, poses = street(s, 8)
@@ -40,7 +46,7 @@ SMALL = ["--height", 16, "--width", 48, "--batch-size", 2, "--no-progress"]
 def gt_view_pair(h, w, ss=4, gap=2, seed=3):
     """Two supersampled views of a street with the target's GT depth and the target->source motion."""
     boxes, P = street(seed, 8)
-    K = S.builtin_K(h, w)
+    K = B.builtin_K(h, w)
     hi = S.rescale_K(K, ss, ss)
     views = [F.avg_pool2d(B.render_view(boxes, P[i], hi, h * ss, w * ss)[0][None], ss)[0] for i in (4, 4 + gap)]
     depth = B.render_view(boxes, P[4], K, h, w)[1]
@@ -125,7 +131,7 @@ def test_rescale_K_under_downscale():
     for s in (0.5, 0.25):
         u_small = S.rescale_K(K, s, s) @ X / X[2]
         np.testing.assert_allclose(u_small[:2], (u[:2] + 0.5) * s - 0.5)  # the same point, pixel-centre exact
-    np.testing.assert_allclose(S.rescale_K(S.builtin_K(24, 80), 0.5, 0.5), S.builtin_K(12, 40), atol=1e-12)
+    np.testing.assert_allclose(S.rescale_K(B.builtin_K(24, 80), 0.5, 0.5), B.builtin_K(12, 40), atol=1e-12)
     # Frames shrunk 2x by area averaging + the rescaled K: the GT warp still reproduces the target.
     tgt, src, _, pose, K = gt_view_pair(24, 80)
     small = S.rescale_K(K, 0.5, 0.5)
@@ -161,6 +167,12 @@ def test_ate_snippet_hand_computed():
     assert S.ate_snippet(gt, pred) == pytest.approx(err)
 
 
+def test_gan_helpers_lsgan_has_the_half_factor():
+    D = torch.nn.Identity()
+    real, fake = torch.ones(3), torch.zeros(3)  # a perfect discriminator: loss 0
+    assert S.d_loss(D, real, fake, "lsgan").item() == 0 and S.g_adv_loss(D, fake, "lsgan").item() == 0.5
+
+
 # ----------------------------------------------------------------------------------------------
 # Loaders on tiny fixture folders of each layout, and their errors
 def write_png(path, arr):
@@ -194,13 +206,25 @@ def generic_seq(root, name="seq_a", n=4, h=20, w=60):
 def test_generic_loader(tmp_path):
     generic_seq(tmp_path)
     (s,) = S.load_sequences(str(tmp_path), (10, 30))
-    assert s["images"].shape == (4, 3, 10, 30) and s["images"].dtype == torch.uint8
+    assert s["images"].shape == (4, 3, 10, 30) and s["images"].dtype == torch.uint8 and s["size"] == (20, 60)
     np.testing.assert_allclose(s["K"], S.rescale_K([[30, 0, 29.5], [0, 30, 9.5], [0, 0, 1]], 0.5, 0.5))
     np.testing.assert_allclose(s["K"], [[15, 0, 14.5], [0, 15, 4.5], [0, 0, 1]])
     assert s["poses"].shape == (4, 4, 4) and s["poses"][3, 2, 3] == 3
-    assert sorted(s["depth"]) == [0, 1] and s["depth"][1][0, 0] == pytest.approx(7.25)
+    assert sorted(s["depth"]) == [0, 1] and S.gt_depth(s, 1)[0, 0] == pytest.approx(7.25)  # GT at its own size
+    assert S.gt_depth(s, 0).shape == (20, 60)
     (tmp_path / "seq_a" / "intrinsics.txt").write_text("30 31 29.5 9.5\n")  # the 4-number form
     assert S.load_sequences(str(tmp_path), (20, 60))[0]["K"][1, 1] == 31
+
+
+def test_frames_are_resized_as_they_are_read(tmp_path, monkeypatch):
+    """A sequence is never held at full resolution: each frame is shrunk to the training size when read."""
+    generic_seq(tmp_path, n=3, h=400, w=1200)
+    seen = []
+    real = S.read_image
+    monkeypatch.setattr(S, "read_image", lambda p, hw, *a: seen.append(hw) or real(p, hw, *a))
+    (s,) = S.load_sequences(str(tmp_path), (16, 48))
+    assert s["images"].shape == (3, 3, 16, 48) and s["images"].dtype == torch.uint8
+    assert seen[:3] == [(16, 48)] * 3 and s["size"] == (400, 1200)
 
 
 def test_kitti_raw_and_odometry_loaders(tmp_path):
@@ -218,9 +242,14 @@ def test_kitti_raw_and_odometry_loaders(tmp_path):
     np.savez(gt, depth=np.full((1, 20, 64), 9.0, np.float32), frames=np.array(["2011_09_26_drive_0001_sync 1"]))
     S.attach_gt_depth(seqs, str(gt))
     assert list(seqs[0]["depth"]) == [1]
-    np.savez(gt, depth=np.full((1, 20, 64), 9.0, np.float32), frames=np.array(["nope 1"]))
-    with pytest.raises(S.InputError, match="frame entry 'nope 1'"):
-        S.attach_gt_depth(seqs, str(gt))
+    for depth, names, msg in ((np.full((1, 20, 64), 9.0), ["nope 1"], "frame entry 'nope 1'"),
+                              (np.full((1, 20, 60), 9.0), ["2011_09_26_drive_0001_sync 1"], "size (20, 60)"),
+                              (np.full((20, 64), 9.0), ["2011_09_26_drive_0001_sync 1"], "(N, N, N)"),
+                              (np.full((2, 20, 64), 9.0), ["2011_09_26_drive_0001_sync 1"], "'frames' has shape"),
+                              (np.full((1, 20, 64), np.nan), ["2011_09_26_drive_0001_sync 1"], "NaN")):
+        np.savez(gt, depth=depth, frames=np.array(names))
+        with pytest.raises(S.InputError, match=re.escape(msg)):
+            S.attach_gt_depth(seqs, str(gt))
 
     odo = tmp_path / "odo"
     for i, im in enumerate(frames(5, 20, 64)):
@@ -231,28 +260,65 @@ def test_kitti_raw_and_odometry_loaders(tmp_path):
     poses_txt(odo / "poses" / "09.txt", 5)
     (s,) = S.load_sequences(str(odo), (20, 64))
     assert s["name"] == "09" and s["poses"].shape == (5, 4, 4) and s["K"][0, 2] == 32
+    for bad in ("P2: 0 0 3.2e+01 0 0 7.2e+01 1.0e+01 0 0 0 1 0\n", "P2: nan 0 3 0 0 7 1 0 0 0 1 0\n", "P2: 1 2\n",
+                "P2: \xff\n"):
+        (odo / "sequences" / "09" / "calib.txt").write_bytes(bad.encode("latin-1"))
+        with pytest.raises(S.InputError, match="calib.txt"):
+            S.load_sequences(str(odo), (20, 64))
 
 
 @pytest.mark.parametrize("breakage, message", [
     ("intrinsics", "intrinsics.txt: no such file"),
+    ("intrinsics_nan", "intrinsics.txt: 'values' holds 1 NaN/inf"),
+    ("intrinsics_zero", "intrinsics.txt: intrinsics with fx=0"),
+    ("intrinsics_negative", "fy=-30; expected finite, fx, fy > 0"),
+    ("intrinsics_count", "intrinsics.txt: expected 'fx fy cx cy' or a 3x3 K, found 5 numbers"),
+    ("intrinsics_utf8", "intrinsics.txt: not UTF-8 text"),
     ("size", "expected the sequence's image size"),
     ("poses", "poses.txt: expected 4 lines (one per frame), found 3"),
+    ("poses_utf8", "poses.txt: not UTF-8 text"),
+    ("poses_nan", "poses.txt: 'values' holds 3 NaN/inf"),
+    ("poses_singular", "poses.txt: line 3: the 3x3 part is not a rotation"),
+    ("poses_ragged", "poses.txt: non-numeric values or rows of unequal length"),
     ("unreadable", "0002.png: cannot be read as an image"),
-    ("depth", "0000.npy: expected a depth map of the image size (20, 60), found (10, 60)"),
+    ("depth", "0000.npy: 'depth' has shape (10, 60)"),
+    ("depth_nan", "0000.npy: 'depth' holds 1 NaN/inf"),
+    ("depth_pickle", "0000.npy: cannot be read as a .npy array without pickles"),
+    ("depth_png8", "0001.png: expected an 8-bit grey/RGB/RGBA image (16-bit for depth)"),
     ("empty", "expected sequence folders"),
 ])
 def test_loader_errors(tmp_path, breakage, message):
     d = generic_seq(tmp_path)
+    P = np.tile(np.eye(4)[:3], (4, 1, 1)).reshape(4, 12)
     if breakage == "intrinsics":
         os.remove(d / "intrinsics.txt")
+    elif breakage.startswith("intrinsics_"):
+        text = {"nan": "nan 30 29.5 9.5\n", "zero": "0 30 29.5 9.5\n", "negative": "30 -30 29.5 9.5\n",
+                "count": "30 30 29.5 9.5 1\n"}.get(breakage[11:])
+        (d / "intrinsics.txt").write_bytes(text.encode() if text else b"30 30 29.5 9.5 \xe9\n")
     elif breakage == "size":
         write_png(str(d / "images" / "0003.png"), frames(1, 22, 60)[0])
     elif breakage == "poses":
         poses_txt(d / "poses.txt", 3)
+    elif breakage == "poses_utf8":
+        (d / "poses.txt").write_bytes(b"\xff\xfe1 0 0 0\n")
+    elif breakage in ("poses_nan", "poses_singular"):
+        P[2, :3] = np.nan if breakage == "poses_nan" else 0  # NaN, or a zero first row of R
+        np.savetxt(d / "poses.txt", P)
+    elif breakage == "poses_ragged":
+        (d / "poses.txt").write_text("1 0 0 0 0 1 0 0 0 0 1 0\n" * 3 + "1 0 0\n")
     elif breakage == "unreadable":
         (d / "images" / "0002.png").write_bytes(b"not a png")
     elif breakage == "depth":
         np.save(d / "depth" / "0000.npy", np.ones((10, 60), np.float32))
+    elif breakage == "depth_nan":
+        bad = np.full((20, 60), 5.0, np.float32)
+        bad[0, 0] = np.nan
+        np.save(d / "depth" / "0000.npy", bad)
+    elif breakage == "depth_pickle":
+        np.save(d / "depth" / "0000.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    elif breakage == "depth_png8":
+        write_png(str(d / "depth" / "0001.png"), np.full((20, 60), 7, np.uint8))
     elif breakage == "empty":
         os.rename(d / "images", d / "frames")
     with pytest.raises(S.InputError) as e:
@@ -260,55 +326,153 @@ def test_loader_errors(tmp_path, breakage, message):
     assert message in str(e.value)
 
 
-def test_bad_input_cli_is_one_line_exit_2(tmp_path, cache_root):
-    d = generic_seq(tmp_path)
-    poses_txt(d / "poses.txt", 3)
-    proc = run_cli(SCRIPT, "--data", tmp_path, "--steps", 1, "--out", tmp_path / "run", *SMALL, check=False)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == f"error: {d / 'poses.txt'}: expected 4 lines (one per frame), found 3"
-    proc = run_cli(SCRIPT, "--eval-only", "--resume", tmp_path / "missing.pt", check=False)
-    assert proc.returncode == 2 and "no such file" in proc.stderr and "Traceback" not in proc.stderr
+@pytest.mark.parametrize("breakage, message", [
+    ("pickle", "cannot be read as a .npy array without pickles"),
+    ("ragged", "cannot be read as a .npy array without pickles"),
+    ("nan", "'depth' holds 1 NaN/inf"),
+    ("poses", "line 2: the 3x3 part is not a rotation"),
+    ("empty", "--memory"),
+])
+def test_memory_errors(tmp_path, breakage, message):
+    d = tmp_path / "mem" / "seq"
+    os.makedirs(d / "depth")
+    depth = np.full((8, 24), 5.0, np.float32)
+    if breakage == "pickle":
+        np.save(d / "depth" / "0.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    elif breakage == "ragged":
+        np.save(d / "depth" / "0.npy", np.array([np.ones(3), np.ones(2)], dtype=object), allow_pickle=True)
+    elif breakage == "nan":
+        depth[3, 4] = np.nan
+        np.save(d / "depth" / "0.npy", depth)
+    elif breakage == "poses":
+        P = np.tile(np.eye(4)[:3], (4, 1, 1)).reshape(4, 12)
+        P[1, :3] *= 2  # a scaled rotation: not orthonormal
+        np.savetxt(d / "poses.txt", P)
+    with pytest.raises(S.InputError) as e:
+        S.load_memory(str(tmp_path / "mem"), (8, 24), 100.0)
+    assert message in str(e.value)
 
 
 # ----------------------------------------------------------------------------------------------
-# Command line: train, resume (exactly), eval-only, predict, torchrun, bench
+# Command line: bad input is one line and exit 2
+@pytest.mark.parametrize("flags, needle", [
+    (["--steps", "-5"], "--steps"), (["--batch-size", "0"], "--batch-size"),
+    (["--lambda-adv", "-1"], "--lambda-adv"), (["--eval-every", "0"], "--eval-every"),
+    (["--paired-frac", "1.5"], "--paired-frac"), (["--lr", "nan"], "--lr"), (["--height", "8"], "--height"),
+    (["--min-depth", "0"], "--min-depth"), (["--eval-only"], "--resume")])
+def test_cli_refuses_bad_values(tmp_path, flags, needle):
+    proc = run_cli(SCRIPT, "--data", tmp_path, "--out", tmp_path / "run", *flags, check=False)
+    one_line_error(proc, needle)
+    assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
+def test_cli_bad_files_are_one_line_exit_2(tiny_data, tmp_path, cache_root):
+    d = generic_seq(tmp_path / "data")
+    poses_txt(d / "poses.txt", 3)
+    proc = run_cli(SCRIPT, "--data", tmp_path / "data", "--steps", 1, "--out", tmp_path / "run", *SMALL, check=False)
+    assert one_line_error(proc) == f"error: {d / 'poses.txt'}: expected 4 lines (one per frame), found 3"
+    one_line_error(run_cli(SCRIPT, "--eval-only", "--resume", tmp_path / "missing.pt", check=False), "no such file")
+    (tmp_path / "afile").write_text("x")
+    one_line_error(run_cli(SCRIPT, "--data", tiny_data, "--out", tmp_path / "afile", *SMALL, check=False),
+                   "--out", "is a file")
+    gt = tmp_path / "gt.npz"  # (H, W) instead of (N, H, W): refused when loaded, before any training
+    np.savez(gt, depth=np.ones((32, 96), np.float32), frames=np.array(["test_3 1"]))
+    one_line_error(run_cli(SCRIPT, "--data", tiny_data, "--gt-depth", gt, "--out", tmp_path / "g", *SMALL,
+                           check=False), "gt.npz", "(N, N, N)")
+    np.savez(gt, depth=np.ones((1, 32, 96), np.float32), frames=np.array(["train_0 1"]))  # not a test sequence
+    one_line_error(run_cli(SCRIPT, "--data", tiny_data, "--gt-depth", gt, "--out", tmp_path / "g", *SMALL,
+                           check=False), "gt.npz", "frame entry 'train_0 1'")
+    one_line_error(run_cli(SCRIPT, "--data", tiny_data, "--memory", tmp_path / "nomem", "--out", tmp_path / "m",
+                           *SMALL, check=False), "--memory")
+    for bad in ({"script": "pose_aign"}, {"script": "sfm_aign", "step": 1}):  # another script's, missing keys
+        torch.save(bad, tmp_path / "bad.pt")
+        one_line_error(run_cli(SCRIPT, "--data", tiny_data, "--resume", tmp_path / "bad.pt", *SMALL, check=False),
+                       "--resume", "sfm_aign")
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line: train, resume (exactly), eval-only, predict, torchrun, standalone, throughput
 def read_json(path):
     with open(path) as f:
         return json.load(f)
 
 
-TIMING = ("wall_seconds", "frames_per_s")
+TIMING = ("wall_s", "frames_per_s")
 
 
 def test_cli_train_resume_eval_predict(tiny_data, tmp_path, cache_root):
     a, b = tmp_path / "a", tmp_path / "b"
     run_cli(SCRIPT, "--data", tiny_data, "--steps", 4, "--eval-every", 2, "--out", a, *SMALL)
     res = read_json(a / "results.json")
-    for key in ("depth", "depth_median_scaled", "ate", "ate_std", "steps", "wall_seconds", "frames_per_s"):
+    for key in ("depth", "depth_median_scaled", "ate", "ate_std", "steps", "wall_s", "frames_per_s"):
         assert key in res
     assert set(res["depth"]) == {"abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3"} and res["steps"] == 4
-    assert [r["step"] for r in map(json.loads, open(a / "metrics.jsonl"))] == [2, 4]
+    log = [json.loads(line) for line in open(a / "metrics.jsonl")]
+    assert [r["step"] for r in log] == [2, 4] and "test_depth/abs_rel" in log[0] and "loss_d" in log[0]
     assert (a / "depth_grid.png").exists() and (a / "trajectory.png").exists()
+    assert set(os.listdir(a)) >= {"args.json", "versions.json", "command.txt", "ckpt.pt"}
 
     run_cli(SCRIPT, "--data", tiny_data, "--steps", 2, "--eval-every", 2, "--out", b, *SMALL)
     run_cli(SCRIPT, "--data", tiny_data, "--steps", 4, "--eval-every", 2, "--resume", b / "ckpt.pt", *SMALL)
     res_b = read_json(b / "results.json")
     assert {k: v for k, v in res_b.items() if k not in TIMING} == {k: v for k, v in res.items() if k not in TIMING}
     ca, cb = (torch.load(p / "ckpt.pt", weights_only=True) for p in (a, b))
-    for net in ("depth_net", "pose_net", "d_depth", "d_motion"):
-        for k in ca[net]:
-            assert torch.equal(ca[net][k], cb[net][k]), (net, k)
+    assert set(ca) == set(S.common.CKPT_KEYS) and set(ca["nets"]) == set(S.NETS)
+    for net in S.NETS:
+        for k in ca["nets"][net]:
+            assert torch.equal(ca["nets"][net][k], cb["nets"][net][k]), (net, k)
     assert [r["step"] for r in map(json.loads, open(b / "metrics.jsonl"))] == [2, 4]
+    # resuming a finished run keeps its recorded throughput (cumulative wall_s and samples)
+    run_cli(SCRIPT, "--data", tiny_data, "--steps", 4, "--eval-every", 2, "--resume", b / "ckpt.pt", *SMALL)
+    again = read_json(b / "results.json")
+    assert again["wall_s"] == res_b["wall_s"] and again["frames_per_s"] == res_b["frames_per_s"] > 0
 
     c = tmp_path / "c"
     run_cli(SCRIPT, "--eval-only", "--resume", a / "ckpt.pt", "--data", tiny_data, "--out", c, "--no-progress")
-    assert read_json(c / "results.json")["depth"] == res["depth"]
+    res_c = read_json(c / "results.json")
+    assert res_c["depth"] == res["depth"] and res_c["eval_only"] is True and res_c["step"] == 4
 
     p = tmp_path / "p"
     run_cli(SCRIPT, "--predict", tiny_data / "test" / "test_3" / "images", "--resume", a / "ckpt.pt", "--out", p)
     maps = sorted(os.listdir(p / "depth"))
     assert len(maps) == 16 and np.load(p / "depth" / "000000.npy").shape == (32, 96)
     assert np.loadtxt(p / "poses.txt").shape == (8, 12)
+
+
+def test_cli_standalone_copy(tiny_data, tmp_path):
+    """sfm_aign.py + common.py alone in an empty folder: train, resume, eval-only (also with --gt-depth) and
+    predict on user data in the generic layout and in the KITTI raw layout, with --memory."""
+    folder = standalone_copy(SCRIPT, tmp_path / "alone")
+    env = {"AIGN_CACHE": str(tmp_path / "cache")}
+    data, kitti, mem = tmp_path / "user", tmp_path / "kitti", tmp_path / "mem"
+    shutil.copytree(tiny_data / "train", data)  # generic sequence folders, one split for train and test
+    shutil.copytree(tiny_data / "memory", mem)
+    drive = kitti / "2011_09_26" / "2011_09_26_drive_0001_sync"
+    shutil.copytree(tiny_data / "test" / "test_3" / "images", drive / "image_02" / "data")
+    (kitti / "2011_09_26" / "calib_cam_to_cam.txt").write_text(
+        "P_rect_02: 55.68 0 47.5 0 0 55.68 15.5 0 0 0 1 0\n")
+    run = tmp_path / "run"
+    common_flags = ["--memory", mem, *SMALL]
+    run_cli(SCRIPT, "--data", data, "--steps", 2, "--eval-every", 2, "--out", run, *common_flags, cwd=folder, env=env)
+    run_cli(SCRIPT, "--data", data, "--steps", 3, "--eval-every", 2, "--resume", run / "ckpt.pt", *common_flags,
+            cwd=folder, env=env)
+    assert read_json(run / "results.json")["steps"] == 3
+    gt = tmp_path / "gt.npz"
+    np.savez(gt, depth=np.full((2, 32, 96), 9.0, np.float32),
+             frames=np.array(["2011_09_26_drive_0001_sync 1", "2011_09_26_drive_0001_sync 4"]))
+    for out, flags in (("e1", ["--data", data]), ("e2", ["--data", kitti, "--gt-depth", gt])):
+        run_cli(SCRIPT, "--eval-only", "--resume", run / "ckpt.pt", *flags, "--memory", mem, "--out", tmp_path / out,
+                "--no-progress", cwd=folder, env=env)
+    assert read_json(tmp_path / "e2" / "results.json")["depth_frames"] == 2
+    run_cli(SCRIPT, "--predict", data / "train_0" / "images", "--resume", run / "ckpt.pt", "--out", tmp_path / "p",
+            cwd=folder, env=env)
+    assert len(os.listdir(tmp_path / "p" / "depth")) == 16
+    run_cli(SCRIPT, "--data", kitti, "--steps", 1, "--eval-every", 1, "--out", tmp_path / "k", *common_flags,
+            cwd=folder, env=env)
+    proc = run_cli(SCRIPT, "--steps", 1, *SMALL, cwd=folder, env=env, check=False)  # no --data, no tools/
+    one_line_error(proc, "no --data", "sfm_builtin.py")
+    assert sorted(os.listdir(folder)) == ["__pycache__", "common.py", SCRIPT] or \
+        sorted(os.listdir(folder)) == ["common.py", SCRIPT]
 
 
 def test_cli_torchrun_two_processes(tiny_data, tmp_path, cache_root):
@@ -319,6 +483,33 @@ def test_cli_torchrun_two_processes(tiny_data, tmp_path, cache_root):
     assert res["world"] == 2 and res["steps"] == 2
 
 
+def test_cli_sigterm_to_one_rank_stops_both(tiny_data, tmp_path, cache_root):
+    """SIGTERM reaching ONE rank: both ranks stop at the same step, the checkpoint is written, resume goes on."""
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", SCRIPT,
+           "--data", str(tiny_data), "--steps", "100000", "--eval-every", "100000", "--out", str(out),
+           *map(str, SMALL)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    t0, rank1 = time.time(), None
+    while rank1 is None and time.time() - t0 < 120:
+        time.sleep(1)
+        kids = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        for pid in kids:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if b"RANK=1\x00" in f.read() and (out / "command.txt").exists():
+                    rank1 = int(pid)
+    assert rank1 is not None, "rank 1 did not start"
+    time.sleep(8)  # into the training loop
+    os.kill(rank1, signal.SIGTERM)
+    text, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, text[-3000:]
+    assert "stopped at step" in text
+    step = torch.load(out / "ckpt.pt", weights_only=True)["step"]
+    run_cli(SCRIPT, "--data", tiny_data, "--steps", step + 1, "--eval-every", 1, "--resume", out / "ckpt.pt", *SMALL)
+    assert read_json(out / "results.json")["steps"] == step + 1
+
+
 def test_cli_adv_on_one_memory(tiny_data, tmp_path, cache_root):
     """--adv-on keeps one of the two memories (the ablation: which prior settles the scale)."""
     for kind, left in (("depth", "8 depth maps, 0 motions"), ("motion", "0 depth maps, 6 motions")):
@@ -327,10 +518,10 @@ def test_cli_adv_on_one_memory(tiny_data, tmp_path, cache_root):
         assert left in proc.stdout + proc.stderr
 
 
-def test_cli_bench(tiny_data, tmp_path, cache_root):
-    run_cli(SCRIPT, "--bench", "--data", tiny_data, "--out", tmp_path, *SMALL)
+def test_throughput_tool(tiny_data, tmp_path, cache_root):
+    run_cli("tools/sfm_bench.py", "--throughput", "--out", tmp_path, "--", "--data", tiny_data, *SMALL)
     bench = read_json(tmp_path / "bench.json")
-    assert bench["renderer_mpix_per_s"] > 0 and bench["train_frames_per_s"] > 0
+    assert bench["renderer_mpix_per_s"] > 0 and bench["train_frames_per_s"] > 0 and bench["step_gflop"] > 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -349,14 +540,14 @@ def test_training_signal_moves_metrics(tiny_data, one_thread):
     d = S.common.Dist("cpu")
     args = S.get_args(["--data", str(tiny_data), "--height", "16", "--width", "48", "--batch-size", "4",
                        "--paired-frac", "1", "--lambda-rec", "0", "--lambda-adv", "0", "--lr", "1e-3"])
-    train, test, _, _ = S.load_data(args, d)
-    data = S.training_set(train, args, d.device)
-    nets = S.DepthNet(args.min_depth, args.max_depth), S.PoseNet(), S.PatchD(), S.MotionD(torch.zeros(12), torch.ones(12))
-    opts = torch.optim.Adam([*nets[0].parameters(), *nets[1].parameters()], lr=args.lr), None
-    before = S.evaluate(nets[0], nets[1], train, args, d.device)
+    data = S.load_data(args, d)
+    data.update(S.training_set(data, args, d.device))
+    nets = S.build_nets(args, d.device)
+    opts = {"G": torch.optim.Adam([*nets["depth_net"].parameters(), *nets["pose_net"].parameters()], lr=args.lr)}
+    before = S.evaluate(nets, data["train"], args, d.device)
     gen = torch.Generator().manual_seed(0)
-    for _ in range(30):
-        S.train_step(nets, opts, S.sample_batch(data, None, None, gen, args, d, False, False), args, d, 0)
-    after = S.evaluate(nets[0], nets[1], train, args, d.device)
+    for step in range(30):
+        S.train_step(nets, opts, S.draw_batch(data, gen, args, d), args, d, step)
+    after = S.evaluate(nets, data["train"], args, d.device)
     assert after["depth"]["abs_rel"] < 0.7 * before["depth"]["abs_rel"]
     assert after["ate_no_scale"] < before["ate_no_scale"]

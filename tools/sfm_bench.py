@@ -4,6 +4,7 @@
     python3 tools/sfm_bench.py --parallel 12 --device cuda
     python3 tools/sfm_bench.py --table-only          # only re-collect bench/sfm/*/results.json
     python3 tools/sfm_bench.py --validation     # into bench/sfm_val: model selection, never the test split
+    python3 tools/sfm_bench.py --throughput [-- SFM_AIGN_FLAGS]  # renderer and train_step timings -> bench.json
 
 --validation evaluates on two *training* sequences held out of training (train_08, train_09; the
 model trains on train_00..07, the memory is unchanged): the split on which the script's defaults
@@ -11,6 +12,12 @@ model trains on train_00..07, the memory is unchanged): the split on which the s
 
 Each run is a plain `python3 sfm_aign.py ...` with its own run folder under --out; the table is
 printed and written to OUT/table.md (with the hardware and the wall time per run).
+
+--throughput imports sfm_aign and times it from outside (what `sfm_aign.py --bench` printed before):
+the renderer's forward + backward on 2x batch frames (Mpix/s, ms) beside a plain copy of the same
+tensors, and train_step (training frames/s, ms per step, GFLOP per step, fraction of the measured
+fp32 matmul peak), on the data and flags given after `--` (default: the built-in data), into
+OUT/bench.json (default OUT: bench/sfm_throughput).
 """
 import argparse
 import json
@@ -30,11 +37,51 @@ ABLATIONS = [  # (name, description, flags)
 ]
 
 
+def throughput(args):
+    """Time the renderer and train_step of sfm_aign from outside, on its own data pipeline."""
+    sys.path.insert(0, ROOT)
+    import torch
+    import common
+    import sfm_aign as S
+    from tools import bench_util
+    a = S.get_args(["--device", args.device, *args.extra])
+    dist = common.Dist(a.device)
+    dev, B, (H, W) = dist.device, 2 * a.batch_size, (a.height, a.width)
+    common.seed_everything(a.seed)
+    data = S.load_data(a, dist)
+    data.update(S.training_set(data, a, dev))
+    nets = S.build_nets(a, dev)
+    if data["mem_motion"] is not None:
+        nets["D_motion"].set_memory(data["mem_motion"])
+    opts = {"G": torch.optim.Adam([*nets["depth_net"].parameters(), *nets["pose_net"].parameters()], lr=a.lr),
+            "D": torch.optim.Adam([*nets["D_depth"].parameters(), *nets["D_motion"].parameters()],
+                                  lr=a.lr_d or a.lr, betas=(0.5, 0.999))}
+    src = torch.rand(B, 3, H, W, device=dev)
+    depth = (5 + 10 * torch.rand(B, 1, H, W, device=dev)).requires_grad_(True)
+    pose = (0.05 * torch.randn(B, 6, device=dev)).requires_grad_(True)
+    K = torch.tensor(data["K"][0].tolist(), device=dev).expand(B, 3, 3)
+    t_warp = bench_util.time_per_call(lambda: S.inverse_warp(src, depth, pose, K)[0].sum().backward(), dev)
+    t_copy = bench_util.time_per_call(lambda: (src.clone(), depth.detach().clone()), dev)
+    gen = torch.Generator().manual_seed(a.seed)
+    step = lambda: S.train_step(nets, opts, S.draw_batch(data, gen, a, dist), a, dist, a.steps)  # noqa: E731
+    t_step = bench_util.time_per_call(step, dev, reps=5)
+    flops, peak = bench_util.count_flops(step), bench_util.matmul_peak(dev)
+    out = {"renderer_mpix_per_s": B * H * W / t_warp / 1e6, "renderer_ms": 1e3 * t_warp,
+           "copy_ms": 1e3 * t_copy, "renderer_over_copy": t_warp / t_copy,
+           "train_frames_per_s": a.batch_size * dist.world / t_step, "step_ms": 1e3 * t_step,
+           "step_gflop": flops / 1e9, "matmul_peak_gflops": peak / 1e9, "fraction_of_peak": flops / t_step / peak,
+           "batch": a.batch_size, "size": [H, W], "device": str(dev), "threads": torch.get_num_threads()}
+    for k, v in out.items():
+        print(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}")
+    os.makedirs(args.out, exist_ok=True)
+    common.write_json(os.path.join(args.out, "bench.json"), {**out, "versions": common.versions()})
+
+
 def run_all(args):
     sys.path.insert(0, ROOT)
     import common
-    from tools import sfm_builtin
-    root = sfm_builtin.build_builtin(common.Dist(args.device))  # once, before the parallel runs share the cache
+    # once, before the parallel runs share the cache
+    root = common.builtin_dataset(os.path.join(ROOT, "sfm_aign.py"), "sfm", "sfm_builtin", common.Dist(args.device))
     data = []
     if args.validation:  # the generic layout (train/ test/ memory/) made of links into the cache
         val = os.path.join(args.out, "data")
@@ -98,7 +145,7 @@ def table(args):
                      f"| {fmt([r['depth_median_scaled']['abs_rel'] for r in res])} "
                      f"| {fmt([r['depth_median_scaled']['a1'] for r in res])} "
                      f"| {fmt([r['median_scale'] for r in res], 2)} | {fmt([r['ate'] for r in res], 4)} "
-                     f"| {fmt([r['ate_no_scale'] for r in res], 4)} | {fmt([r['wall_seconds'] for r in res], 0)} "
+                     f"| {fmt([r['ate_no_scale'] for r in res], 4)} | {fmt([r.get('wall_s', r.get('wall_seconds')) for r in res], 0)} "
                      f"| {len(res)} (steps {res[0]['steps']}, {res[0]['device']}) |")
     if hardware:
         lines.append(f"\nHardware: {hardware.get('cuda') or hardware.get('processor')}, torch {hardware['torch']}, "
@@ -122,9 +169,14 @@ def main():
     p.add_argument("--validation", action="store_true",
                    help="evaluate on held-out training sequences instead of the test split (default: off)")
     p.add_argument("--table-only", action="store_true", help="only collect the finished runs (default: off)")
+    p.add_argument("--throughput", action="store_true",
+                   help="time the renderer and train_step into OUT/bench.json instead of runs (default: off)")
     p.add_argument("extra", nargs="*", help="more flags for every run, after -- (default: none)")
     args = p.parse_args()
-    args.out = args.out or os.path.join(ROOT, "bench", "sfm_val" if args.validation else "sfm")
+    args.out = args.out or os.path.join(ROOT, "bench", "sfm_throughput" if args.throughput else
+                                        "sfm_val" if args.validation else "sfm")
+    if args.throughput:
+        return throughput(args)
     if not args.table_only:
         run_all(args)
     table(args)

@@ -1,7 +1,9 @@
 """The built-in dataset of sfm_aign.py: procedural driving-like streets rendered by a small ray
-caster in torch, written in the generic sequence-folder layout (images/, depth/, poses.txt,
-intrinsics.txt) so that sfm_aign.py reads it with its ordinary loader. sfm_aign.py calls
-build_builtin() on first use; the result is cached under $AIGN_CACHE/sfm (default ~/.cache/aign).
+caster in torch, written in sfm_aign.py's ordinary --data format (generic sequence folders:
+images/, depth/, poses.txt, intrinsics.txt; train/, memory/ and test/ roles), so the built-in run goes
+through the same loader as user data. sfm_aign.py calls build(folder) on first use through
+common.builtin_dataset (cached as $AIGN_CACHE/sfm/builtin, default ~/.cache/aign); this file never
+imports sfm_aign.py. By hand: python3 tools/sfm_builtin.py OUT_DIR
 """
 import os
 import sys
@@ -11,12 +13,16 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
-from sfm_aign import builtin_K  # noqa: E402
 
 # The built-in dataset: procedural streets rendered by a small ray caster, stored in the generic
 # layout (so it goes through the same loader as user data) at twice the default training size.
 BUILTIN = dict(version=1, height=96, width=320, frames=60, train=10, memory=6, test=3)
 GROUND = 1.65  # camera height above the road, metres (KITTI's); camera y points down
+
+
+def builtin_K(h, w):
+    """KITTI-like intrinsics at image size (h, w): fx = fy = 0.58 w, principal point at the centre."""
+    return np.array([[0.58 * w, 0, (w - 1) / 2], [0, 0.58 * w, (h - 1) / 2], [0, 0, 1]])
 
 
 def hash01(*ints):
@@ -150,22 +156,23 @@ def write_sequence(folder, boxes, poses, K, h, w):
     np.savetxt(os.path.join(folder, "intrinsics.txt"), K[[0, 1, 0, 1], [0, 1, 2, 2]][None], fmt="%.6f")
 
 
-def build_builtin(dist_state):
-    """Render the built-in dataset once (rank 0) into the cache: train/, memory/ and test/ hold
-    disjoint sequences in the generic layout. Deterministic; rendered on --device (a few seconds
-    per sequence on a CPU core, well under one on a GPU)."""
+def build(out_dir, device="cpu"):
+    """Render the built-in dataset into out_dir: train/, memory/ and test/ hold disjoint sequences in
+    the generic layout. Deterministic (fixed seeds); rendered on `device` (about 12 s per sequence on
+    a CPU core, well under one on a GPU)."""
     cfg = BUILTIN
-    root = os.path.join(common.cache_dir("sfm"), "streets_v{version}_{height}x{width}_{frames}".format(**cfg))
-    if dist_state.main and not os.path.exists(os.path.join(root, "done")):
-        common.log(f"building the built-in dataset in {root} (once)")
-        K = builtin_K(cfg["height"], cfg["width"])
-        for role, offset in (("train", 0), ("memory", 1000), ("test", 2000)):
-            for i in range(cfg[role]):
-                rng = np.random.default_rng(offset + i)
-                poses = camera_path(rng, cfg["frames"])
-                boxes = street_scene(rng, poses[-1, 2, 3] + 40).to(dist_state.device)
-                write_sequence(os.path.join(root, role, f"{role}_{i:02d}"), boxes, poses, K,
-                               cfg["height"], cfg["width"])
-        open(os.path.join(root, "done"), "w").close()
-    dist_state.barrier()
-    return root
+    common.log(f"building the built-in dataset in {out_dir} (once; {sum(cfg[r] for r in ('train', 'memory', 'test'))} "
+               f"sequences of {cfg['frames']} frames at {cfg['height']}x{cfg['width']})")
+    K = builtin_K(cfg["height"], cfg["width"])
+    for role, offset in (("train", 0), ("memory", 1000), ("test", 2000)):
+        for i in range(cfg[role]):
+            rng = np.random.default_rng(offset + i)
+            poses = camera_path(rng, cfg["frames"])
+            boxes = street_scene(rng, poses[-1, 2, 3] + 40).to(torch.device(device))
+            write_sequence(os.path.join(out_dir, role, f"{role}_{i:02d}"), boxes, poses, K,
+                           cfg["height"], cfg["width"])
+    return out_dir
+
+
+if __name__ == "__main__":
+    build(sys.argv[1] if len(sys.argv) > 1 else "sfm_builtin")
