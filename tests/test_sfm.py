@@ -471,8 +471,7 @@ def test_cli_standalone_copy(tiny_data, tmp_path):
             cwd=folder, env=env)
     proc = run_cli(SCRIPT, "--steps", 1, *SMALL, cwd=folder, env=env, check=False)  # no --data, no tools/
     one_line_error(proc, "no --data", "sfm_builtin.py")
-    assert sorted(os.listdir(folder)) == ["__pycache__", "common.py", SCRIPT] or \
-        sorted(os.listdir(folder)) == ["common.py", SCRIPT]
+    assert sorted(f for f in os.listdir(folder) if f.endswith(".py")) == ["common.py", SCRIPT]  # nothing else came
 
 
 def test_cli_torchrun_two_processes(tiny_data, tmp_path, cache_root):
