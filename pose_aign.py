@@ -602,7 +602,7 @@ def train_step(nets, opts, batch, args, dist, step):
             fake = G(inp[:nu])                                                # (B,17,3)
         # D learns to tell memory poses (real) from predictions (fake)
         loss_d = d_loss(D, batch["real"], fake, args.gan)
-        common.optimiser_step(opts["D"], loss_d, dist, D)
+        common.optimiser_step(opts["D"], loss_d, dist, D)                    # plumbing: the D update
         losses["loss_d"] = loss_d.item()
     pose = G(inp)                                                             # (nu+Bp,17,3) root-relative
     loss_g = pose.new_zeros(())
@@ -622,7 +622,7 @@ def train_step(nets, opts, batch, args, dist, step):
         loss_sup = (pose[nu:] - batch["y3d"]).pow(2).sum(-1).mean()
         loss_g = loss_g + args.lambda_sup * loss_sup
         losses["loss_sup"] = loss_sup.item()
-    common.optimiser_step(opts["G"], loss_g, dist, G)
+    common.optimiser_step(opts["G"], loss_g, dist, G)                        # plumbing: the G update
     return losses
 
 

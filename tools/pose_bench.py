@@ -76,7 +76,10 @@ def throughput(args):
     data["train_set"] = P.training_set(a, data, dist.device)
     opts = {k: torch.optim.Adam(m.parameters(), lr=a.lr, betas=(0.5, 0.999)) for k, m in nets.items()}
     gen = torch.Generator().manual_seed(a.seed)
-    step = lambda: P.train_step(nets, opts, P.draw_batch(data, gen, a, dist), a, dist, 0)  # noqa: E731
+
+    def step():
+        return P.train_step(nets, opts, P.draw_batch(data, gen, a, dist), a, dist, 0)
+
     dt = bench_util.time_per_call(step, dist.device, reps=args.reps, warmup=5)
     flops = bench_util.count_flops(step)
     peak = bench_util.matmul_peak(dist.device)
