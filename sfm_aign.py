@@ -55,13 +55,13 @@ def get_args(argv=None):
     add("--height", type=int, default=48, help="training image height (default: 48)")
     add("--width", type=int, default=160, help="training image width (default: 160)")
     add("--lambda-rec", type=float, default=1.0, help="weight of the photometric reconstruction (default: 1)")
-    add("--lambda-smooth", type=float, default=1e-3, help="weight of the disparity smoothness (default: 0.001)")
-    add("--lambda-adv", type=float, default=0.01, help="adversarial weight; 0 = photometric only (default: 0.01)")
+    add("--lambda-smooth", type=float, default=1e-3, help="disparity smoothness weight (default: 0.001)")
+    add("--lambda-adv", type=float, default=0.01, help="adversarial weight, 0 = photometric (default: 0.01)")
     add("--adv-on", choices=["both", "depth", "motion"], default="both", help="memories used (default: both)")
     add("--adv-warmup", type=int, default=500, help="ramp --lambda-adv up from 0 over N steps (default: 500)")
     add("--lambda-sup", type=float, default=1.0, help="weight of the supervised loss on pairs (default: 1)")
     add("--paired-frac", type=float, default=0.0, help="fraction of triplets with GT used (default: 0)")
-    add("--gan", default="bce", choices=["bce", "lsgan", "wgan-gp"], help="GAN loss; bce = the paper's (default: bce)")
+    add("--gan", default="bce", choices=["bce", "lsgan", "wgan-gp"], help="GAN loss (default: bce, paper's)")
     add("--lr-d", type=float, default=None, help="discriminator learning rate (default: --lr)")
     add("--min-depth", type=float, default=0.5, help="smallest predictable depth, m (default: 0.5)")
     add("--max-depth", type=float, default=100.0, help="largest predictable depth, m (default: 100)")
@@ -71,8 +71,8 @@ def get_args(argv=None):
     if min(args.height, args.width) < 16:
         raise InputError(f"--height {args.height} --width {args.width}: expected sizes >= 16")
     if not (0 < args.min_depth < args.max_depth < math.inf and 0 < args.eval_cap < math.inf):
-        raise InputError(f"--min-depth {args.min_depth} --max-depth {args.max_depth} --eval-cap {args.eval_cap}: "
-                         "expected 0 < min < max and a finite cap > 0")
+        raise InputError(f"--min-depth {args.min_depth} --max-depth {args.max_depth} --eval-cap "
+                         f"{args.eval_cap}: expected 0 < min < max and a finite cap > 0")
     return args
 
 
@@ -121,7 +121,7 @@ def read_intrinsics(path, key=None):
         raise InputError(f"{path}: expected {want}, found {len(v)} numbers")
     K = np.array([[v[0], 0, v[2]], [0, v[1], v[3]], [0, 0, 1]]) if len(v) == 4 else v.reshape(3, 3)
     if not (np.isfinite(K).all() and K[0, 0] > 0 and K[1, 1] > 0):
-        raise InputError(f"{path}: intrinsics with fx={K[0, 0]:g}, fy={K[1, 1]:g}; expected finite, fx, fy > 0")
+        raise InputError(f"{path}: intrinsics fx={K[0, 0]:g}, fy={K[1, 1]:g}; expected finite fx, fy > 0")
     return K
 
 def rescale_K(K, sx, sy):
@@ -149,7 +149,7 @@ def read_poses(path, n=None):
 def read_depth(path, size):
     """depth/<frame>.npy (float metres, 0 = invalid) or a 16-bit PNG in millimetres -> float32 (h,w)."""
     what = f"a depth map of size {size}: float metres (.npy) or 16-bit millimetres (.png)"
-    d = common.load_npy(path, what) if path.endswith(".npy") else read_image(path, None, np.uint16)[0] / 1000.0
+    d = common.load_npy(path, what) if path.endswith(".npy") else read_image(path, None, np.uint16)[0] / 1e3
     return common.check_array(d, path, "depth", size, what)
 
 def gt_depth(seq, i):  # a GT map at its own size: read from its file again, or the --gt-depth array
@@ -163,10 +163,12 @@ def make_sequence(name, paths, K, poses_path, hw, depth_dir=None):
     if len(paths) < 3:
         raise InputError(f"{name}: expected at least 3 frames, found {len(paths)}")
     frames, sizes = zip(*(read_image(p, hw) for p in paths))
-    for p, s in ((p, s) for p, s in zip(paths, sizes) if s != sizes[0]):
-        raise InputError(f"{p}: expected the sequence's image size {sizes[0]} (as {paths[0]}), found {s}")
+    for p, s in zip(paths, sizes):
+        if s != sizes[0]:
+            raise InputError(f"{p}: expected the sequence's image size {sizes[0]} (as {paths[0]}), found {s}")
     stems = [os.path.join(depth_dir or "", os.path.splitext(os.path.basename(p))[0]) for p in paths]
-    depth = {i: f for i, st in enumerate(stems) for f in (st + ".png", st + ".npy") if depth_dir and os.path.isfile(f)}
+    depth = {i: f for i, st in enumerate(stems) for f in (st + ".png", st + ".npy")
+             if depth_dir and os.path.isfile(f)}
     for p in depth.values():  # (.npy wins over .png)
         read_depth(p, sizes[0])  # checked now, read again when evaluated
     images = torch.stack(frames).contiguous(memory_format=torch.channels_last)  # (N, 3, H, W) uint8, NHWC
@@ -196,8 +198,8 @@ def load_sequences(root, hw):
         raise InputError(f"{root}: expected sequence folders <seq>/images/*.png with <seq>/intrinsics.txt, "
                          "a KITTI raw root or KITTI odometry (sequences/), found none (layouts: --help)")
     return [make_sequence(os.path.basename(d), list_files(os.path.join(d, "images")),
-                          read_intrinsics(os.path.join(d, "intrinsics.txt")), os.path.join(d, "poses.txt"), hw,
-                          os.path.join(d, "depth")) for d in dirs]
+                          read_intrinsics(os.path.join(d, "intrinsics.txt")), os.path.join(d, "poses.txt"),
+                          hw, os.path.join(d, "depth")) for d in dirs]
 
 def attach_gt_depth(seqs, path):
     """Eigen-style GT: depth maps (at the frames' size) for listed frames '<sequence> <frame index>'."""
@@ -205,15 +207,15 @@ def attach_gt_depth(seqs, path):
     z = common.load_npz(path, required=("depth", "frames"), what=what)
     depth = common.check_array(z["depth"], path, "depth", (None, None, None), what)
     if z["frames"].shape != (len(depth),):
-        raise InputError(f"{path}: 'frames' has shape {z['frames'].shape}, 'depth' {depth.shape}; expected {what}")
+        raise InputError(f"{path}: 'frames' {z['frames'].shape}, 'depth' {depth.shape}; expected {what}")
     by_name = {s["name"]: s for s in seqs}
     for entry, d in zip(map(str, z["frames"]), depth):
         name, _, idx = entry.partition(" ")
         s = by_name.get(name)
         if s is None or not idx.isdigit() or int(idx) >= len(s["images"]) or d.shape != s["size"]:
             raise InputError(f"{path}: frame entry {entry!r} (depth map of size {d.shape}): expected "
-                             f"'<sequence> <frame index>' of a loaded sequence ({sorted(by_name)[:3]}...) and "
-                             "its frames' size")
+                             f"'<sequence> <frame index>' of a loaded sequence ({sorted(by_name)[:3]}...) "
+                             "and its frames' size")
         s["depth"][int(idx)] = d
 
 def load_memory(root, hw, max_depth):
@@ -228,7 +230,7 @@ def load_memory(root, hw, max_depth):
             T = torch.stack([torch.linalg.inv(P[:-2]) @ P[1:-1], torch.linalg.inv(P[2:]) @ P[1:-1]], 1)
             motions.append(matrix_to_pose6(T).flatten(1))  # (N-2, 12)
     if not depths and not motions:
-        raise InputError(f"--memory {root}: expected <seq>/depth/*.npy|png and/or <seq>/poses.txt, found none")
+        raise InputError(f"--memory {root}: expected <seq>/depth/*.npy|png and/or <seq>/poses.txt: none")
     depth = torch.stack(depths).float() if depths else None
     if depth is not None:
         depth = torch.where(depth > 0, depth, torch.full_like(depth, max_depth)).clamp(max=max_depth)
@@ -246,8 +248,9 @@ def load_data(args, dist):
         data = dict.fromkeys(("train", "test"), load_sequences(root, hw))
     if args.gt_depth:
         attach_gt_depth(data["test"], args.gt_depth)
-    memory = args.memory or (os.path.join(root, "memory") if os.path.isdir(os.path.join(root, "memory")) else None)
-    data["mem_depth"], data["mem_motion"] = load_memory(memory, hw, args.max_depth) if memory else (None, None)
+    default = os.path.join(root, "memory")
+    memory = args.memory or (default if os.path.isdir(default) else "")
+    data["mem_depth"], data["mem_motion"] = load_memory(memory, hw, args.max_depth) if memory else (None,) * 2
     return data
 
 
@@ -264,7 +267,8 @@ class DepthNet(nn.Module):
     def __init__(self, min_depth, max_depth, ch=(16, 32, 64, 96, 128)):
         super().__init__()
         self.min_disp, self.max_disp = 1.0 / max_depth, 1.0 / min_depth
-        self.enc = nn.ModuleList([nn.Sequential(conv(cin, c, 2), conv(c, c)) for cin, c in zip((3,) + ch[:-1], ch)])
+        self.enc = nn.ModuleList([nn.Sequential(conv(cin, c, 2), conv(c, c))
+                                  for cin, c in zip((3,) + ch[:-1], ch)])
         self.dec = nn.ModuleList([nn.Sequential(conv(ch[i + 1] + ch[i], ch[i]), conv(ch[i], ch[i]))
                                   for i in reversed(range(len(ch) - 1))])
         self.head = nn.Sequential(conv(ch[0], 16), nn.Conv2d(16, 1, 3, 1, 1))
@@ -287,7 +291,8 @@ class PoseNet(nn.Module):
 
     def __init__(self, ch=(16, 32, 64, 128, 128)):
         super().__init__()
-        self.net = nn.Sequential(*[conv(cin, c, 2) for cin, c in zip((9,) + ch[:-1], ch)], nn.Conv2d(ch[-1], 12, 1))
+        self.net = nn.Sequential(*[conv(cin, c, 2) for cin, c in zip((9,) + ch[:-1], ch)],
+                                 nn.Conv2d(ch[-1], 12, 1))
         self.register_buffer("scale", torch.tensor([0.01, 0.01, 0.01, 0.1, 0.1, 0.1]), persistent=False)
 
     def forward(self, prev, target, nxt):  # (B, 3, H, W) each
@@ -327,8 +332,9 @@ class MotionD(nn.Module):
         return self.net((motions - self.mean) / self.std)
 
 def build_nets(args, device):
-    return {"depth_net": DepthNet(args.min_depth, args.max_depth).to(device), "pose_net": PoseNet().to(device),
-            "D_depth": PatchD().to(device), "D_motion": MotionD().to(device)}
+    nets = {"depth_net": DepthNet(args.min_depth, args.max_depth), "pose_net": PoseNet(), "D_depth": PatchD(),
+            "D_motion": MotionD()}
+    return {k: m.to(device) for k, m in nets.items()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -337,9 +343,10 @@ def axis_angle_to_matrix(r):
     """Rodrigues: (..., 3) -> (..., 3, 3); a Taylor form near 0 keeps gradients finite."""
     th2 = (r * r).sum(-1, keepdim=True)[..., None]  # (..., 1, 1)
     small = th2 < 1e-8
-    th = torch.sqrt(torch.where(small, torch.ones_like(th2), th2))
+    safe = torch.where(small, torch.ones_like(th2), th2)  # no 0/0 in the branch that is not taken
+    th = torch.sqrt(safe)
     a = torch.where(small, 1 - th2 / 6, torch.sin(th) / th)
-    b = torch.where(small, 0.5 - th2 / 24, (1 - torch.cos(th)) / torch.where(small, torch.ones_like(th2), th2))
+    b = torch.where(small, 0.5 - th2 / 24, (1 - torch.cos(th)) / safe)
     x, y, z = r.unbind(-1)
     o = torch.zeros_like(x)
     Kx = torch.stack([o, -z, y, z, o, -x, -y, x, o], -1).reshape(*r.shape[:-1], 3, 3)
@@ -350,7 +357,8 @@ def matrix_to_pose6(T):
     R = T[..., :3, :3]
     cos = ((R.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1, 1)
     th = torch.acos(cos)[..., None]
-    vee = torch.stack([R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0], R[..., 1, 0] - R[..., 0, 1]], -1)
+    vee = torch.stack([R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0],
+                       R[..., 1, 0] - R[..., 0, 1]], -1)
     fac = torch.where(th < 1e-6, torch.full_like(th, 0.5), th / (2 * torch.sin(th).clamp(min=1e-12)))
     return torch.cat([vee * fac, T[..., :3, 3]], -1)
 
@@ -410,7 +418,8 @@ def reconstruction_loss(tgt, srcs, depth, pose, K):
     warped, valid = inverse_warp(srcs.flatten(0, 1), depth.repeat_interleave(2, 0), pose.flatten(0, 1),
                                  K.repeat_interleave(2, 0))
     err = photometric_error(warped, tgt.repeat_interleave(2, 0))  # (2b, 1, H, W)
-    err = torch.where(valid > 0, err, torch.full_like(err, 1e3)).view(len(tgt), 2, *err.shape[-2:]).min(1).values
+    err = torch.where(valid > 0, err, torch.full_like(err, 1e3)).view(len(tgt), 2, *err.shape[-2:])
+    err = err.min(1).values  # (b, H, W): the better source per pixel
     seen = err < 1e3
     return (err * seen).sum() / seen.sum().clamp(min=1)
 
@@ -457,7 +466,8 @@ def g_adv_loss(D, fake, gan):
 def depth_metrics(pred, gt):
     """Eigen et al. metrics over valid pixels; pred, gt 1-D tensors of metres."""
     thresh = torch.maximum(gt / pred, pred / gt)
-    return {"abs_rel": ((gt - pred).abs() / gt).mean().item(), "sq_rel": ((gt - pred) ** 2 / gt).mean().item(),
+    return {"abs_rel": ((gt - pred).abs() / gt).mean().item(),
+            "sq_rel": ((gt - pred) ** 2 / gt).mean().item(),
             "rmse": ((gt - pred) ** 2).mean().sqrt().item(),
             "rmse_log": ((gt.log() - pred.log()) ** 2).mean().sqrt().item(),
             "a1": (thresh < 1.25).float().mean().item(), "a2": (thresh < 1.25 ** 2).float().mean().item(),
@@ -521,10 +531,11 @@ def evaluate(nets, seqs, args, device):
             "depth_frames": len(rows), "ate_snippets": len(ates)}
 
 def summary(res, step):
-    d, m, a = res["depth"] or {}, res["depth_median_scaled"] or {}, res["ate"]
-    return f"step {step}" + (f" | abs_rel {d['abs_rel']:.3f} | abs_rel(median-scaled) {m['abs_rel']:.3f} | a1 " \
-        f"{d['a1']:.3f} scale(gt/pred) {res['median_scale']:.2f}" if d else "") + (f" | ATE {a:.4f} ± " \
-        f"{res['ate_std']:.4f} (no scale fit {res['ate_no_scale']:.4f})" if a is not None else "")
+    d, m = res["depth"], res["depth_median_scaled"]
+    text = f"step {step}" + (f" | abs_rel {d['abs_rel']:.3f} | abs_rel(median-scaled) {m['abs_rel']:.3f} | "
+                             f"a1 {d['a1']:.3f} scale(gt/pred) {res['median_scale']:.2f}" if d else "")
+    return text + (f" | ATE {res['ate']:.4f} ± {res['ate_std']:.4f} (no scale fit {res['ate_no_scale']:.4f})"
+                   if res["ate"] is not None else "")
 
 def validate(nets, data, args, device, step):
     """Periodic metrics on val/ if the data has one (val_*), else on the test split (test_*)."""
@@ -532,7 +543,7 @@ def validate(nets, data, args, device, step):
     res = evaluate(nets, data[split], args, device)
     common.log(f"{split}: {summary(res, step)}")
     flat = {f"{split}_{k}": v for k, v in res.items() if not isinstance(v, dict)}
-    flat.update({f"{split}_{k}/{kk}": vv for k, v in res.items() if isinstance(v, dict) for kk, vv in v.items()})
+    flat.update({f"{split}_{k}/{m}": x for k, v in res.items() if isinstance(v, dict) for m, x in v.items()})
     return {k: v for k, v in flat.items() if v is not None}
 
 CMAP = np.array([[0.0, 0.0, 0.02], [0.23, 0.06, 0.44], [0.55, 0.16, 0.5], [0.87, 0.29, 0.4],
@@ -586,29 +597,31 @@ def write_figures(run_dir, nets, test, args, device, n=4, size=320):
 def training_set(data, args, device):
     """On the device: the training frames, their triplets (target t, sources t-1, t+1) with K, the
     paired subset (evenly spaced triplets whose GT depth and motions are used) and the memory in use."""
-    train = data["train"]
+    train, hw = data["train"], (args.height, args.width)
     starts = np.cumsum([0] + [len(s["images"]) for s in train])
-    trip = [[o + t, o + t - 1, o + t + 1] for s, o in zip(train, starts) for t in range(1, len(s["images"]) - 1)]
+    trip = [[o + t, o + t - 1, o + t + 1] for s, o in zip(train, starts)
+            for t in range(1, len(s["images"]) - 1)]  # frame indices: target, source t-1, source t+1
     mem = {"mem_depth": None if args.adv_on == "motion" else data["mem_depth"],
            "mem_motion": None if args.adv_on == "depth" else data["mem_motion"]}
     if args.lambda_adv > 0 and mem["mem_depth"] is None and mem["mem_motion"] is None:
         raise InputError("--lambda-adv > 0 needs a memory of depth maps and/or poses: pass --memory DIR "
                          "(or --lambda-adv 0 for the photometric-only baseline)")
-    out = dict(images=torch.cat([s["images"] for s in train]).to(device), trip=torch.tensor(trip, device=device),
-               K=torch.tensor(np.array([s["K"] for s in train for _ in s["images"][2:]]), dtype=torch.float32,
-                              device=device), **{k: None if v is None else v.to(device) for k, v in mem.items()})
+    K = np.array([s["K"] for s in train for _ in s["images"][2:]])  # (T, 3, 3): K of each triplet
+    out = dict(images=torch.cat([s["images"] for s in train]).to(device),
+               trip=torch.tensor(trip, device=device), K=torch.tensor(K, dtype=torch.float32, device=device),
+               **{k: None if v is None else v.to(device) for k, v in mem.items()})
     if args.paired_frac == 0 or args.lambda_sup == 0:
         if args.lambda_rec == 0 and args.lambda_adv == 0:
-            raise InputError("nothing to train: --lambda-rec and --lambda-adv are 0 and there are no paired frames")
+            raise InputError("nothing to train: --lambda-rec and --lambda-adv are 0 and no frames are paired")
         return out
     idx = np.linspace(0, len(trip) - 1, max(1, int(round(args.paired_frac * len(trip))))).round().astype(int)
     gt_d, gt_pose = [], []
     for j, k in zip(idx, np.searchsorted(starts, np.array(trip)[idx, 0], side="right") - 1):
         s, t = train[k], trip[j][0] - starts[k]
         if t not in s["depth"] or s["poses"] is None:
-            raise InputError(f"--paired-frac {args.paired_frac}: sequence {s['name']} frame {t} has no GT depth "
-                             "map or poses.txt; paired frames need both")
-        gt_d.append(resize(torch.from_numpy(gt_depth(s, t))[None, None], (args.height, args.width), "depth")[0])
+            raise InputError(f"--paired-frac {args.paired_frac}: sequence {s['name']} frame {t} has no GT "
+                             "depth map or poses.txt; paired frames need both")
+        gt_d.append(resize(torch.from_numpy(gt_depth(s, t))[None, None], hw, "depth")[0])
         P = torch.from_numpy(s["poses"])
         gt_pose.append(matrix_to_pose6(torch.linalg.inv(P[[t - 1, t + 1]]) @ P[t]))  # target -> sources
     return dict(out, paired=torch.tensor(idx, device=device), gt_depth=torch.stack(gt_d).to(device),
@@ -642,9 +655,9 @@ def train_step(nets, opts, batch, args, dist, step):
     n_un = len(tgt) - batch["n_paired"]  # the unpaired samples come first
     depth = nets["depth_net"](tgt)  # (b, 1, H, W) metres
     pose = nets["pose_net"](srcs[:, 0], tgt, srcs[:, 1])  # (b, 2, 6): t -> t-1, t -> t+1
-    judged = [(D, real, fake) for D, real, fake in ((nets["D_depth"], batch["mem_depth"], depth[:n_un]),
-                                                    (nets["D_motion"], batch["mem_motion"], pose[:n_un].flatten(1)))
-              if real is not None]  # (discriminator, memory samples, predictions) of each memory in use
+    judged = [(D, real, fake) for D, real, fake in (  # (discriminator, memory samples, predictions)
+        (nets["D_depth"], batch["mem_depth"], depth[:n_un]),
+        (nets["D_motion"], batch["mem_motion"], pose[:n_un].flatten(1))) if real is not None]
     loss_d = loss_rec = loss_smooth = loss_adv = loss_sup = depth.new_zeros(())
     if judged:
         # (ii) the discriminators learn to tell the unpaired memory (real) from the predictions (fake)
@@ -660,8 +673,8 @@ def train_step(nets, opts, batch, args, dist, step):
         # (iii) paired supervision where labels exist
         loss_sup = supervised_loss(depth[n_un:], pose[n_un:], batch["gt_depth"], batch["gt_pose"])
     ramp = min(1.0, (step + 1) / max(args.adv_warmup, 1))  # the adversarial weight warms up from 0
-    loss_g = args.lambda_rec * loss_rec + args.lambda_smooth * loss_smooth + args.lambda_adv * ramp * loss_adv \
-        + args.lambda_sup * loss_sup
+    loss_g = args.lambda_rec * loss_rec + args.lambda_smooth * loss_smooth \
+        + args.lambda_adv * ramp * loss_adv + args.lambda_sup * loss_sup
     common.optimiser_step(opts["G"], loss_g, dist, nets["depth_net"], nets["pose_net"])
     return {"loss_d": loss_d.item(), "loss_rec": loss_rec.item(), "loss_adv": loss_adv.item(),
             "loss_sup": loss_sup.item(), "loss_smooth": loss_smooth.item()}
@@ -687,7 +700,8 @@ def train(args, dist, data, nets, opts, state, run_dir):
             if dist.main:  # the checkpoint first: an evaluation that fails loses no training
                 common.save_checkpoint(os.path.join(run_dir, "ckpt.pt"), script=SCRIPT, step=done, args=args,
                                        nets=nets, opts=opts, data_rng=gen, wall_s=wall_s, samples=samples)
-            record = {"step": done, **{k: dist.mean(v / n) for k, v in sums.items()}, "wall_s": round(wall_s, 2)}
+            record = {"step": done, **{k: dist.mean(v / n) for k, v in sums.items()},
+                      "wall_s": round(wall_s, 2)}
             if dist.main:
                 record.update(validate(nets, data, args, dist.device, done))
                 metrics.write(record)
@@ -707,16 +721,11 @@ def predict(args, nets, device, run_dir):
     """--predict FOLDER (frames, or FOLDER/images/): depth maps as npy (metres, at the input size) and
     colour PNG, and the trajectory as KITTI poses (camera-to-first-frame) in poses.txt."""
     paths = list_files(args.predict) or list_files(os.path.join(args.predict, "images"))
-    if len(paths) < 3:
-        raise InputError(f"--predict {args.predict}: expected at least 3 frames (*.png|jpg or images/*.png|jpg), "
-                         f"found {len(paths)}")
-    frames, sizes = zip(*(read_image(p, (args.height, args.width)) for p in paths))
-    if len(set(sizes)) > 1:
-        raise InputError(f"--predict {args.predict}: frames of sizes {sorted(set(sizes))}; expected one size")
-    depth, poses = predict_sequence(nets, torch.stack(frames), device)
+    seq = make_sequence(f"--predict {args.predict}", paths, np.eye(3), "", (args.height, args.width))
+    depth, poses = predict_sequence(nets, seq["images"], device)
     os.makedirs(os.path.join(run_dir, "depth"), exist_ok=True)
     for p, dm in zip(paths, depth):
-        dm = F.interpolate(dm[None], size=sizes[0], mode="bilinear", align_corners=False)[0, 0].numpy()
+        dm = F.interpolate(dm[None], size=seq["size"], mode="bilinear", align_corners=False)[0, 0].numpy()
         stem = os.path.join(run_dir, "depth", os.path.splitext(os.path.basename(p))[0])
         np.save(stem + ".npy", dm.astype(np.float32))
         common.write_png(stem + ".png", depth_color(dm, args))
@@ -753,12 +762,14 @@ def main(argv=None):
     data.update(training_set(data, args, dist.device))
     if data["mem_motion"] is not None:
         nets["D_motion"].set_memory(data["mem_motion"])
-    opts = {"G": torch.optim.Adam([*nets["depth_net"].parameters(), *nets["pose_net"].parameters()], lr=args.lr),
+    opts = {"G": torch.optim.Adam([*nets["depth_net"].parameters(), *nets["pose_net"].parameters()],
+                                  lr=args.lr),
             "D": torch.optim.Adam([*nets["D_depth"].parameters(), *nets["D_motion"].parameters()],
                                   lr=args.lr_d or args.lr, betas=(0.5, 0.999))}
     count = {k: 0 if data[k] is None else len(data[k]) for k in ("mem_depth", "mem_motion")}
-    common.log(f"train: {len(data['train'])} sequences, {len(data['trip'])} triplets ({len(data.get('paired', []))} "
-               f"paired); test: {len(data['test'])} sequences; memory: {count['mem_depth']} depth maps, "
+    common.log(f"train: {len(data['train'])} sequences, {len(data['trip'])} triplets "
+               f"({len(data.get('paired', []))} paired); test: {len(data['test'])} sequences; memory: "
+               f"{count['mem_depth']} depth maps, "
                f"{count['mem_motion']} motions; {dist.world} process(es) on {dist.device}", dist)
     stats = train(args, dist, data, nets, opts, state, run_dir)
     if stats is None or not dist.main:

@@ -150,7 +150,8 @@ def write_sequence(folder, boxes, poses, K, h, w):
     os.makedirs(os.path.join(folder, "depth"), exist_ok=True)
     for i, P in enumerate(poses):
         img, depth = render_view(boxes, P, K, h, w)
-        common.write_png(os.path.join(folder, "images", f"{i:06d}.png"), img)
+        img = (np.clip(img.permute(1, 2, 0).numpy(), 0, 1) * 255 + 0.5).astype(np.uint8)  # float32 rounding
+        common.write_png(os.path.join(folder, "images", f"{i:06d}.png"), img)  # as version 1 wrote it
         np.save(os.path.join(folder, "depth", f"{i:06d}.npy"), depth.numpy())
     np.savetxt(os.path.join(folder, "poses.txt"), poses[:, :3].reshape(len(poses), 12), fmt="%.9f")
     np.savetxt(os.path.join(folder, "intrinsics.txt"), K[[0, 1, 0, 1], [0, 1, 2, 2]][None], fmt="%.6f")
