@@ -84,8 +84,10 @@ def get_args(argv=None):
 def resize(x, hw, mode):
     """(N,C,h,w) float -> (N,C,H,W): images area-averaged when shrinking (anti-aliased), else bilinear;
     depth nearest (never mixes valid and invalid pixels)."""
-    if tuple(x.shape[-2:]) == tuple(hw) or mode == "depth":
-        return x if tuple(x.shape[-2:]) == tuple(hw) else F.interpolate(x, size=hw, mode="nearest")
+    if tuple(x.shape[-2:]) == tuple(hw):
+        return x
+    if mode == "depth":
+        return F.interpolate(x, size=hw, mode="nearest")
     if x.shape[-2] >= hw[0] and x.shape[-1] >= hw[1]:
         return F.interpolate(x, size=hw, mode="area")
     return F.interpolate(x, size=hw, mode="bilinear", align_corners=False)
@@ -168,8 +170,8 @@ def make_sequence(name, paths, K, poses_path, hw, depth_dir=None):
             raise InputError(f"{p}: expected the sequence's image size {sizes[0]} (as {paths[0]}), found {s}")
     stems = [os.path.join(depth_dir or "", os.path.splitext(os.path.basename(p))[0]) for p in paths]
     depth = {i: f for i, st in enumerate(stems) for f in (st + ".png", st + ".npy")
-             if depth_dir and os.path.isfile(f)}
-    for p in depth.values():  # (.npy wins over .png)
+             if depth_dir and os.path.isfile(f)}  # frame index -> GT file (.npy wins over .png)
+    for p in depth.values():
         read_depth(p, sizes[0])  # checked now, read again when evaluated
     images = torch.stack(frames).contiguous(memory_format=torch.channels_last)  # (N, 3, H, W) uint8, NHWC
     return dict(name=name, images=images, size=sizes[0], depth=depth,

@@ -63,7 +63,9 @@ def throughput(args):
     t_warp = bench_util.time_per_call(lambda: S.inverse_warp(src, depth, pose, K)[0].sum().backward(), dev)
     t_copy = bench_util.time_per_call(lambda: (src.clone(), depth.detach().clone()), dev)
     gen = torch.Generator().manual_seed(a.seed)
-    step = lambda: S.train_step(nets, opts, S.draw_batch(data, gen, a, dist), a, dist, a.steps)  # noqa: E731
+
+    def step():
+        return S.train_step(nets, opts, S.draw_batch(data, gen, a, dist), a, dist, a.steps)
     t_step = bench_util.time_per_call(step, dev, reps=5)
     flops, peak = bench_util.count_flops(step), bench_util.matmul_peak(dev)
     out = {"renderer_mpix_per_s": B * H * W / t_warp / 1e6, "renderer_ms": 1e3 * t_warp,
@@ -145,7 +147,8 @@ def table(args):
                      f"| {fmt([r['depth_median_scaled']['abs_rel'] for r in res])} "
                      f"| {fmt([r['depth_median_scaled']['a1'] for r in res])} "
                      f"| {fmt([r['median_scale'] for r in res], 2)} | {fmt([r['ate'] for r in res], 4)} "
-                     f"| {fmt([r['ate_no_scale'] for r in res], 4)} | {fmt([r.get('wall_s', r.get('wall_seconds')) for r in res], 0)} "
+                     f"| {fmt([r['ate_no_scale'] for r in res], 4)} "
+                     f"| {fmt([r.get('wall_s', r.get('wall_seconds')) for r in res], 0)} "
                      f"| {len(res)} (steps {res[0]['steps']}, {res[0]['device']}) |")
     if hardware:
         lines.append(f"\nHardware: {hardware.get('cuda') or hardware.get('processor')}, torch {hardware['torch']}, "
