@@ -78,7 +78,6 @@ MEMORY_LAYOUT = "an npz with poses_3d (N,17,3) metres, H36M-17 order (BVH -> npz
 
 # ----------------------------------------------------------------------------------------------
 # Args
-# ----------------------------------------------------------------------------------------------
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -99,20 +98,15 @@ def get_args(argv=None):
                    help="renderer's camera model (default: perspective)")
     p.add_argument("--hidden", type=int, default=512, help="width of G's residual MLP (default: 512)")
     p.add_argument("--blocks", type=int, default=2, help="residual blocks in G (default: 2)")
-    p.add_argument("--noise-2d", type=float, default=0.0,
-                   help="std of Gaussian pixel noise added to 2D inputs, train and test (default: 0)")
     p.add_argument("--keypoint-order", choices=["h36m", "coco"], default=None,
                    help="joint order of --predict input (default: the file's 'layout', else h36m)")
     args = p.parse_args(argv)
     common.check_args(args, nonneg_ints=("blocks",), positive_ints=("hidden",))
-    if not (np.isfinite(args.noise_2d) and args.noise_2d >= 0):
-        raise InputError(f"--noise-2d {args.noise_2d}: expected a finite number >= 0 (pixels)")
     return args
 
 
 # ----------------------------------------------------------------------------------------------
 # Data
-# ----------------------------------------------------------------------------------------------
 # Every source ends as the same split dicts: {"x2d": (N,17,2) pixels, NaN = missing joint; "cam": (N,4)
 # fx fy cx cy; "y3d": (N,17,3) metres in camera coordinates or None; "action": (N,) str}, plus the
 # memory (M,17,3) of 3D poses in any frame (the discriminator canonicalises the rotation).
@@ -269,17 +263,12 @@ def load_data(args, dist):
                                   for role, rows in (("train", ~test), ("test", test))}}
     if args.memory:
         memory, memory_src = load_memory(args.memory), args.memory
-    if args.noise_2d > 0:  # fixed noise per frame (seeded), the same in every run with this seed
-        rng = np.random.default_rng(args.seed + 17)
-        for s in (v for v in splits.values() if v is not None):
-            s["x2d"] = s["x2d"] + rng.normal(0, args.noise_2d, s["x2d"].shape).astype(np.float32)
     return {**splits, "memory": memory, "memory_src": memory_src, "action_mean": action_mean,
             "name": "builtin" if args.data is None else name}
 
 
 # ----------------------------------------------------------------------------------------------
 # Networks
-# ----------------------------------------------------------------------------------------------
 def normalise_2d(x2d, cam):
     """Pixels -> the generator's scale-free input.
     x2d (B,17,2) pixels with NaN for missing joints, cam (B,4) -> (inp (B,53), xn (B,17,2) normalised
@@ -359,7 +348,6 @@ def build_nets(args, device):
 
 # ----------------------------------------------------------------------------------------------
 # Renderer
-# ----------------------------------------------------------------------------------------------
 # P places the root-relative pose in front of the camera and projects it.
 def place_and_project(pose, xn, vis, camera="perspective"):
     """The AIGN renderer for poses. pose (B,17,3) root-relative metres, xn (B,17,2) observed
@@ -382,14 +370,8 @@ def place_and_project(pose, xn, vis, camera="perspective"):
     return proj, t
 
 
-def to_pixels(xn, cam):
-    """Normalised camera coordinates (B,J,2) -> pixels with intrinsics (B,4)."""
-    return xn * cam[:, None, :2] + cam[:, None, 2:]
-
-
 # ----------------------------------------------------------------------------------------------
 # Losses
-# ----------------------------------------------------------------------------------------------
 def reprojection_loss(proj, xn, vis, scale):
     """l_rec(P(G(x)), x): squared 2D error over visible joints, in units of the person's 2D size."""
     err = ((proj - xn) / scale[:, None, None]).pow(2).sum(-1)                     # (B,17)
@@ -423,7 +405,6 @@ def g_adv_loss(D, fake, gan):
 
 # ----------------------------------------------------------------------------------------------
 # Evaluation and figures
-# ----------------------------------------------------------------------------------------------
 # Metrics (millimetres): MPJPE, P-MPJPE (similarity Procrustes with a proper rotation), N-MPJPE
 def mpjpe(pred, gt):
     """(N,17,3) root-relative metres -> (N,) mean joint error in mm."""
@@ -548,7 +529,6 @@ def save_figures(G, split, camera, device, out_dir, n=6):
 
 # ----------------------------------------------------------------------------------------------
 # Training
-# ----------------------------------------------------------------------------------------------
 def training_set(args, data, device):
     """What the training draws from, on the device once (each step gathers its rows), checked first."""
     tr, memory, B = data["train"], data["memory"], args.batch_size
@@ -665,7 +645,6 @@ def train(args, dist, data, nets, opts, state, run_dir):
 
 # ----------------------------------------------------------------------------------------------
 # Prediction
-# ----------------------------------------------------------------------------------------------
 KEYPOINTS_LAYOUT = ("'keypoints' (N,17,2 or 3) pixels in H36M-17 or COCO-17 order, plus 'camera' "
                     "(fx, fy, cx, cy) or 'image_size' (w, h)")
 
@@ -708,7 +687,6 @@ def run_predict(args, dist, G, run_dir):
 
 # ----------------------------------------------------------------------------------------------
 # Main
-# ----------------------------------------------------------------------------------------------
 SCRIPT = "pose_aign"
 ARCH = ("hidden", "blocks", "camera")                  # args a checkpoint fixes: G's shape, the renderer
 

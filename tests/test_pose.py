@@ -74,7 +74,8 @@ def test_renderer_reproduces_ground_truth_projection():
     inp, xn, vis, scale = P.normalise_2d(torch.tensor(x2d), torch.tensor(cam))
     proj, t = P.place_and_project(torch.tensor(pc - pc[:, :1]), xn, vis)
     np.testing.assert_allclose(t.numpy(), pc[:, 0], rtol=1e-4)                   # (1e-6 ridge)
-    np.testing.assert_allclose(P.to_pixels(proj, torch.tensor(cam)).numpy(), x2d, atol=0.05)  # pixels
+    pixels = proj.numpy() * cam[:, None, :2] + cam[:, None, 2:]                      # fx x + cx, fy y + cy
+    np.testing.assert_allclose(pixels, x2d, atol=0.05)
     assert P.reprojection_loss(proj, xn, vis, scale).item() < 1e-8
 
 
@@ -417,7 +418,7 @@ def test_cli_resume_of_a_finished_run_keeps_its_stats(tmp_path, cache_root):
 
 @pytest.mark.parametrize("flag, value", [("--steps", "-5"), ("--batch-size", "0"), ("--lambda-adv", "-1"),
                                          ("--eval-every", "0"), ("--paired-frac", "1.5"), ("--lr", "nan"),
-                                         ("--hidden", "0"), ("--noise-2d", "-1")])
+                                         ("--hidden", "0"), ("--blocks", "-1")])
 def test_cli_refuses_bad_values_before_writing(tmp_path, flag, value):
     proc = run_cli("pose_aign.py", flag, value, "--out", tmp_path / "o", check=False)
     one_line_error(proc, flag)
