@@ -532,10 +532,11 @@ def load_npy(path, what):
 
 
 def check_array(arr, path, key, shape, what):
-    """A numeric, finite array of shape pattern `shape` (None = any size) -> float32, else InputError."""
+    """A numeric, finite array of shape pattern `shape` -> float32, else InputError. An entry of the
+    pattern is a size, None (any size, shown as N) or a name (any size, shown by name, e.g. "H")."""
     arr = np.asarray(arr)
     ok = arr.dtype.kind in "fiub" and arr.ndim == len(shape) and all(
-        s is None or s == a for s, a in zip(shape, arr.shape))
+        s is None or isinstance(s, str) or s == a for s, a in zip(shape, arr.shape))
     if not ok:
         want = "(" + ", ".join("N" if s is None else str(s) for s in shape) + ")"
         raise InputError(f"{path}: '{key}' has shape {arr.shape} and dtype {arr.dtype}; expected numbers "

@@ -125,6 +125,8 @@ def test_readers_turn_failures_into_input_errors(tmp_path):
         common.load_npy(str(obj), "an array")
     with pytest.raises(InputError, match="NaN/inf"):
         common.check_array(np.array([[1.0, np.inf]]), "f.npz", "x", (None, 2), "pairs")
+    with pytest.raises(InputError, match=r"expected numbers of shape \(N, H, W\)"):
+        common.check_array(np.zeros((2, 2)), "f.npz", "depth", (None, "H", "W"), "depth maps")
     with pytest.raises(InputError, match=r"expected numbers of shape \(N, 3\)"):
         common.check_array(np.zeros((2, 2)), "f.npz", "x", (None, 3), "triples")
 
