@@ -100,7 +100,6 @@ def main():
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (default: 1)")
     p.add_argument("--device", default="cpu", help="device of each run (default: cpu)")
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "pose"), help="folder of the runs (default: bench/pose)")
-    p.add_argument("--write-readme", action="store_true", help="replace the table in README.md (default: print only)")
     p.add_argument("--throughput", action="store_true",
                    help="time pose_aign.train_step instead; writes <--out>/bench.json (default: off)")
     p.add_argument("--reps", type=int, default=30, help="timed steps of --throughput (default: 30)")
@@ -119,12 +118,8 @@ def main():
             f"whole table {time.time() - t0:.0f} s. Command: `python3 tools/pose_bench.py --jobs {args.jobs} "
             f"--threads {args.threads}`.")
     print(md + note)
-    if args.write_readme:
-        path = os.path.join(ROOT, "README.md")
-        text = open(path).read()
-        a, b = "<!-- pose-table:begin -->", "<!-- pose-table:end -->"
-        text = text[:text.index(a) + len(a)] + "\n" + md + note + "\n" + text[text.index(b):]
-        open(path, "w").write(text)
+    with open(os.path.join(args.out, "table.md"), "w") as f:  # the README's table is copied from here
+        f.write(md + note + "\n")
 
 
 if __name__ == "__main__":
