@@ -37,6 +37,8 @@ def run_main(main):
         main()
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
+        release_lock()
+        _remove_unused_run_dirs()
         sys.exit(2)
     finally:
         release_lock()
@@ -227,6 +229,15 @@ def versions():
 
 
 _LOCK = []  # the lock file this process holds, removed at exit
+_NEW_RUN_DIRS = []  # run folders this process created: removed again if a bad input stops it at once
+_BOOKKEEPING = {"args.json", "versions.json", "command.txt", "run.lock"}
+
+
+def _remove_unused_run_dirs():
+    import shutil
+    for path in _NEW_RUN_DIRS:
+        if os.path.isdir(path) and set(os.listdir(path)) <= _BOOKKEEPING:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def release_lock():
@@ -292,6 +303,8 @@ def make_run_dir(args, script, dist_state):
     if os.path.exists(out) and not os.path.isdir(out):
         raise InputError(f"--out {out}: is a file; expected a run folder (new or existing)")
     if dist_state.main:
+        if not os.path.exists(out):
+            _NEW_RUN_DIRS.append(out)
         try:
             os.makedirs(out, exist_ok=True)
         except OSError as e:

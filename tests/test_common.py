@@ -137,3 +137,17 @@ def test_to_uint8_keeps_uint8_and_scales_floats():
     assert out.dtype == np.uint8 and out.shape == (2, 4, 3) and out[1, :, 0].tolist() == [0, 128, 255, 7]
     f = np.array([[0.0, 0.5, 1.0, 2.0]])
     assert common.to_uint8(f)[0, :, 0].tolist() == [0, 128, 255, 255]
+
+
+def test_a_bad_input_leaves_no_empty_run_folder(tmp_path):
+    """A run stopped by a bad input right after creating its folder removes that folder again."""
+    out = tmp_path / "new"
+    code = ("import sys, argparse; sys.path.insert(0, %r); import common\n"
+            "p = common.add_common_args(argparse.ArgumentParser(), steps=1, batch_size=1, lr=1, eval_every=1)\n"
+            "def main():\n"
+            "    common.make_run_dir(p.parse_args(['--out', %r]), 't', common.Dist('cpu'))\n"
+            "    raise common.InputError('--data x: no such file')\n"
+            "common.run_main(main)" % (os.path.dirname(common.__file__), str(out)))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: --data x: no such file", proc.stderr
+    assert not out.exists()
