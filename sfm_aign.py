@@ -34,13 +34,12 @@ from common import InputError
 SCRIPT = "sfm_aign"
 NETS = ("depth_net", "pose_net", "D_depth", "D_motion")
 ARCH = ("height", "width", "min_depth", "max_depth")  # a checkpoint's networks follow these
-LAYOUTS = """--data layouts (frames are resized to --height x --width as they are read, K with them):
-  generic    DIR/<seq>/images/*.png|jpg, DIR/<seq>/intrinsics.txt ('fx fy cx cy' or a 3x3 K, image size);
-             optional DIR/<seq>/poses.txt (KITTI odometry: 12 numbers a line, 3x4 camera-to-world) and
-             DIR/<seq>/depth/<frame>.npy (metres, 0 = invalid) or .png (16-bit mm); DIR/train/, DIR/test/
-             (and DIR/val/) of such folders are the splits; DIR/memory/ is the default --memory
-  KITTI      raw ROOT/<date>/calib_cam_to_cam.txt + <date>_drive_XXXX_sync/image_02/data/*.png, or odometry
-             ROOT/sequences/NN/image_2/*.png + calib.txt (P2:), ROOT/poses/NN.txt"""
+LAYOUTS = """--data layouts (details: README; frames and K are resized to --height x --width when read):
+  generic  DIR/<seq>/images/*.png|jpg, intrinsics.txt ('fx fy cx cy' or 3x3 K) [, poses.txt, depth/];
+           DIR/train/, DIR/test/ (and DIR/val/) of such folders are the splits, DIR/memory/ the --memory
+  KITTI    raw ROOT/<date>/<date>_drive_XXXX_sync/image_02/data/, or odometry ROOT/sequences/NN/image_2/"""
+CMAP = np.array([[0.0, 0.0, 0.02], [0.23, 0.06, 0.44], [0.55, 0.16, 0.5], [0.87, 0.29, 0.4],
+                 [0.99, 0.6, 0.36], [0.99, 0.99, 0.75]])  # depth colours: dark (far) -> bright (near)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -82,50 +81,52 @@ def get_args(argv=None):
 # Every source becomes sequences: dict(name, images (N,3,H,W) uint8 at the training size, size (h,w) of
 # the files, K (3,3) at the training size, poses (N,4,4) camera-to-world or None, depth {frame index:
 # the path of a GT map, checked when loaded and read again when evaluated, or an array}).
-def resize(x, hw, mode):
-    """(N,C,h,w) float -> (N,C,H,W): images area-averaged when shrinking (anti-aliased), else bilinear;
-    depth nearest (never mixes valid and invalid pixels)."""
-    if tuple(x.shape[-2:]) == tuple(hw):
-        return x
-    if mode == "depth":
-        return F.interpolate(x, size=hw, mode="nearest")
-    if x.shape[-2] >= hw[0] and x.shape[-1] >= hw[1]:
-        return F.interpolate(x, size=hw, mode="area")
-    return F.interpolate(x, size=hw, mode="bilinear", align_corners=False)
-
 def read_image(path, hw, dtype=np.uint8):
-    """An 8-bit frame -> (uint8 (3,H,W) at the size hw, file size (h,w)); with hw None, the array as is."""
+    """An 8-bit frame -> (uint8 (3,H,W) at hw, area-averaged if shrunk, else bilinear; the file's size (h,w));
+    with hw None, the array as it is (a 16-bit depth PNG)."""
     import imageio.v3 as iio
     try:
         img = np.asarray(iio.imread(path))
     except Exception as e:
         raise InputError(f"{path}: cannot be read as an image ({type(e).__name__})") from None
-    img = np.repeat(img[..., None], 3, -1) if img.ndim == 2 and hw else img
-    if img.dtype != dtype or (hw and (img.ndim != 3 or img.shape[-1] not in (3, 4))):
+    if hw is not None and img.ndim == 2:
+        img = np.repeat(img[..., None], 3, -1)  # grey -> RGB
+    if img.dtype != dtype or (hw is not None and (img.ndim != 3 or img.shape[-1] not in (3, 4))):
         raise InputError(f"{path}: expected an 8-bit grey/RGB/RGBA image (16-bit for depth), found shape "
                          f"{img.shape} {img.dtype}")
     if hw is None:
-        return img, img.shape
-    x = torch.from_numpy(np.ascontiguousarray(img[..., :3])).permute(2, 0, 1)[None].float()
-    return resize(x, hw, "image")[0].round().clamp(0, 255).to(torch.uint8), img.shape[:2]
+        return img
+    x = torch.from_numpy(np.ascontiguousarray(img[..., :3])).permute(2, 0, 1)[None].float()  # (1,3,h,w)
+    if x.shape[-2] >= hw[0] and x.shape[-1] >= hw[1]:
+        x = F.interpolate(x, size=hw, mode="area")
+    else:
+        x = F.interpolate(x, size=hw, mode="bilinear", align_corners=False)
+    return x[0].round().clamp(0, 255).to(torch.uint8), img.shape[:2]
+
 
 def read_intrinsics(path, key=None):
-    """intrinsics.txt ('fx fy cx cy' or a 3x3 K), or with key the KITTI calibration line 'key: <3x4 P>'
-    ('P_rect_02' in calib_cam_to_cam.txt, 'P2' in calib.txt) -> K (3,3)."""
-    want = f"a line '{key}: <12 numbers>' (KITTI calibration)" if key else "'fx fy cx cy' or a 3x3 K"
-    v = np.zeros(0) if key else common.read_numbers(path, want).ravel()
-    for line in common.read_text(path, want).splitlines() if key else []:
+    """intrinsics.txt ('fx fy cx cy' or a 3x3 K) -> K (3,3); with key, the left 3x3 of the 3x4 P on the
+    KITTI calibration line 'key: ...' ('P_rect_02' in calib_cam_to_cam.txt, 'P2' in calib.txt)."""
+    if key is None:
+        want = "'fx fy cx cy' or a 3x3 K"
+        v = common.read_numbers(path, want).ravel()
+    else:
+        want = f"a line '{key}: <12 numbers>' (KITTI calibration)"
+        lines = common.read_text(path, want).splitlines()
+        found = [ln.split()[1:] for ln in lines if ln.startswith(key + ":")]
         try:
-            v = np.array(line.split()[1:], dtype=np.float64) if line.startswith(key + ":") else v
-        except ValueError:
-            break
-    v = (v.reshape(3, 4)[:, :3].ravel() if len(v) == 12 else v[:0]) if key else v
-    if len(v) not in (4, 9):
+            v = np.array(found[0], dtype=np.float64).reshape(3, 4)[:, :3].ravel()
+        except (IndexError, ValueError):  # no such line, or not 12 numbers
+            raise InputError(f"{path}: expected {want}, found {found[:1] or 'no such line'}") from None
+    if len(v) == 4:
+        v = np.array([v[0], 0, v[2], 0, v[1], v[3], 0, 0, 1])
+    if len(v) != 9:
         raise InputError(f"{path}: expected {want}, found {len(v)} numbers")
-    K = np.array([[v[0], 0, v[2]], [0, v[1], v[3]], [0, 0, 1]]) if len(v) == 4 else v.reshape(3, 3)
+    K = v.reshape(3, 3)
     if not (np.isfinite(K).all() and K[0, 0] > 0 and K[1, 1] > 0):
         raise InputError(f"{path}: intrinsics fx={K[0, 0]:g}, fy={K[1, 1]:g}; expected finite fx, fy > 0")
     return K
+
 
 def rescale_K(K, sx, sy):
     """Intrinsics for an image resized by (sx, sy), pixel centres at integer coordinates:
@@ -134,6 +135,7 @@ def rescale_K(K, sx, sy):
     K[0, 0], K[0, 1], K[0, 2] = K[0, 0] * sx, K[0, 1] * sx, (K[0, 2] + 0.5) * sx - 0.5
     K[1, 1], K[1, 2] = K[1, 1] * sy, (K[1, 2] + 0.5) * sy - 0.5
     return K
+
 
 def read_poses(path, n=None):
     """KITTI odometry format: one line per frame, 12 numbers, row-major 3x4 camera-to-world [R|t]."""
@@ -149,17 +151,27 @@ def read_poses(path, n=None):
                          f"orthonormal: |R^T R - I| = {err[bad[0]]:.3g}); expected camera-to-world [R|t]")
     return P
 
+
 def read_depth(path, size):
     """depth/<frame>.npy (float metres, 0 = invalid) or a 16-bit PNG in millimetres -> float32 (h,w)."""
     what = f"a depth map of size {size}: float metres (.npy) or 16-bit millimetres (.png)"
-    d = common.load_npy(path, what) if path.endswith(".npy") else read_image(path, None, np.uint16)[0] / 1e3
-    return common.check_array(d, path, "depth", size, what)
+    if path.endswith(".npy"):
+        return common.check_array(common.load_npy(path, what), path, "depth", size, what)
+    return common.check_array(read_image(path, None, np.uint16) / 1e3, path, "depth", size, what)
 
-def gt_depth(seq, i):  # a GT map at its own size: read from its file again, or the --gt-depth array
-    return read_depth(seq["depth"][i], seq["size"]) if isinstance(seq["depth"][i], str) else seq["depth"][i]
+
+def gt_depth(seq, i, hw=None):
+    """Frame i's GT map (h,w) (read again from its file, or the --gt-depth array); with hw, (1,H,W) at
+    that size by nearest neighbour (which never mixes valid and invalid pixels)."""
+    d = seq["depth"][i]
+    if isinstance(d, str):
+        d = read_depth(d, seq["size"])
+    return d if hw is None else F.interpolate(torch.from_numpy(d)[None, None], size=hw, mode="nearest")[0]
+
 
 def list_files(folder, ext=(".png", ".jpg", ".jpeg")):
     return sorted(p for p in glob.glob(os.path.join(folder, "*")) if p.lower().endswith(ext))
+
 
 def make_sequence(name, paths, K, poses_path, hw, depth_dir=None):
     """Read one sequence frame by frame at the training size hw; rescale K with it."""
@@ -169,40 +181,45 @@ def make_sequence(name, paths, K, poses_path, hw, depth_dir=None):
     for p, s in zip(paths, sizes):
         if s != sizes[0]:
             raise InputError(f"{p}: expected the sequence's image size {sizes[0]} (as {paths[0]}), found {s}")
-    stems = [os.path.join(depth_dir or "", os.path.splitext(os.path.basename(p))[0]) for p in paths]
-    depth = {i: f for i, st in enumerate(stems) for f in (st + ".png", st + ".npy")
-             if depth_dir and os.path.isfile(f)}  # frame index -> GT file (.npy wins over .png)
-    for p in depth.values():
-        read_depth(p, sizes[0])  # checked now, read again when evaluated
+    depth = {}  # frame index -> its GT file (.npy before .png)
+    if depth_dir:
+        for i, p in enumerate(paths):
+            stem = os.path.join(depth_dir, os.path.splitext(os.path.basename(p))[0])
+            found = [f for f in (stem + ".npy", stem + ".png") if os.path.isfile(f)]
+            if found:
+                depth[i] = found[0]
+                read_depth(found[0], sizes[0])  # checked now, read again when evaluated
     images = torch.stack(frames).contiguous(memory_format=torch.channels_last)  # (N, 3, H, W) uint8, NHWC
     return dict(name=name, images=images, size=sizes[0], depth=depth,
                 poses=read_poses(poses_path, len(paths)) if os.path.exists(poses_path) else None,
                 K=rescale_K(K, hw[1] / sizes[0][1], hw[0] / sizes[0][0]))
 
+
 def load_sequences(root, hw):
-    """Detect the layout of root: KITTI odometry, KITTI raw, or generic sequence folders."""
+    """The sequences of root in its layout: KITTI odometry, KITTI raw, or generic sequence folders."""
     if not os.path.isdir(root):
         raise InputError(f"{root}: no such folder (expected a dataset folder; layouts: --help)")
-    if os.path.isdir(os.path.join(root, "sequences")):  # KITTI odometry
-        return [make_sequence(os.path.basename(d), list_files(os.path.join(d, "image_2")),
-                              read_intrinsics(os.path.join(d, "calib.txt"), "P2"),
-                              os.path.join(root, "poses", os.path.basename(d) + ".txt"), hw)
-                for d in sorted(glob.glob(os.path.join(root, "sequences", "*")))]
     calibs = sorted(glob.glob(os.path.join(root, "*", "calib_cam_to_cam.txt")))
-    if calibs:  # KITTI raw: <date>/<date>_drive_XXXX_sync/image_02/data/*.png
-        seqs = [make_sequence(os.path.basename(d), list_files(os.path.join(d, "image_02", "data")),
-                              read_intrinsics(c, "P_rect_02"), os.path.join(d, "poses.txt"), hw)
-                for c in calibs for d in sorted(glob.glob(os.path.join(os.path.dirname(c), "*_sync")))]
-        if not seqs:
-            raise InputError(f"{root}: found {calibs[0]} but no <date>_drive_XXXX_sync/image_02/data folders")
-        return seqs
-    dirs = sorted(d for d in glob.glob(os.path.join(root, "*")) if os.path.isdir(os.path.join(d, "images")))
-    if not dirs:
+    if os.path.isdir(os.path.join(root, "sequences")):  # KITTI odometry
+        found = [(d, "image_2", read_intrinsics(os.path.join(d, "calib.txt"), "P2"),
+                  os.path.join(root, "poses", os.path.basename(d) + ".txt"), None)
+                 for d in sorted(glob.glob(os.path.join(root, "sequences", "*")))]
+    elif calibs:  # KITTI raw
+        found = [(d, os.path.join("image_02", "data"), read_intrinsics(c, "P_rect_02"),
+                  os.path.join(d, "poses.txt"), None)
+                 for c in calibs for d in sorted(glob.glob(os.path.join(os.path.dirname(c), "*_sync")))]
+    else:  # generic
+        dirs = [d for d in sorted(glob.glob(os.path.join(root, "*")))
+                if os.path.isdir(os.path.join(d, "images"))]
+        found = [(d, "images", read_intrinsics(os.path.join(d, "intrinsics.txt")),
+                  os.path.join(d, "poses.txt"), os.path.join(d, "depth")) for d in dirs]
+    if not found:
         raise InputError(f"{root}: expected sequence folders <seq>/images/*.png with <seq>/intrinsics.txt, "
-                         "a KITTI raw root or KITTI odometry (sequences/), found none (layouts: --help)")
-    return [make_sequence(os.path.basename(d), list_files(os.path.join(d, "images")),
-                          read_intrinsics(os.path.join(d, "intrinsics.txt")), os.path.join(d, "poses.txt"),
-                          hw, os.path.join(d, "depth")) for d in dirs]
+                         "KITTI raw <date>/<date>_drive_XXXX_sync/image_02/data/ or KITTI odometry "
+                         "sequences/NN/image_2/, found none (layouts: --help)")
+    return [make_sequence(os.path.basename(d), list_files(os.path.join(d, images)), K, poses, hw, depth)
+            for d, images, K, poses, depth in found]
+
 
 def attach_gt_depth(seqs, path):
     """Eigen-style GT: depth maps (at the frames' size) for listed frames '<sequence> <frame index>'."""
@@ -221,39 +238,42 @@ def attach_gt_depth(seqs, path):
                              "and its frames' size")
         s["depth"][int(idx)] = d
 
+
 def load_memory(root, hw, max_depth):
-    """The unpaired memory of sequences not trained on: depth maps at the training size (invalid ->
-    max depth) (M,1,H,W) and the 6-DoF motion pairs t->t-1, t->t+1 of their poses (Q,12)."""
+    """The unpaired memory (sequences not trained on): depth maps at the training size (M,1,H,W), invalid
+    -> max depth, and the two motions t->t-1, t->t+1 of every triplet of their poses (Q,12)."""
     depths, motions = [], []
     for d in sorted(d for d in glob.glob(os.path.join(root, "*")) if os.path.isdir(d)):
         for f in list_files(os.path.join(d, "depth"), (".npy", ".png")):
-            depths.append(resize(torch.from_numpy(read_depth(f, (None, None)))[None, None], hw, "depth")[0])
+            x = torch.from_numpy(read_depth(f, (None, None)))[None, None]  # (1, 1, h, w), 0 = invalid
+            x = F.interpolate(x, size=hw, mode="nearest")[0]
+            depths.append(torch.where(x > 0, x, torch.full_like(x, max_depth)).clamp(max=max_depth))
         if os.path.isfile(os.path.join(d, "poses.txt")):
             P = torch.from_numpy(read_poses(os.path.join(d, "poses.txt")))
             T = torch.stack([torch.linalg.inv(P[:-2]) @ P[1:-1], torch.linalg.inv(P[2:]) @ P[1:-1]], 1)
             motions.append(matrix_to_pose6(T).flatten(1))  # (N-2, 12)
     if not depths and not motions:
         raise InputError(f"--memory {root}: expected <seq>/depth/*.npy|png and/or <seq>/poses.txt: none")
-    depth = torch.stack(depths).float() if depths else None
-    if depth is not None:
-        depth = torch.where(depth > 0, depth, torch.full_like(depth, max_depth)).clamp(max=max_depth)
-    return depth, (torch.cat(motions).float() if motions else None)
+    return (torch.stack(depths) if depths else None), (torch.cat(motions).float() if motions else None)
+
 
 def load_data(args, dist):
-    """{train, test[, val]: sequences, mem_depth, mem_motion} from --data (split by its train/ test/
-    [val/] subfolders if it has them, else used for both) or the built-in streets."""
+    """{train, test[, val]: sequences, mem_depth, mem_motion} from --data (or the built-in streets)."""
     hw = (args.height, args.width)
     root = args.data or common.builtin_dataset(__file__, "sfm", "sfm_builtin", dist, device=str(dist.device))
-    if os.path.isdir(os.path.join(root, "train")) and os.path.isdir(os.path.join(root, "test")):
-        data = {k: load_sequences(os.path.join(root, k), hw) for k in ("train", "val", "test")
-                if os.path.isdir(os.path.join(root, k))}
+    splits = [k for k in ("train", "val", "test") if os.path.isdir(os.path.join(root, k))]
+    if "train" in splits and "test" in splits:
+        data = {k: load_sequences(os.path.join(root, k), hw) for k in splits}
     else:
         data = dict.fromkeys(("train", "test"), load_sequences(root, hw))
     if args.gt_depth:
         attach_gt_depth(data["test"], args.gt_depth)
-    default = os.path.join(root, "memory")
-    memory = args.memory or (default if os.path.isdir(default) else "")
-    data["mem_depth"], data["mem_motion"] = load_memory(memory, hw, args.max_depth) if memory else (None,) * 2
+    memory = args.memory
+    if not memory and os.path.isdir(os.path.join(root, "memory")):
+        memory = os.path.join(root, "memory")
+    data["mem_depth"], data["mem_motion"] = None, None
+    if memory:
+        data["mem_depth"], data["mem_motion"] = load_memory(memory, hw, args.max_depth)
     return data
 
 
@@ -262,10 +282,10 @@ def load_data(args, dist):
 def conv(cin, cout, stride=1):
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.ELU())
 
+
 class DepthNet(nn.Module):
-    """U-Net: frame (B,3,H,W) -> depth (B,1,H,W) from a bounded disparity (a sigmoid between
-    1/max_depth and 1/min_depth): always positive and finite. No batch norm or dropout in any net
-    (nothing to synchronise across processes; train and eval modes are the same)."""
+    """U-Net: frame (B,3,H,W) -> depth (B,1,H,W) = 1 / a sigmoid disparity in [1/max_depth, 1/min_depth],
+    so always positive and finite. No net has batch norm or dropout: train and eval modes are the same."""
 
     def __init__(self, min_depth, max_depth, ch=(16, 32, 64, 96, 128)):
         super().__init__()
@@ -287,10 +307,10 @@ class DepthNet(nn.Module):
         disp = self.min_disp + (self.max_disp - self.min_disp) * torch.sigmoid(x)
         return 1.0 / disp  # (B, 1, H, W) metres
 
+
 class PoseNet(nn.Module):
-    """Frames t-1, t, t+1 stacked on channels (B,9,H,W) -> the two 6-DoF motions target->source
-    (B,2,6): t->t-1 and t->t+1, axis-angle rotation (rad) and translation (m). As in SfMLearner the
-    order of the sources is in the input; small output scales start near the identity."""
+    """Frames t-1, t, t+1 on channels (B,9,H,W) -> the motions t->t-1, t->t+1 (B,2,6): axis-angle (rad)
+    and translation (m). As in SfMLearner; small output scales start near the identity."""
 
     def __init__(self, ch=(16, 32, 64, 128, 128)):
         super().__init__()
@@ -301,6 +321,7 @@ class PoseNet(nn.Module):
     def forward(self, prev, target, nxt):  # (B, 3, H, W) each
         x = torch.cat([prev, target, nxt], 1)
         return self.net((x - 0.45) / 0.225).mean((2, 3)).view(-1, 2, 6) * self.scale  # (B, 2, 6)
+
 
 class PatchD(nn.Module):
     """Depth-map discriminator: log-depth (B,1,H,W) -> a grid of real/fake logits (B,1,h,w)."""
@@ -315,6 +336,7 @@ class PatchD(nn.Module):
 
     def forward(self, depth):  # (B, 1, H, W) metres
         return self.net(torch.log(depth) - math.log(10.0))
+
 
 class MotionD(nn.Module):
     """Camera-motion discriminator: the two motions of a triplet (B,12) (t->t-1, t->t+1) -> logits
@@ -334,9 +356,10 @@ class MotionD(nn.Module):
     def forward(self, motions):  # (B, 12)
         return self.net((motions - self.mean) / self.std)
 
+
 def build_nets(args, device):
-    nets = {"depth_net": DepthNet(args.min_depth, args.max_depth), "pose_net": PoseNet(), "D_depth": PatchD(),
-            "D_motion": MotionD()}
+    nets = {"depth_net": DepthNet(args.min_depth, args.max_depth), "pose_net": PoseNet(),
+            "D_depth": PatchD(), "D_motion": MotionD()}
     return {k: m.to(device) for k, m in nets.items()}
 
 
@@ -355,6 +378,7 @@ def axis_angle_to_matrix(r):
     Kx = torch.stack([o, -z, y, z, o, -x, -y, x, o], -1).reshape(*r.shape[:-1], 3, 3)
     return torch.eye(3, dtype=r.dtype, device=r.device) + a * Kx + b * (Kx @ Kx)
 
+
 def matrix_to_pose6(T):
     """(..., 4, 4) rigid transforms -> (..., 6) axis-angle + translation (rotations well below pi)."""
     R = T[..., :3, :3]
@@ -365,6 +389,7 @@ def matrix_to_pose6(T):
     fac = torch.where(th < 1e-6, torch.full_like(th, 0.5), th / (2 * torch.sin(th).clamp(min=1e-12)))
     return torch.cat([vee * fac, T[..., :3, 3]], -1)
 
+
 def pose6_to_matrix(p):
     """(..., 6) -> (..., 4, 4)."""
     T = torch.zeros(*p.shape[:-1], 4, 4, dtype=p.dtype, device=p.device)
@@ -372,6 +397,7 @@ def pose6_to_matrix(p):
     T[..., :3, 3] = p[..., 3:]
     T[..., 3, 3] = 1
     return T
+
 
 def inverse_warp(source, depth, pose6, K):
     """Rebuild the target frame from a source frame.
@@ -409,10 +435,12 @@ def ssim_dissimilarity(x, y):
     ssim = (2 * mx * my + c1) * (2 * sxy + c2) / ((mx ** 2 + my ** 2 + c1) * (sx + sy + c2))
     return ((1 - ssim) / 2).clamp(0, 1)
 
+
 def photometric_error(pred, target):
     """The renderer's reconstruction error per pixel (B,1,H,W): 0.85 (1-SSIM)/2 + 0.15 L1."""
     return 0.85 * ssim_dissimilarity(pred, target).mean(1, keepdim=True) + \
         0.15 * (pred - target).abs().mean(1, keepdim=True)
+
 
 def reconstruction_loss(tgt, srcs, depth, pose, K):
     """Warp both sources (b,2,3,H,W) into the target (b,3,H,W) with the predicted depth (b,1,H,W) and
@@ -426,6 +454,7 @@ def reconstruction_loss(tgt, srcs, depth, pose, K):
     seen = err < 1e3
     return (err * seen).sum() / seen.sum().clamp(min=1)
 
+
 def smoothness(depth, img):
     """Edge-aware smoothness of mean-normalised disparity: flat where the image is flat."""
     disp = 1 / depth
@@ -435,10 +464,12 @@ def smoothness(depth, img):
     iy = (img[..., 1:, :] - img[..., :-1, :]).abs().mean(1, keepdim=True)
     return (dx * torch.exp(-ix)).mean() + (dy * torch.exp(-iy)).mean()
 
+
 def supervised_loss(depth, pose, gt_d, gt_pose):
     """Paired frames: L1 of log-depth on valid GT pixels (b,1,H,W) + L1 of the two motions (b,2,6)."""
     v = gt_d > 0
     return (depth[v].log() - gt_d[v].log()).abs().mean() + (pose - gt_pose).abs().mean()
+
 
 def d_loss(D, real, fake, gan):
     """Discriminator: memory samples are real, predictions fake (same shapes)."""
@@ -453,6 +484,7 @@ def d_loss(D, real, fake, gan):
     mix = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
     grad, = torch.autograd.grad(D(mix).sum(), mix, create_graph=True)
     return lf.mean() - lr.mean() + 10 * ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+
 
 def g_adv_loss(D, fake, gan):
     """Generator's adversarial term: make predictions look like memory samples."""
@@ -476,12 +508,14 @@ def depth_metrics(pred, gt):
             "a1": (thresh < 1.25).float().mean().item(), "a2": (thresh < 1.25 ** 2).float().mean().item(),
             "a3": (thresh < 1.25 ** 3).float().mean().item()}
 
+
 def ate_snippet(gt_xyz, pred_xyz):
     """SfMLearner's ATE: align the first positions, fit one scale by least squares, then
     sqrt(sum ||error||^2) / N (not an RMSE; the form every peer reports). (N,3) each."""
     pred = pred_xyz + (gt_xyz[0] - pred_xyz[0])
     scale = (gt_xyz * pred).sum() / (pred ** 2).sum().clamp(min=1e-12)
     return ((pred * scale - gt_xyz) ** 2).sum().sqrt().item() / len(gt_xyz)
+
 
 @torch.no_grad()
 def predict_sequence(nets, images, device, chunk=32):
@@ -499,6 +533,7 @@ def predict_sequence(nets, images, device, chunk=32):
     for r in torch.linalg.inv(step):  # camera i+1 in the frame of camera i
         poses.append(poses[-1] @ r)
     return torch.cat(depth), torch.stack(poses)
+
 
 def evaluate(nets, seqs, args, device):
     """Depth metrics (unscaled and per-image median-scaled) on every frame with GT depth, at the GT's
@@ -533,24 +568,31 @@ def evaluate(nets, seqs, args, device):
             "ate_no_scale": float(np.mean(ates_metric)) if ates else None,
             "depth_frames": len(rows), "ate_snippets": len(ates)}
 
+
 def summary(res, step):
-    d, m = res["depth"], res["depth_median_scaled"]
-    text = f"step {step}" + (f" | abs_rel {d['abs_rel']:.3f} | abs_rel(median-scaled) {m['abs_rel']:.3f} | "
-                             f"a1 {d['a1']:.3f} scale(gt/pred) {res['median_scale']:.2f}" if d else "")
-    return text + (f" | ATE {res['ate']:.4f} ± {res['ate_std']:.4f} (no scale fit {res['ate_no_scale']:.4f})"
-                   if res["ate"] is not None else "")
+    """evaluate's results as one log line."""
+    text, d, m = f"step {step}", res["depth"], res["depth_median_scaled"]
+    if d is not None:
+        text += (f" | abs_rel {d['abs_rel']:.3f} | abs_rel(median-scaled) {m['abs_rel']:.3f} | "
+                 f"a1 {d['a1']:.3f} scale(gt/pred) {res['median_scale']:.2f}")
+    if res["ate"] is not None:
+        text += f" | ATE {res['ate']:.4f} ± {res['ate_std']:.4f} (no scale fit {res['ate_no_scale']:.4f})"
+    return text
+
 
 def validate(nets, data, args, device, step):
     """Periodic metrics on val/ if the data has one (val_*), else on the test split (test_*)."""
     split = "val" if "val" in data else "test"
     res = evaluate(nets, data[split], args, device)
     common.log(f"{split}: {summary(res, step)}")
-    flat = {f"{split}_{k}": v for k, v in res.items() if not isinstance(v, dict)}
-    flat.update({f"{split}_{k}/{m}": x for k, v in res.items() if isinstance(v, dict) for m, x in v.items()})
-    return {k: v for k, v in flat.items() if v is not None}
+    flat = {}  # {"depth": {"abs_rel": x}, "ate": y} -> {"test_depth/abs_rel": x, "test_ate": y}
+    for k, v in res.items():
+        if isinstance(v, dict):
+            flat.update({f"{split}_{k}/{m}": x for m, x in v.items()})
+        elif v is not None:
+            flat[f"{split}_{k}"] = v
+    return flat
 
-CMAP = np.array([[0.0, 0.0, 0.02], [0.23, 0.06, 0.44], [0.55, 0.16, 0.5], [0.87, 0.29, 0.4],
-                 [0.99, 0.6, 0.36], [0.99, 0.99, 0.75]])  # dark (far) -> bright (near), magma-like
 
 def colorize(v):
     """(H,W) values in [0,1] -> (H,W,3) colours by piecewise-linear interpolation of CMAP."""
@@ -558,77 +600,85 @@ def colorize(v):
     i = np.minimum(np.floor(v).astype(int), len(CMAP) - 2)
     return CMAP[i] * (1 - (v - i)[..., None]) + CMAP[i + 1] * (v - i)[..., None]
 
+
 def depth_color(d, args):
     """Log-depth colours on a fixed range (comparable across steps and runs); 0 = invalid -> black."""
     d = np.asarray(d, dtype=np.float64)
     v = np.log(args.max_depth / np.maximum(d, 1e-3)) / np.log(args.max_depth / args.min_depth)
     return np.where(d[..., None] > 0, colorize(v), 0.0)
 
+
 @torch.no_grad()
 def write_figures(run_dir, nets, test, args, device, n=4, size=320):
-    """depth_grid.png: fixed frames of the first test sequence with GT depth (frame | predicted depth | GT
-    | warped neighbour | photometric error); trajectory.png: top view (x right, z up) of the first test
-    sequence with poses, GT in black, the chained predictions (no scale fit) in red."""
+    """depth_grid.png: n frames of the first test sequence with GT depth, one a row: frame | predicted depth
+    | GT | warped next frame | photometric error; trajectory.png: top view (x right, z up) of the first
+    test sequence with poses, GT in black, the chained predictions (no scale fit) in red."""
     seq, rows, hw = next((s for s in test if s["depth"]), test[0]), [], (args.height, args.width)
+    K = torch.as_tensor(seq["K"], dtype=torch.float32, device=device)[None]
     for i in np.linspace(1, len(seq["images"]) - 2, n).round().astype(int):
-        prev, tgt, src = (seq["images"][j:j + 1].to(device).float() / 255 for j in (i - 1, i, i + 1))
-        depth = nets["depth_net"](tgt)
-        K = torch.as_tensor(seq["K"], dtype=torch.float32, device=device)[None]
-        warped, valid = inverse_warp(src, depth, nets["pose_net"](prev, tgt, src)[:, 1], K)
+        prev, tgt, nxt = (seq["images"][j:j + 1].to(device).float() / 255 for j in (i - 1, i, i + 1))
+        depth = nets["depth_net"](tgt)  # (1, 1, H, W)
+        warped, valid = inverse_warp(nxt, depth, nets["pose_net"](prev, tgt, nxt)[:, 1], K)
         err = (photometric_error(warped, tgt) * valid)[0, 0].cpu().numpy()
-        gt = resize(torch.from_numpy(gt_depth(seq, i))[None, None], hw, "depth")[0, 0].numpy() \
-            if i in seq["depth"] else np.zeros(hw)
+        gt = gt_depth(seq, i, hw)[0].numpy() if i in seq["depth"] else np.zeros(hw)
         rows.append([tgt[0].cpu(), depth_color(depth[0, 0].cpu().numpy(), args), depth_color(gt, args),
                      (warped * valid)[0].cpu(), colorize(err / 0.5)])
     common.write_png(os.path.join(run_dir, "depth_grid.png"), common.image_grid(rows))
-    seq, img = next((s for s in test if s["poses"] is not None), None), np.ones((size, size, 3))
-    if seq is not None:
-        paths = [(np.linalg.inv(seq["poses"][0]) @ seq["poses"])[:, :3, 3],
-                 predict_sequence(nets, seq["images"], device)[1][:, :3, 3].numpy()]  # (N, 3) each
-        pts = np.concatenate(paths)[:, [0, 2]]
-        centre, span = (pts.min(0) + pts.max(0)) / 2, max(np.ptp(pts, 0).max(), 1e-6)  # one scale for x, z
-        for xyz, color in zip(paths, ((0, 0, 0), (0.85, 0.1, 0.1))):
-            t = np.linspace(0, len(xyz) - 1, 8 * size)  # dense samples along the path: a line of 3x3 dots
-            q = np.stack([np.interp(t, np.arange(len(xyz)), xyz[:, c]) for c in (0, 2)], 1)
-            for x, y in ((q - centre) / span * (size - 32) + size / 2).round().astype(int):
-                img[size - 2 - y:size + 1 - y, x - 1:x + 2] = color
-        common.write_png(os.path.join(run_dir, "trajectory.png"), img)
+    seq = next((s for s in test if s["poses"] is not None), None)
+    if seq is None:
+        return
+    paths = [(np.linalg.inv(seq["poses"][0]) @ seq["poses"])[:, :3, 3],  # (N, 3) each: GT, predicted
+             predict_sequence(nets, seq["images"], device)[1][:, :3, 3].numpy()]
+    pts = np.concatenate(paths)[:, [0, 2]]
+    centre, span = (pts.min(0) + pts.max(0)) / 2, max(np.ptp(pts, 0).max(), 1e-6)  # one scale for x, z
+    img = np.ones((size, size, 3))
+    for xyz, color in zip(paths, ((0, 0, 0), (0.85, 0.1, 0.1))):
+        t = np.linspace(0, len(xyz) - 1, 8 * size)  # dense samples along the path: a line of 3x3 dots
+        q = np.stack([np.interp(t, np.arange(len(xyz)), xyz[:, c]) for c in (0, 2)], 1)
+        for x, y in ((q - centre) / span * (size - 32) + size / 2).round().astype(int):
+            img[size - 2 - y:size + 1 - y, x - 1:x + 2] = color
+    common.write_png(os.path.join(run_dir, "trajectory.png"), img)
 
 
 # ----------------------------------------------------------------------------------------------
 # Training
 def training_set(data, args, device):
-    """On the device: the training frames, their triplets (target t, sources t-1, t+1) with K, the
-    paired subset (evenly spaced triplets whose GT depth and motions are used) and the memory in use."""
+    """On the device: the training frames, their triplets (target t, sources t-1, t+1) with K, the memory
+    in use and the paired subset (evenly spaced triplets whose GT depth and motions are used)."""
     train, hw = data["train"], (args.height, args.width)
-    starts = np.cumsum([0] + [len(s["images"]) for s in train])
-    trip = [[o + t, o + t - 1, o + t + 1] for s, o in zip(train, starts)
-            for t in range(1, len(s["images"]) - 1)]  # frame indices: target, source t-1, source t+1
-    mem = {"mem_depth": None if args.adv_on == "motion" else data["mem_depth"],
-           "mem_motion": None if args.adv_on == "depth" else data["mem_motion"]}
-    if args.lambda_adv > 0 and mem["mem_depth"] is None and mem["mem_motion"] is None:
+    trip, where, start = [], [], 0  # frame indices (target, source t-1, source t+1); (sequence, t)
+    for k, s in enumerate(train):
+        for t in range(1, len(s["images"]) - 1):
+            trip.append([start + t, start + t - 1, start + t + 1])
+            where.append((k, t))
+        start += len(s["images"])
+    mem_depth = None if args.adv_on == "motion" else data["mem_depth"]
+    mem_motion = None if args.adv_on == "depth" else data["mem_motion"]
+    if args.lambda_adv > 0 and mem_depth is None and mem_motion is None:
         raise InputError("--lambda-adv > 0 needs a memory of depth maps and/or poses: pass --memory DIR "
                          "(or --lambda-adv 0 for the photometric-only baseline)")
-    K = np.array([s["K"] for s in train for _ in s["images"][2:]])  # (T, 3, 3): K of each triplet
+    K = torch.tensor(np.array([train[k]["K"] for k, _ in where]), dtype=torch.float32)  # (T, 3, 3)
     out = dict(images=torch.cat([s["images"] for s in train]).to(device),
-               trip=torch.tensor(trip, device=device), K=torch.tensor(K, dtype=torch.float32, device=device),
-               **{k: None if v is None else v.to(device) for k, v in mem.items()})
+               trip=torch.tensor(trip, device=device), K=K.to(device),
+               mem_depth=None if mem_depth is None else mem_depth.to(device),
+               mem_motion=None if mem_motion is None else mem_motion.to(device))
     if args.paired_frac == 0 or args.lambda_sup == 0:
         if args.lambda_rec == 0 and args.lambda_adv == 0:
             raise InputError("nothing to train: --lambda-rec and --lambda-adv are 0 and no frames are paired")
         return out
     idx = np.linspace(0, len(trip) - 1, max(1, int(round(args.paired_frac * len(trip))))).round().astype(int)
     gt_d, gt_pose = [], []
-    for j, k in zip(idx, np.searchsorted(starts, np.array(trip)[idx, 0], side="right") - 1):
-        s, t = train[k], trip[j][0] - starts[k]
+    for j in idx:
+        s, t = train[where[j][0]], where[j][1]
         if t not in s["depth"] or s["poses"] is None:
             raise InputError(f"--paired-frac {args.paired_frac}: sequence {s['name']} frame {t} has no GT "
                              "depth map or poses.txt; paired frames need both")
-        gt_d.append(resize(torch.from_numpy(gt_depth(s, t))[None, None], hw, "depth")[0])
+        gt_d.append(gt_depth(s, t, hw))
         P = torch.from_numpy(s["poses"])
         gt_pose.append(matrix_to_pose6(torch.linalg.inv(P[[t - 1, t + 1]]) @ P[t]))  # target -> sources
     return dict(out, paired=torch.tensor(idx, device=device), gt_depth=torch.stack(gt_d).to(device),
                 gt_pose=torch.stack(gt_pose).float().to(device))
+
 
 def draw_batch(data, gen, args, dist):
     """The *global* batch drawn from one generator seeded alike on every rank; this rank keeps its
@@ -651,6 +701,7 @@ def draw_batch(data, gen, args, dist):
         mem = data[k] if args.lambda_adv > 0 else None
         batch[k] = None if mem is None else mem[draw(len(mem))]
     return batch
+
 
 def train_step(nets, opts, batch, args, dist, step):
     """One AIGN update: the discriminators first, then DepthNet + PoseNet against the updated ones."""
@@ -681,6 +732,7 @@ def train_step(nets, opts, batch, args, dist, step):
     common.optimiser_step(opts["G"], loss_g, dist, nets["depth_net"], nets["pose_net"])
     return {"loss_d": loss_d.item(), "loss_rec": loss_rec.item(), "loss_adv": loss_adv.item(),
             "loss_sup": loss_sup.item(), "loss_smooth": loss_smooth.item()}
+
 
 def train(args, dist, data, nets, opts, state, run_dir):
     """D and G steps for --steps in total; every --eval-every steps: checkpoint, then validate."""
@@ -747,8 +799,9 @@ def main(argv=None):
     common.seed_everything(args.seed, args.deterministic)  # same seed on every rank: same init
     run_dir = common.make_run_dir(args, SCRIPT, dist)  # eval-only/predict get their own folder
     nets = build_nets(args, dist.device)
-    for k in ("depth_net", "pose_net") if args.predict or args.eval_only else ():
-        common.load_weights(nets[k], state["nets"][k], args.resume, k)
+    if args.predict or args.eval_only:
+        for k in ("depth_net", "pose_net"):
+            common.load_weights(nets[k], state["nets"][k], args.resume, k)
     if args.predict:
         if dist.main:
             predict(args, nets, dist.device, run_dir)
@@ -765,15 +818,14 @@ def main(argv=None):
     data.update(training_set(data, args, dist.device))
     if data["mem_motion"] is not None:
         nets["D_motion"].set_memory(data["mem_motion"])
-    opts = {"G": torch.optim.Adam([*nets["depth_net"].parameters(), *nets["pose_net"].parameters()],
-                                  lr=args.lr),
-            "D": torch.optim.Adam([*nets["D_depth"].parameters(), *nets["D_motion"].parameters()],
-                                  lr=args.lr_d or args.lr, betas=(0.5, 0.999))}
-    count = {k: 0 if data[k] is None else len(data[k]) for k in ("mem_depth", "mem_motion")}
+    G_params = [*nets["depth_net"].parameters(), *nets["pose_net"].parameters()]
+    D_params = [*nets["D_depth"].parameters(), *nets["D_motion"].parameters()]
+    opts = {"G": torch.optim.Adam(G_params, lr=args.lr),
+            "D": torch.optim.Adam(D_params, lr=args.lr_d or args.lr, betas=(0.5, 0.999))}
+    n_mem = [0 if data[k] is None else len(data[k]) for k in ("mem_depth", "mem_motion")]
     common.log(f"train: {len(data['train'])} sequences, {len(data['trip'])} triplets "
                f"({len(data.get('paired', []))} paired); test: {len(data['test'])} sequences; memory: "
-               f"{count['mem_depth']} depth maps, "
-               f"{count['mem_motion']} motions; {dist.world} process(es) on {dist.device}", dist)
+               f"{n_mem[0]} depth maps, {n_mem[1]} motions; {dist.world} process(es) on {dist.device}", dist)
     stats = train(args, dist, data, nets, opts, state, run_dir)
     if stats is None or not dist.main:
         return
