@@ -71,6 +71,7 @@ H36M_CAMERAS = np.array("""
 """.split(), np.float32).astype(np.float64)
 H36M_INTRINSICS = H36M_CAMERAS[:16].reshape(4, 4)                                  # (camera, fx fy cx cy)
 H36M_EXTRINSICS = dict(zip(H36M_TRAIN + H36M_TEST, H36M_CAMERAS[16:].reshape(7, 4, 7)))  # (camera, q t)
+H36M_3D = "VideoPose3D's 3D joints in metres: all 32, (N, 32, 3), or the 17 kept"
 NPZ_LAYOUT = ("poses_2d (N,17,2) pixels, camera (4,) or (N,4) = fx fy cx cy; optional poses_3d (N,17,3) "
               "metres in camera coordinates, subject/action (N,) strings; H36M-17 joint order")
 MEMORY_LAYOUT = "an npz with poses_3d (N,17,3) metres, H36M-17 order (BVH -> npz: tools/bvh_to_memory.py)"
@@ -79,16 +80,13 @@ MEMORY_LAYOUT = "an npz with poses_3d (N,17,3) metres, H36M-17 order (BVH -> npz
 # ----------------------------------------------------------------------------------------------
 # Args
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     common.add_common_args(p, steps=3000, batch_size=256, lr=2e-4, eval_every=1000)
-    p.add_argument("--memory", default=None,
-                   help=f"unpaired 3D memory, {MEMORY_LAYOUT} (default: the dataset's own: a folder's "
-                        "memory.npz, Human3.6M's training subjects; a single --data npz needs it)")
+    p.add_argument("--memory", default=None, help=f"unpaired 3D memory, {MEMORY_LAYOUT} (default: a folder's "
+                   "memory.npz, Human3.6M's training subjects; a single --data npz needs it)")
     p.add_argument("--keypoints", default="gt", help="Human3.6M 2D: data_2d_h36m_<this>.npz (default: gt)")
-    p.add_argument("--paired-frac", type=float, default=0.0,
-                   help="fraction of training frames (the first ones: whole sequences) whose 3D pose is used "
-                        "as paired supervision (default: 0)")
+    p.add_argument("--paired-frac", type=float, default=0.0, help="fraction of training frames (the first "
+                   "ones: whole sequences) whose 3D pose is used as paired supervision (default: 0)")
     p.add_argument("--lambda-sup", type=float, default=50.0, help="paired 3D loss weight, m^2 (default: 50)")
     p.add_argument("--lambda-rec", type=float, default=1.0, help="reprojection loss weight (default: 1.0)")
     p.add_argument("--lambda-adv", type=float, default=0.01, help="adversarial prior weight (default: 0.01)")
@@ -110,14 +108,19 @@ def get_args(argv=None):
 # Every source ends as the same split dicts: {"x2d": (N,17,2) pixels, NaN = missing joint; "cam": (N,4)
 # fx fy cx cy; "y3d": (N,17,3) metres in camera coordinates or None; "action": (N,) str}, plus the
 # memory (M,17,3) of 3D poses in any frame (the discriminator canonicalises the rotation).
-def make_split(path, x2d, cam, y3d=None, action=None):
-    """Check one split's arrays against each other; finite positive focal lengths; NaN (not inf) = missing."""
+def make_split(path, x2d, cam, y3d=None, action=None, what=NPZ_LAYOUT):
+    """Every loader's arrays, checked: shapes, one N, finite positive focal lengths; NaN (not inf) = a gap."""
+    common.check_array(np.nan_to_num(x2d) if x2d.dtype.kind == "f" else x2d, path, "poses_2d",
+                       (None, NJ, 2), what)                                   # the shape (NaN, inf: below)
+    x2d = x2d.astype(np.float32)
+    cam = common.check_array(cam, path, "camera", (4,) if cam.ndim == 1 else (None, 4), what)
+    y3d = None if y3d is None else common.check_array(y3d, path, "poses_3d", (None, NJ, 3), what)
     n, cam = len(x2d), np.broadcast_to(cam, (len(x2d), 4)) if cam.ndim == 1 else cam
     if len(cam) != n or (y3d is not None and len(y3d) != n) or (action is not None and len(action) != n):
-        raise InputError(f"{path}: arrays disagree on the number of frames N ({NPZ_LAYOUT})")
-    if not (np.all(np.isfinite(cam)) and np.all(cam[:, :2] > 0)):
+        raise InputError(f"{path}: arrays disagree on the number of frames N ({what})")
+    if not np.all(cam[:, :2] > 0):
         raise InputError(f"{path}: camera focal lengths must be finite and positive (fx fy cx cy); found "
-                         f"fx, fy in [{np.nanmin(cam[:, :2]):g}, {np.nanmax(cam[:, :2]):g}]")
+                         f"fx, fy in [{cam[:, :2].min():g}, {cam[:, :2].max():g}]")
     if np.isinf(x2d).any():
         raise InputError(f"{path}: 2D keypoints hold {int(np.isinf(x2d).sum())} inf value(s); only NaN "
                          f"marks a missing joint")
@@ -126,29 +129,18 @@ def make_split(path, x2d, cam, y3d=None, action=None):
         raise InputError(f"{path}: {len(dead)} frame(s) have no valid 2D joint (all NaN), e.g. frame "
                          f"{dead[0]}; drop them or mark only the missing joints as NaN")
     action = np.array(["all"] * n) if action is None else np.asarray(action).astype(str)
-    return {"x2d": np.ascontiguousarray(x2d), "cam": np.ascontiguousarray(cam, dtype=np.float32),
-            "y3d": y3d, "action": action}
-
+    return {"x2d": np.ascontiguousarray(x2d), "cam": np.ascontiguousarray(cam), "y3d": y3d, "action": action}
 
 def load_pose_npz(path):
     """Generic npz (see NPZ_LAYOUT) -> (split, subject array or None)."""
     z = common.load_npz(path, ["poses_2d", "camera"], NPZ_LAYOUT)
-    x2d = z["poses_2d"]  # its shape here; NaN (a missing joint) and inf (an error) are judged in make_split
-    common.check_array(np.nan_to_num(x2d) if x2d.dtype.kind == "f" else x2d, path, "poses_2d",
-                       (None, NJ, 2), NPZ_LAYOUT)
-    cam = common.check_array(z["camera"], path, "camera", (4,) if z["camera"].ndim == 1 else (None, 4),
-                             NPZ_LAYOUT)
-    y3d = z.get("poses_3d")
-    y3d = None if y3d is None else common.check_array(y3d, path, "poses_3d", (None, NJ, 3), NPZ_LAYOUT)
-    split = make_split(path, x2d.astype(np.float32), cam, y3d, z.get("action"))
+    split = make_split(path, z["poses_2d"], z["camera"], z.get("poses_3d"), z.get("action"))
     return split, (z["subject"].astype(str) if "subject" in z else None)
-
 
 def load_memory(path):
     """--memory, or a folder's memory.npz: poses_3d (N,17,3) metres, finite."""
     poses = common.load_npz(path, ["poses_3d"], MEMORY_LAYOUT)["poses_3d"]
     return common.check_array(poses, path, "poses_3d", (None, NJ, 3), MEMORY_LAYOUT)
-
 
 class SafeUnpickler(pickle.Unpickler):
     """Unpickles VideoPose3D's dicts of numpy arrays and refuses every other class: no code runs."""
@@ -163,26 +155,22 @@ class SafeUnpickler(pickle.Unpickler):
             module = module.replace("numpy.core", "numpy._core")
         return super().find_class(module, name)
 
-
 def load_pickled_dict(path, key):
     """VideoPose3D's `key` (a pickled dict subject -> action -> arrays) of an npz, via SafeUnpickler."""
     what = f"'{key}' as VideoPose3D's pickled dict subject -> action -> array(s)"
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: no such file (expected VideoPose3D's Human3.6M npz files here)")
     try:
         with zipfile.ZipFile(path) as zf, zf.open(key + ".npy") as f:
             fp = io.BytesIO(f.read())
         fmt = np.lib.format
         header = fmt.read_array_header_1_0 if fmt.read_magic(fp) == (1, 0) else fmt.read_array_header_2_0
         obj = SafeUnpickler(fp).load() if header(fp)[2].hasobject else None    # None: a plain array
-    except (KeyError, zipfile.BadZipFile, ValueError, pickle.UnpicklingError, EOFError) as e:
+    except (OSError, KeyError, zipfile.BadZipFile, ValueError, pickle.UnpicklingError, EOFError) as e:
         raise InputError(f"{path}: cannot read {what}: {e}") from None
     obj = obj.item() if isinstance(obj, np.ndarray) and obj.shape == () else obj
     if not isinstance(obj, dict) or not all(isinstance(v, dict) for v in obj.values()):
         raise InputError(f"{path}: {key} holds {'a numeric array' if obj is None else type(obj).__name__}; "
                          f"expected {what}")
     return obj
-
 
 def as_numbers(value, path, key, what, dtype=np.float64):
     """A value read from a file as a numeric array; ragged lists or non-numbers are an InputError."""
@@ -192,13 +180,11 @@ def as_numbers(value, path, key, what, dtype=np.float64):
         raise InputError(f"{path}: {key} is not a rectangular array of numbers (lists of unequal length or "
                          f"non-numbers); expected {what}") from None
 
-
 def quat_to_matrix(q):
     w, x, y, z = q
     return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
                      [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
                      [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
-
 
 def load_h36m(folder, keypoints):
     """Human3.6M in VideoPose3D's layout -> train/test splits (S1,S5-S8 / S9,S11) and the memory."""
@@ -209,14 +195,11 @@ def load_h36m(folder, keypoints):
         x2d, cams, y3d, acts = [], [], [], []
         for s in subjects:
             if s not in pos3d or s not in pos2d:
-                raise InputError(f"{p3} / {p2}: subject {s} missing (found {sorted(pos3d)} / "
-                                 f"{sorted(pos2d)})")
+                raise InputError(f"{p3} / {p2}: no subject {s} (found {sorted(pos3d)} / {sorted(pos2d)})")
             for action, world in pos3d[s].items():
                 world = as_numbers(world, p3, f"{s}/{action}", "(N, 32, 3) metres", np.float32)
-                if world.shape[1:] not in ((32, 3), (NJ, 3)):
-                    raise InputError(f"{p3}: {s}/{action} has shape {world.shape}; expected (N, 32, 3)")
-                world = world[:, H36M_KEEP] if world.shape[1] == 32 else world           # (N,17,3) metres
-                common.check_finite(world, p3, f"{s}/{action}", "3D joint positions in metres")
+                world = common.check_array(world[:, H36M_KEEP] if world.shape[1:] == (32, 3) else world, p3,
+                                           f"{s}/{action}", (None, NJ, 3), H36M_3D)     # (N,17,3) metres
                 memory += [world] if role == "train" else []
                 views = pos2d[s].get(action)
                 if not isinstance(views, (list, tuple, np.ndarray)) or len(views) != 4:
@@ -224,23 +207,21 @@ def load_h36m(folder, keypoints):
                 for c, kp in enumerate(views):
                     if s == "S11" and action == "Directions" and c == 0:
                         continue  # a known broken clip, dropped by convention
-                    kp = as_numbers(kp, p2, f"{s}/{action} camera {c}", "(N, 17, 2)", np.float32)[..., :2]
-                    if kp.ndim != 3 or kp.shape[1:] != (NJ, 2):
+                    kp = as_numbers(kp, p2, f"{s}/{action} camera {c}", "(N, 17, 2)", np.float32)
+                    if kp.ndim != 3 or kp.shape[1] != NJ or kp.shape[2] < 2:
                         raise InputError(f"{p2}: {s}/{action} camera {c} has shape {kp.shape}; expected "
                                          f"(N, 17, 2)")
                     n = min(len(kp), len(world))
                     q, t = H36M_EXTRINSICS[s][c][:4], H36M_EXTRINSICS[s][c][4:] / 1000
-                    x2d.append(kp[:n])
+                    x2d.append(kp[:n, :, :2])
                     y3d.append(((world[:n] - t) @ quat_to_matrix(q)).astype(np.float32))  # R^T (X - t)
                     cams.append(np.tile(H36M_INTRINSICS[c].astype(np.float32), (n, 1)))
                     acts += [action.split(" ")[0]] * n
         splits[role] = make_split(p2, np.concatenate(x2d), np.concatenate(cams), np.concatenate(y3d), acts)
     return splits, np.concatenate(memory)
 
-
 def load_data(args, dist):
-    """--data and --memory -> {"train", "val" (or None), "test", "memory" (or None), "memory_src", "name",
-    "action_mean"}; the built-in dataset (tools/pose_builtin.py, a generic folder) without --data."""
+    """--data (without it the built-in folder, tools/pose_builtin.py) and --memory -> splits and memory."""
     path = args.data or common.builtin_dataset(__file__, "pose", "pose_builtin", dist)
     name, action_mean, memory, memory_src = os.path.basename(os.path.normpath(path)), False, None, None
     if os.path.isfile(os.path.join(path, "data_3d_h36m.npz")):
@@ -283,7 +264,6 @@ def normalise_2d(x2d, cam):
     inp = torch.cat([(d / scale[:, None, None]).flatten(1), w, centre], 1)        # (B, 17*2+17+2)
     return inp, xn, vis, scale
 
-
 class Generator(nn.Module):
     """Residual MLP lifter (Martinez et al. 2017 style) with a 2D skip connection: the x, y of each
     joint are the observed normalised 2D coordinates times a predicted size (metres) plus a learned
@@ -311,7 +291,6 @@ class Generator(nn.Module):
         pose = torch.cat([xy, z], -1)
         return pose - pose[:, :1]                                                 # (B,17,3), root at 0
 
-
 def canonicalise(pose):
     """Rotate a pose into its own body frame (x: right->left hip, y: pelvis->thorax, z = x cross y)
     so the discriminator judges the pose, not the camera. A proper rotation: a depth-flipped
@@ -323,7 +302,6 @@ def canonicalise(pose):
     z = torch.cross(x, up, dim=-1)
     R = torch.stack([x, up, z], 1)                                                # (B,3,3) rows
     return p @ R.transpose(1, 2)
-
 
 class Discriminator(nn.Module):
     """MLP on canonical joints, bone vectors and bone lengths: memory pose (1) vs prediction (0)."""
@@ -339,7 +317,6 @@ class Discriminator(nn.Module):
         bones = c[:, 1:] - c[:, self.parents]                                     # (B,16,3)
         feats = torch.cat([c[:, 1:].flatten(1), bones.flatten(1), bones.norm(dim=-1)], 1)
         return self.net(feats).squeeze(1)                                         # (B,) logits
-
 
 def build_nets(args, device):
     """G then D (this order fixes the seeded initialisation)."""
@@ -377,7 +354,6 @@ def reprojection_loss(proj, xn, vis, scale):
     err = ((proj - xn) / scale[:, None, None]).pow(2).sum(-1)                     # (B,17)
     return (err * vis).sum() / vis.sum().clamp_min(1)
 
-
 def d_loss(D, real, fake, gan):
     """Discriminator: memory samples are real, predictions fake (same shapes)."""
     logits = D(torch.cat([real, fake]))
@@ -391,7 +367,6 @@ def d_loss(D, real, fake, gan):
     mix = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
     grad, = torch.autograd.grad(D(mix).sum(), mix, create_graph=True)
     return lf.mean() - lr.mean() + 10 * ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
-
 
 def g_adv_loss(D, fake, gan):
     """Generator's adversarial term: make predictions look like memory samples."""
@@ -410,7 +385,6 @@ def mpjpe(pred, gt):
     """(N,17,3) root-relative metres -> (N,) mean joint error in mm."""
     return 1000 * (pred - gt).norm(dim=-1).mean(-1)
 
-
 def procrustes_align(pred, gt):
     """Align pred to gt with scale, rotation (det = +1: reflections are not allowed, so a depth-flipped
     pose is not 'fixed' by the alignment) and translation. (N,J,3) -> (N,J,3)."""
@@ -424,16 +398,13 @@ def procrustes_align(pred, gt):
     s = (S * Dm.diagonal(dim1=1, dim2=2)).sum(-1) / p0.pow(2).sum((1, 2)).clamp_min(1e-12)
     return s[:, None, None] * p0 @ R.transpose(1, 2) + mg
 
-
 def p_mpjpe(pred, gt):
     return mpjpe(procrustes_align(pred, gt), gt)
-
 
 def n_mpjpe(pred, gt):
     """Error after the least-squares scale s = <pred, gt> / <pred, pred> (root-relative poses)."""
     s = (pred * gt).sum((1, 2)) / pred.pow(2).sum((1, 2)).clamp_min(1e-12)
     return mpjpe(s[:, None, None] * pred, gt)
-
 
 @torch.no_grad()
 def predict(G, x2d, cam, camera, device, batch=4096):
@@ -450,23 +421,18 @@ def predict(G, x2d, cam, camera, device, batch=4096):
     G.train()
     return torch.cat(rel), torch.cat(placed)
 
-
 def evaluate(G, split, camera, device, action_mean):
-    """Metrics of G on a split with 3D ground truth: overall (action-wise mean on H36M, frame mean
-    elsewhere) and per action."""
+    """Metrics of G on a split with 3D ground truth: overall and per action."""
     pred, _ = predict(G, split["x2d"], split["cam"], camera, device)
-    gt = torch.as_tensor(split["y3d"])
-    gt = gt - gt[:, :1]
+    gt = torch.as_tensor(split["y3d"] - split["y3d"][:, :1])                                # root-relative
     errs = {"mpjpe": mpjpe(pred, gt), "p_mpjpe": p_mpjpe(pred, gt), "n_mpjpe": n_mpjpe(pred, gt)}
     actions = sorted(set(split["action"]))
     per_action = {a: {k: float(v[torch.as_tensor(split["action"] == a)].mean()) for k, v in errs.items()}
                   for a in actions}
-    if action_mean:
-        overall = {k: float(np.mean([per_action[a][k] for a in actions])) for k in errs}
-    else:
-        overall = {k: float(v.mean()) for k, v in errs.items()}
+    # overall: the mean over actions on Human3.6M (its protocol), over frames elsewhere
+    overall = {k: float(np.mean([per_action[a][k] for a in actions]) if action_mean else v.mean())
+               for k, v in errs.items()}
     return {**overall, "per_action": per_action}
-
 
 def validate(G, data, args, device):
     """The metrics logged during training: val_* on the validation split, test_* if there is none."""
@@ -475,9 +441,7 @@ def validate(G, data, args, device):
     m = evaluate(G, split, args.camera, device, data["action_mean"]) if split["y3d"] is not None else {}
     return {f"{tag}_{k}": v for k, v in m.items() if k != "per_action"}
 
-
 COLOURS = {"l": (40, 100, 230), "r": (225, 60, 40), "c": (70, 70, 70)}  # left limbs, right limbs, spine
-
 
 def draw_skeleton(canvas, pts, alpha=1.0, radius=1):
     """Rasterise a skeleton, pts (17,2) pixels, into canvas (H,W,3) uint8 in place: discs along each bone."""
@@ -493,10 +457,8 @@ def draw_skeleton(canvas, pts, alpha=1.0, radius=1):
         canvas[y[ok], x[ok]] = (alpha * colour + (1 - alpha) * canvas[y[ok], x[ok]]).astype(np.uint8)
     return canvas
 
-
 def view3d(pose, size=160, yaw=0.0, extent=2.2, ghost=None):
-    """Orthographic picture of a root-relative camera-frame pose (17,3) turned by `yaw` degrees about the
-    camera's vertical axis (0 = the camera's view, 90 = from the side), with an optional faint ghost."""
+    """A pose (17,3) seen orthographically, turned `yaw` degrees about the camera's y (90: from the side)."""
     c, s = np.cos(np.radians(yaw)), np.sin(np.radians(yaw))
     canvas = np.full((size, size, 3), 255, np.uint8)
     canvas[size - 1, :] = canvas[:, 0] = 200
@@ -506,13 +468,11 @@ def view3d(pose, size=160, yaw=0.0, extent=2.2, ghost=None):
             draw_skeleton(canvas, q[:, :2] * size / extent + size / 2, alpha, radius=1 if alpha < 1 else 2)
     return canvas
 
-
 def view2d(x2d, size=160):
     """The 2D input (17,2), fitted into the panel."""
     lo, hi = np.nanmin(x2d, 0), np.nanmax(x2d, 0)
     pts = (x2d - (lo + hi) / 2) * 0.8 * size / max((hi - lo).max(), 1e-6) + size / 2
     return draw_skeleton(np.full((size, size, 3), 255, np.uint8), pts, radius=2)
-
 
 def save_figures(G, split, camera, device, out_dir, n=6):
     """samples.png: fixed test samples, one per row: input 2D | prediction (camera, side) | ground truth
@@ -532,45 +492,40 @@ def save_figures(G, split, camera, device, out_dir, n=6):
 def training_set(args, data, device):
     """What the training draws from, on the device once (each step gathers its rows), checked first."""
     tr, memory, B = data["train"], data["memory"], args.batch_size
+    n_unpaired = B if args.lambda_rec > 0 or args.lambda_adv > 0 else 0
     # the paired subset: the first --paired-frac of the training frames in file order (whole sequences
     # of the first subjects, as when a lab labels a few sessions; cf. the "10% of S1" protocols)
-    n_paired = int(round(args.paired_frac * len(tr["x2d"])))
-    t = {"x2d": torch.as_tensor(tr["x2d"], device=device), "cam": torch.as_tensor(tr["cam"], device=device),
-         "memory": None if memory is None else torch.as_tensor(memory, device=device), "n_paired": n_paired,
-         "use_unpaired": args.lambda_rec > 0 or args.lambda_adv > 0,
-         "use_paired": n_paired > 0 and args.lambda_sup > 0}
-    if not (t["use_unpaired"] or t["use_paired"]):
+    n_paired = int(round(args.paired_frac * len(tr["x2d"]))) if args.lambda_sup > 0 else 0
+    if not (n_unpaired or n_paired):
         raise InputError("nothing to train: set --lambda-rec/--lambda-adv > 0 or --paired-frac and "
                          "--lambda-sup > 0")
-    if t["use_paired"] and tr["y3d"] is None:
+    if n_paired and tr["y3d"] is None:
         raise InputError(f"--paired-frac {args.paired_frac} needs poses_3d in the training data")
-    y3d = torch.as_tensor(tr["y3d"], device=device) if t["use_paired"] else None       # (N,17,3)
-    t["y_rel"] = None if y3d is None else y3d - y3d[:, :1]                              # root-relative
     if args.lambda_adv > 0 and memory is None:
         raise InputError(f"--data {args.data} brings no 3D memory: pass --memory, {MEMORY_LAYOUT}")
     if args.lambda_adv > 0 and len(memory) < B:
         raise InputError(f"--memory {data['memory_src']}: {len(memory)} poses, fewer than --batch-size {B}; "
                          f"pass a larger --memory or a smaller --batch-size")
-    return t
-
+    y3d = torch.as_tensor(tr["y3d"][:n_paired], device=device) if n_paired else None   # (Np,17,3)
+    return {**{k: torch.as_tensor(tr[k], device=device) for k in ("x2d", "cam")},      # (N,17,2), (N,4)
+            "memory": None if memory is None else torch.as_tensor(memory, device=device),   # (M,17,3)
+            "n_unpaired": n_unpaired, "y_rel": None if y3d is None else y3d - y3d[:, :1]}   # root-relative
 
 def draw_batch(data, gen, args, dist):
     """The global batch, drawn alike on every rank from `gen`; each rank keeps its slice. Returns
     the 2D rows (unpaired first, then paired) with their cameras, memory poses, paired 3D targets."""
-    t, B = data["train_set"], args.batch_size
+    t, B, nu = data["train_set"], args.batch_size, data["train_set"]["n_unpaired"]
 
     def draw(n):
         return torch.randint(n, (B * dist.world,), generator=gen)[dist.rank * B:(dist.rank + 1) * B]
 
     iu = draw(len(t["x2d"]))
     im = draw(len(t["memory"])) if t["memory"] is not None else None
-    ip = draw(t["n_paired"]) if t["use_paired"] else iu[:0]
-    nu = B if t["use_unpaired"] else 0
+    ip = draw(len(t["y_rel"])) if t["y_rel"] is not None else iu[:0]
     rows = torch.cat([iu[:nu], ip])
     return {"x2d": t["x2d"][rows], "cam": t["cam"][rows], "n_unpaired": nu,             # (nu+Bp,17,2)
             "real": t["memory"][im] if im is not None else None,                        # (B,17,3)
-            "y3d": t["y_rel"][ip] if t["use_paired"] else None}                         # (Bp,17,3)
-
+            "y3d": t["y_rel"][ip] if t["y_rel"] is not None else None}                  # (Bp,17,3)
 
 def train_step(nets, opts, batch, args, dist, step):
     """One D step, then one G step. Returns the losses (0 where a term is switched off)."""
@@ -604,7 +559,6 @@ def train_step(nets, opts, batch, args, dist, step):
         losses["loss_sup"] = loss_sup.item()
     common.optimiser_step(opts["G"], loss_g, dist, G)                        # plumbing: the G update
     return losses
-
 
 def train(args, dist, data, nets, opts, state, run_dir):
     """D and G steps for --steps in total; every --eval-every steps: checkpoint, then validate."""
@@ -648,28 +602,25 @@ def train(args, dist, data, nets, opts, state, run_dir):
 KEYPOINTS_LAYOUT = ("'keypoints' (N,17,2 or 3) pixels in H36M-17 or COCO-17 order, plus 'camera' "
                     "(fx, fy, cx, cy) or 'image_size' (w, h)")
 
-
 def load_keypoints(path, order):
-    """--predict FILE, npz or JSON (KEYPOINTS_LAYOUT): a 3rd keypoint column is a confidence (0 = missing);
-    with image_size, f = max(w, h) and the centre is the middle. -> a split without 3D."""
+    """--predict FILE, npz or JSON (KEYPOINTS_LAYOUT) -> a split without 3D."""
     z = common.read_json(path, KEYPOINTS_LAYOUT) if path.endswith(".json") else common.load_npz(path, ())
     if not (isinstance(z, dict) and {"keypoints", "poses_2d"} & set(z) and {"camera", "image_size"} & set(z)):
         raise InputError(f"{path}: found {sorted(z) if isinstance(z, dict) else type(z).__name__}; expected "
                          f"{KEYPOINTS_LAYOUT}")
     kp = as_numbers(z.get("keypoints", z.get("poses_2d")), path, "'keypoints'", KEYPOINTS_LAYOUT)
     kp = kp[None] if kp.ndim == 2 else kp                                                  # (N,17,2|3)
-    if kp.ndim != 3 or kp.shape[1] != 17 or kp.shape[2] not in (2, 3):
+    if kp.ndim != 3 or kp.shape[1] != NJ or kp.shape[2] not in (2, 3):
         raise InputError(f"{path}: keypoints have shape {kp.shape}; expected {KEYPOINTS_LAYOUT}")
-    kp = np.where(kp[..., 2:] > 0, kp[..., :2], np.nan) if kp.shape[2] == 3 else kp
+    kp = np.where(kp[..., 2:] > 0, kp[..., :2], np.nan) if kp.shape[2] == 3 else kp   # confidence 0: missing
     if (order or str(z.get("layout", "h36m")).lower()) == "coco":  # H36M joint = mean of its COCO joints
         kp = np.stack([kp[:, idx].mean(1) for idx in COCO_TO_H36M], 1)
     key = "camera" if "camera" in z else "image_size"
-    v = as_numbers(z[key], path, f"'{key}'", KEYPOINTS_LAYOUT)
-    shape = ((4,) if v.ndim == 1 else (None, 4)) if key == "camera" else (2,)
-    v = common.check_array(v, path, key, shape, KEYPOINTS_LAYOUT)
-    cam = v if key == "camera" else np.array([max(v), max(v), v[0] / 2, v[1] / 2], np.float32)
-    return make_split(path, kp.astype(np.float32), cam)
-
+    cam = as_numbers(z[key], path, f"'{key}'", KEYPOINTS_LAYOUT)
+    if key == "image_size":  # f = max(w, h), the principal point in the middle
+        w, h = common.check_array(cam, path, key, (2,), KEYPOINTS_LAYOUT)
+        cam = np.array([max(w, h), max(w, h), w / 2, h / 2], np.float32)
+    return make_split(path, kp, cam, what=KEYPOINTS_LAYOUT)
 
 def run_predict(args, dist, G, run_dir):
     """Lift --predict's keypoints: predictions.npz/.json (camera-frame poses) and predictions.png."""
@@ -690,7 +641,6 @@ def run_predict(args, dist, G, run_dir):
 SCRIPT = "pose_aign"
 ARCH = ("hidden", "blocks", "camera")                  # args a checkpoint fixes: G's shape, the renderer
 
-
 def main(argv=None):
     args = get_args(argv)
     dist = common.Dist(args.device)
@@ -700,8 +650,9 @@ def main(argv=None):
     common.seed_everything(args.seed, args.deterministic)    # same seed on every rank: same init
     run_dir = common.make_run_dir(args, SCRIPT, dist)        # eval-only/predict get their own folder
     nets = build_nets(args, dist.device)
-    if args.predict:
+    if args.predict or args.eval_only:
         common.load_weights(nets["G"], state["nets"]["G"], args.resume, "G")
+    if args.predict:
         if dist.main:
             run_predict(args, dist, nets["G"], run_dir)
         return
@@ -710,7 +661,6 @@ def main(argv=None):
     common.log(f"data {data['name']}: {len(data['train']['x2d'])} train 2D, {n_mem} memory 3D, "
                f"{len(data['test']['x2d'])} test; run folder {run_dir}", dist)
     if args.eval_only:
-        common.load_weights(nets["G"], state["nets"]["G"], args.resume, "G")
         stats = {"eval_only": True, "checkpoint": os.path.abspath(args.resume), "step": state["step"]}
     else:
         data["train_set"] = training_set(args, data, dist.device)
