@@ -129,7 +129,7 @@ def pick_device(name, local_rank=0):
     if device.type not in ("cpu", "cuda"):
         raise InputError(f"--device {name}: only cpu and cuda are supported")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {name}: CUDA is not available on this machine (torch {torch.__version__})")
+        raise InputError(f"--device {name}: CUDA is not available here (torch {torch.__version__})")
     return device
 
 
@@ -392,7 +392,8 @@ def rng_state():
     """All global RNG states as plain values/tensors (loadable with weights_only=True)."""
     np_state = np.random.get_state()
     state = {"python": repr(random.getstate()),
-             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
+             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
+                       *map(float, np_state[2:])],
              "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -526,7 +527,8 @@ def load_npz(path, required=(), what="an npz file"):
         raise InputError(f"{path}: holds pickled objects, which are not loaded for safety "
                          f"(expected {what}; {e})") from None
     except Exception as e:
-        raise InputError(f"{path}: cannot be read as .npz (expected {what}; {type(e).__name__}: {e})") from None
+        raise InputError(f"{path}: cannot be read as .npz (expected {what}; "
+                         f"{type(e).__name__}: {e})") from None
     missing = [k for k in required if k not in data]
     if missing:
         raise InputError(f"{path}: missing key(s) {missing}; found {sorted(data)} (expected {what})")
@@ -554,7 +556,8 @@ def check_array(arr, path, key, shape, what):
         want = "(" + ", ".join("N" if s is None else str(s) for s in shape) + ")"
         raise InputError(f"{path}: '{key}' has shape {arr.shape} and dtype {arr.dtype}; expected numbers "
                          f"of shape {want} ({what})")
-    arr = arr.astype(np.float32)
+    with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, reported just below
+        arr = arr.astype(np.float32)
     check_finite(arr, path, key, what)
     return arr
 
@@ -639,7 +642,12 @@ def builtin_dataset(script_file, name, builder, dist_state, **build_kwargs):
     line saying how to get data."""
     path = os.path.join(cache_dir(name), "builtin")
     if dist_state.main and not os.path.isdir(path):
-        module = load_tool(script_file, builder, "no --data given: the built-in dataset")
+        tool = os.path.join(os.path.dirname(os.path.abspath(script_file)), "tools", builder + ".py")
+        if not os.path.isfile(tool):
+            raise InputError(f"no --data given and the built-in dataset's builder {tool} is not here: pass "
+                             f"--data (layouts: python3 {os.path.basename(script_file)} --help, README) or "
+                             f"run from a clone of the aign repository")
+        module = load_tool(script_file, builder, "the built-in dataset")
         tmp = f"{path}.tmp{os.getpid()}"
         module.build(tmp, **build_kwargs)
         try:

@@ -81,7 +81,6 @@ def get_args(argv=None):
             raise InputError(msg)
     return args
 
-
 def glue_negated(argv, flags):
     """`--bias -Male` reads as two flags to argparse: glue a negated attribute to its flag."""
     for i in range(len(argv := list(argv)) - 1, 0, -1):
@@ -104,7 +103,6 @@ def read_rgb(path):
         raise InputError(f"{path}: expected an 8-bit RGB image (H, W, 3), found {img.dtype} {img.shape}")
     return img
 
-
 def to_square(img, size):
     """(H, W, 3) uint8 -> center square crop resized to (3, size, size) uint8 (antialiased)."""
     (h, w), s = img.shape[:2], min(img.shape[:2])
@@ -114,7 +112,6 @@ def to_square(img, size):
         img = np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((size, size), Image.BICUBIC))
     return torch.from_numpy(np.array(img, np.uint8)).permute(2, 0, 1).contiguous()  # (3, size, size)
 
-
 def list_images(folder):
     if not os.path.isdir(folder):
         raise InputError(f"{folder}: no such folder (expected a folder of RGB face images)")
@@ -123,11 +120,9 @@ def list_images(folder):
         raise InputError(f"{folder}: no images found (expected {'/'.join(IMAGE_EXT)} face images)")
     return files
 
-
 def load_images(files, size, what, show):
     return torch.stack([to_square(read_rgb(f), size)  # (N, 3, size, size) uint8
                         for f in tqdm(files, desc=f"reading {what}", disable=not show, leave=False)])
-
 
 def read_rows(path, allowed, attrs=False):
     """A CelebA list: `filename v1 .. vn` rows with every v in `allowed`, after a count line and a line of
@@ -142,12 +137,10 @@ def read_rows(path, allowed, attrs=False):
             raise InputError(f"{path}:{i}: expected {what}, v in {{{', '.join(allowed)}}}; found {r[:4]}")
     return names, [r[0] for r in rows], np.array([r[1:] for r in rows]).reshape(-1, n)
 
-
 def read_celeba_attrs(path):
     """list_attr_celeba.txt: count; attribute names; `file v1..vA` rows with v in {1, -1}."""
     names, files, vals = read_rows(path, ("1", "-1"), attrs=True)
     return files, names, torch.from_numpy(vals == "1")
-
 
 def load_data(args, dist):
     """--data, or the built-in faces (built once into $AIGN_CACHE by tools/face_builtin.py)."""
@@ -156,7 +149,6 @@ def load_data(args, dist):
     common.log(f"faces: {len(data['inputs'])} generator inputs, {len(data['mem'])} memory "
                f"({args.memory or args.bias or 'all faces'}), {len(data['test'])} test", dist)
     return data
-
 
 def load_faces(args, root, show):
     """Read --data (CelebA layout or a plain folder) and --memory as uint8 (N, 3, S, S) aligned faces; split
@@ -210,7 +202,6 @@ def load_faces(args, root, show):
                 test_labels=None if judged is None else torch.from_numpy(judged[test]),
                 judge_data=None if judged is None else (hr[train], torch.from_numpy(judged[train])))
 
-
 def to_float(u8):
     """uint8 (B, 3, H, W) -> float in [-1, 1], the generator's and discriminator's range."""
     return u8.float() / 127.5 - 1
@@ -226,7 +217,6 @@ class ResBlock(nn.Module):
 
     def forward(self, x):  # (B, c, h, w) -> (B, c, h, w)
         return x + self.body(x)
-
 
 class SRGenerator(nn.Module):
     """Paper-style SR net, sized for a CPU: conv + ReLU, residual trunk, conv-BN + long skip, then
@@ -254,7 +244,6 @@ class SRGenerator(nn.Module):
         f = f + self.trunk(f)
         return bicubic(x, self.scale) + self.rgb(self.up(f))
 
-
 class InpaintGenerator(nn.Module):
     """Encoder (to S/4) + dilated residual blocks + decoder. Input: masked face and mask (4 channels);
     the output fills only the hole: y = m * x + (1 - m) * G(x)."""
@@ -275,7 +264,6 @@ class InpaintGenerator(nn.Module):
     def forward(self, x, m):  # x (B, 3, S, S) masked face, m (B, 1, S, S) -> raw fill (B, 3, S, S)
         return self.net(torch.cat([x, m], 1))
 
-
 class Discriminator(nn.Module):
     """Strided 5x5 convs (LeakyReLU 0.2) down to 4x4, then a linear logit. No BatchNorm (the
     paper's D has it): real and fake share one forward pass, and wgan-gp needs per-sample D."""
@@ -292,7 +280,6 @@ class Discriminator(nn.Module):
     def forward(self, y):  # (B, 3, S, S) -> (B,) logits
         return self.fc(self.conv(y).flatten(1))[:, 0]
 
-
 def build_nets(args, device):
     """{"G", "D"}; G has BatchNorm, D has none."""
     G = (SRGenerator(args.scale, args.channels, args.blocks) if args.task == "sr"
@@ -307,11 +294,9 @@ def render_sr(y, scale):
     """Downsampling renderer: k x k average pooling, stride k. (B, 3, H, W) -> (B, 3, H/k, W/k)."""
     return F.avg_pool2d(y, scale)
 
-
 def render_inpaint(y, mask):
     """Masking renderer: keep the visible pixels. y (B, 3, S, S), mask (B, 1, S, S) in {0, 1}."""
     return y * mask
-
 
 def box_masks(n, size, region, shifts):
     """(n, 1, S, S) masks: 1 = visible, 0 = hidden box of `region`, shifted by shifts (n, 2) pixels."""
@@ -322,7 +307,6 @@ def box_masks(n, size, region, shifts):
     in_x = (ys[None, None, :] >= x0 + dx) & (ys[None, None, :] < x1 + dx)  # (n, 1, S)
     return (~(in_y & in_x)).float()[:, None]
 
-
 def make_input(args, hr, shifts):
     """Ground-truth faces (B, 3, S, S) in [-1, 1] -> (generator input x, mask or None); x = P(y)."""
     if args.task == "sr":
@@ -330,11 +314,9 @@ def make_input(args, hr, shifts):
     mask = box_masks(len(hr), args.size, args.region, shifts)
     return render_inpaint(hr, mask), mask
 
-
 def generate(G, args, x, mask):
     """The full prediction G(x): a face (B, 3, S, S); for inpainting only the hole is filled."""
     return G(x) if args.task == "sr" else x * mask + (1 - mask) * G(x, mask)
-
 
 def bicubic(x, scale):
     """Bicubic upsampling (B, 3, h, w) -> (B, 3, h*k, w*k): the SR baseline and G's starting point."""
@@ -357,7 +339,6 @@ def d_loss(D, real, fake, gan):
     grad, = torch.autograd.grad(D(mix).sum(), mix, create_graph=True)
     return lf.mean() - lr.mean() + 10 * ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
 
-
 def g_adv_loss(D, fake, gan):
     """Generator's adversarial term: make predictions look like memory samples."""
     logits = D(fake)
@@ -367,12 +348,10 @@ def g_adv_loss(D, fake, gan):
         return 0.5 * ((logits - 1) ** 2).mean()
     return -logits.mean()
 
-
 def rec_loss(args, raw, x, mask):
     """l_rec(P(G(x)), x). For inpainting the composite matches x on the visible pixels by
     construction, so the masking renderer is applied to G's raw output (B, 3, S, S)."""
     return F.mse_loss(render_sr(raw, args.scale) if args.task == "sr" else render_inpaint(raw, mask), x)
-
 
 def sup_loss(raw, hr, paired):
     """||G(x) - y||^2 over the paired faces of the batch (paired: (B,) bool); 0 if there are none."""
@@ -386,7 +365,6 @@ def psnr(a, b):
     images, 6.02 dB too low); identical images give 100 dB."""
     mse = ((a.double() - b.double()) ** 2).flatten(1).mean(1).clamp_min(1e-10)
     return 10 * torch.log10(1 / mse)
-
 
 def ssim(a, b):
     """Per-image SSIM of (B, C, H, W) images in [0, 1]: 11x11 Gaussian window (sigma 1.5), valid
@@ -402,14 +380,12 @@ def ssim(a, b):
     m = (2 * mu_a * mu_b + c1) * (2 * s_ab + c2) / ((mu_a ** 2 + mu_b ** 2 + c1) * (s_aa + s_bb + c2))
     return m.flatten(1).mean(1)
 
-
 def smooth_fill(x, mask, iters=200):
     """Inpainting baseline: diffuse the hole's border colours inward (repeated 3x3 averaging)."""
     y = x + (1 - mask) * (x * mask).sum((2, 3), keepdim=True) / mask.sum((2, 3), keepdim=True)
     for _ in range(iters):
         y = x * mask + (1 - mask) * F.avg_pool2d(F.pad(y, (1, 1, 1, 1), mode="replicate"), 3, 1)
     return y
-
 
 class CNNJudge(nn.Module):
     """Small attribute classifier on 32x32 faces, trained on held-out labelled faces (never on G)."""
@@ -430,7 +406,6 @@ class CNNJudge(nn.Module):
     def has(self, u8, attr):
         """(N, 3, H, W) uint8 -> (N,) bool: judged to have `attr` (the one attribute it was trained on)."""
         return torch.cat([self(u8[i:i + 256]) for i in range(0, len(u8), 256)]) > 0
-
 
 def make_judge(args, data, state):
     """The judge. Built before restore_training, with its own seed: the run's RNG stays exact. The
@@ -455,11 +430,9 @@ def make_judge(args, data, state):
         common.optimiser_step(opt, loss)                              # rank 0 only: no all-reduce
     return judge.eval()
 
-
 def u8_of(y):
     """(..., 3, H, W) in [-1, 1] -> uint8 in [0, 255]."""
     return ((y.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-
 
 class TestSet:
     """Fixed test inputs (inpainting boxes unshifted), the baseline's metrics, the judge's rate on truth."""
@@ -503,7 +476,6 @@ class TestSet:
                  for j, k in enumerate(("input", "baseline", "output", "gt"))})
         return {**self.metrics(y), **self.base_metrics}
 
-
 def summary(record):
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
 
@@ -522,7 +494,6 @@ def draw_batch(data, gen, args, dist):
             "mem": to_float(data["mem"][midx[sl]]).to(dist.device),  # (B, 3, S, S) memory faces
             "shifts": shifts[sl].to(dist.device),  # (B, 2)
             "paired": (idx[sl] < data["n_paired"]).to(dist.device)}  # (B,) ground truth may be used
-
 
 def train_step(nets, opts, batch, args, dist, step):
     """One D step, then one G step. G's BatchNorm statistics are per rank (no DDP buffer sync): each
@@ -544,7 +515,6 @@ def train_step(nets, opts, batch, args, dist, step):
     common.optimiser_step(opts["G"], loss_g, dist, G)
     return {"loss_d": loss_d.item(), "loss_rec": loss_rec.item(), "loss_adv": loss_adv.item(),
             "loss_sup": loss_sup.item()}
-
 
 def train(args, dist, data, nets, opts, state, run_dir):
     """D and G steps for --steps in total; every --eval-every steps: checkpoint, then validate."""

@@ -6,7 +6,7 @@ with P a parameter-free perspective camera and D telling memory poses from predi
 
 Results card (built-in test split, P-MPJPE mm, seeds 0-2, 3000 steps; commands, hardware: docs/pose.md):
 AIGN unpaired (default) 53.5 ± 0.8; AIGN + 5% paired 52.1 ± 0.4; supervised-only on the same 5% 70.4 ± 0.7;
-reprojection only (no prior) 112.9 ± 0.0; supervised on 100% (bound) 42.0 ± 0.7. Default run: 108 s, 2 cores.
+reprojection only (no prior) 112.9 ± 0.0; supervised on 100% (bound) 42.0 ± 0.7. Default: 108 s, 2 cores.
 
 Usage:
     python3 pose_aign.py                                     # unpaired AIGN on the built-in data
@@ -116,7 +116,8 @@ def make_split(path, x2d, cam, y3d=None, action=None, what=NPZ_LAYOUT):
     cam = common.check_array(cam, path, "camera", (4,) if cam.ndim == 1 else (None, 4), what)
     y3d = None if y3d is None else common.check_array(y3d, path, "poses_3d", (None, NJ, 3), what)
     n, cam = len(x2d), np.broadcast_to(cam, (len(x2d), 4)) if cam.ndim == 1 else cam
-    if len(cam) != n or (y3d is not None and len(y3d) != n) or (action is not None and len(action) != n):
+    lengths = [len(cam)] + ([len(y3d)] if y3d is not None else [])
+    if any(k != n for k in lengths) or (action is not None and np.shape(action) != (n,)):
         raise InputError(f"{path}: arrays disagree on the number of frames N ({what})")
     if not np.all(cam[:, :2] > 0):
         raise InputError(f"{path}: camera focal lengths must be finite and positive (fx fy cx cy); found "
@@ -135,7 +136,10 @@ def load_pose_npz(path):
     """Generic npz (see NPZ_LAYOUT) -> (split, subject array or None)."""
     z = common.load_npz(path, ["poses_2d", "camera"], NPZ_LAYOUT)
     split = make_split(path, z["poses_2d"], z["camera"], z.get("poses_3d"), z.get("action"))
-    return split, (z["subject"].astype(str) if "subject" in z else None)
+    subject = z["subject"].astype(str) if "subject" in z else None
+    if subject is not None and subject.shape != (len(split["x2d"]),):
+        raise InputError(f"{path}: 'subject' has shape {subject.shape}; expected (N,) strings ({NPZ_LAYOUT})")
+    return split, subject
 
 def load_memory(path):
     """--memory, or a folder's memory.npz: poses_3d (N,17,3) metres, finite."""

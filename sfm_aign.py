@@ -103,7 +103,6 @@ def read_image(path, hw, dtype=np.uint8):
         x = F.interpolate(x, size=hw, mode="bilinear", align_corners=False)
     return x[0].round().clamp(0, 255).to(torch.uint8), img.shape[:2]
 
-
 def read_intrinsics(path, key=None):
     """intrinsics.txt ('fx fy cx cy' or a 3x3 K) -> K (3,3); with key, the left 3x3 of the 3x4 P on the
     KITTI calibration line 'key: ...' ('P_rect_02' in calib_cam_to_cam.txt, 'P2' in calib.txt)."""
@@ -127,7 +126,6 @@ def read_intrinsics(path, key=None):
         raise InputError(f"{path}: intrinsics fx={K[0, 0]:g}, fy={K[1, 1]:g}; expected finite fx, fy > 0")
     return K
 
-
 def rescale_K(K, sx, sy):
     """Intrinsics for an image resized by (sx, sy), pixel centres at integer coordinates:
     u' = (u + 0.5) * sx - 0.5, so fx' = fx * sx and cx' = (cx + 0.5) * sx - 0.5."""
@@ -135,7 +133,6 @@ def rescale_K(K, sx, sy):
     K[0, 0], K[0, 1], K[0, 2] = K[0, 0] * sx, K[0, 1] * sx, (K[0, 2] + 0.5) * sx - 0.5
     K[1, 1], K[1, 2] = K[1, 1] * sy, (K[1, 2] + 0.5) * sy - 0.5
     return K
-
 
 def read_poses(path, n=None):
     """KITTI odometry format: one line per frame, 12 numbers, row-major 3x4 camera-to-world [R|t]."""
@@ -151,14 +148,12 @@ def read_poses(path, n=None):
                          f"orthonormal: |R^T R - I| = {err[bad[0]]:.3g}); expected camera-to-world [R|t]")
     return P
 
-
 def read_depth(path, size):
     """depth/<frame>.npy (float metres, 0 = invalid) or a 16-bit PNG in millimetres -> float32 (h,w)."""
     what = f"a depth map of size {size}: float metres (.npy) or 16-bit millimetres (.png)"
     if path.endswith(".npy"):
         return common.check_array(common.load_npy(path, what), path, "depth", size, what)
     return common.check_array(read_image(path, None, np.uint16) / 1e3, path, "depth", size, what)
-
 
 def gt_depth(seq, i, hw=None):
     """Frame i's GT map (h,w) (read again from its file, or the --gt-depth array); with hw, (1,H,W) at
@@ -168,10 +163,8 @@ def gt_depth(seq, i, hw=None):
         d = read_depth(d, seq["size"])
     return d if hw is None else F.interpolate(torch.from_numpy(d)[None, None], size=hw, mode="nearest")[0]
 
-
 def list_files(folder, ext=(".png", ".jpg", ".jpeg")):
     return sorted(p for p in glob.glob(os.path.join(folder, "*")) if p.lower().endswith(ext))
-
 
 def make_sequence(name, paths, K, poses_path, hw, depth_dir=None):
     """Read one sequence frame by frame at the training size hw; rescale K with it."""
@@ -193,7 +186,6 @@ def make_sequence(name, paths, K, poses_path, hw, depth_dir=None):
     return dict(name=name, images=images, size=sizes[0], depth=depth,
                 poses=read_poses(poses_path, len(paths)) if os.path.exists(poses_path) else None,
                 K=rescale_K(K, hw[1] / sizes[0][1], hw[0] / sizes[0][0]))
-
 
 def load_sequences(root, hw):
     """The sequences of root in its layout: KITTI odometry, KITTI raw, or generic sequence folders."""
@@ -220,7 +212,6 @@ def load_sequences(root, hw):
     return [make_sequence(os.path.basename(d), list_files(os.path.join(d, images)), K, poses, hw, depth)
             for d, images, K, poses, depth in found]
 
-
 def attach_gt_depth(seqs, path):
     """Eigen-style GT: depth maps (at the frames' size) for listed frames '<sequence> <frame index>'."""
     what = "'depth' (N,H,W) metres at the frames' size and 'frames' (N,) '<sequence> <frame index>'"
@@ -238,7 +229,6 @@ def attach_gt_depth(seqs, path):
                              "and its frames' size")
         s["depth"][int(idx)] = d
 
-
 def load_memory(root, hw, max_depth):
     """The unpaired memory (sequences not trained on): depth maps at the training size (M,1,H,W), invalid
     -> max depth, and the two motions t->t-1, t->t+1 of every triplet of their poses (Q,12)."""
@@ -255,7 +245,6 @@ def load_memory(root, hw, max_depth):
     if not depths and not motions:
         raise InputError(f"--memory {root}: expected <seq>/depth/*.npy|png and/or <seq>/poses.txt: none")
     return (torch.stack(depths) if depths else None), (torch.cat(motions).float() if motions else None)
-
 
 def load_data(args, dist):
     """{train, test[, val]: sequences, mem_depth, mem_motion} from --data (or the built-in streets)."""
@@ -282,7 +271,6 @@ def load_data(args, dist):
 def conv(cin, cout, stride=1):
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.ELU())
 
-
 class DepthNet(nn.Module):
     """U-Net: frame (B,3,H,W) -> depth (B,1,H,W) = 1 / a sigmoid disparity in [1/max_depth, 1/min_depth],
     so always positive and finite. No net has batch norm or dropout: train and eval modes are the same."""
@@ -307,7 +295,6 @@ class DepthNet(nn.Module):
         disp = self.min_disp + (self.max_disp - self.min_disp) * torch.sigmoid(x)
         return 1.0 / disp  # (B, 1, H, W) metres
 
-
 class PoseNet(nn.Module):
     """Frames t-1, t, t+1 on channels (B,9,H,W) -> the motions t->t-1, t->t+1 (B,2,6): axis-angle (rad)
     and translation (m). As in SfMLearner; small output scales start near the identity."""
@@ -322,7 +309,6 @@ class PoseNet(nn.Module):
         x = torch.cat([prev, target, nxt], 1)
         return self.net((x - 0.45) / 0.225).mean((2, 3)).view(-1, 2, 6) * self.scale  # (B, 2, 6)
 
-
 class PatchD(nn.Module):
     """Depth-map discriminator: log-depth (B,1,H,W) -> a grid of real/fake logits (B,1,h,w)."""
 
@@ -336,7 +322,6 @@ class PatchD(nn.Module):
 
     def forward(self, depth):  # (B, 1, H, W) metres
         return self.net(torch.log(depth) - math.log(10.0))
-
 
 class MotionD(nn.Module):
     """Camera-motion discriminator: the two motions of a triplet (B,12) (t->t-1, t->t+1) -> logits
@@ -355,7 +340,6 @@ class MotionD(nn.Module):
 
     def forward(self, motions):  # (B, 12)
         return self.net((motions - self.mean) / self.std)
-
 
 def build_nets(args, device):
     nets = {"depth_net": DepthNet(args.min_depth, args.max_depth), "pose_net": PoseNet(),
@@ -378,7 +362,6 @@ def axis_angle_to_matrix(r):
     Kx = torch.stack([o, -z, y, z, o, -x, -y, x, o], -1).reshape(*r.shape[:-1], 3, 3)
     return torch.eye(3, dtype=r.dtype, device=r.device) + a * Kx + b * (Kx @ Kx)
 
-
 def matrix_to_pose6(T):
     """(..., 4, 4) rigid transforms -> (..., 6) axis-angle + translation (rotations well below pi)."""
     R = T[..., :3, :3]
@@ -389,7 +372,6 @@ def matrix_to_pose6(T):
     fac = torch.where(th < 1e-6, torch.full_like(th, 0.5), th / (2 * torch.sin(th).clamp(min=1e-12)))
     return torch.cat([vee * fac, T[..., :3, 3]], -1)
 
-
 def pose6_to_matrix(p):
     """(..., 6) -> (..., 4, 4)."""
     T = torch.zeros(*p.shape[:-1], 4, 4, dtype=p.dtype, device=p.device)
@@ -397,7 +379,6 @@ def pose6_to_matrix(p):
     T[..., :3, 3] = p[..., 3:]
     T[..., 3, 3] = 1
     return T
-
 
 def inverse_warp(source, depth, pose6, K):
     """Rebuild the target frame from a source frame.
@@ -435,12 +416,10 @@ def ssim_dissimilarity(x, y):
     ssim = (2 * mx * my + c1) * (2 * sxy + c2) / ((mx ** 2 + my ** 2 + c1) * (sx + sy + c2))
     return ((1 - ssim) / 2).clamp(0, 1)
 
-
 def photometric_error(pred, target):
     """The renderer's reconstruction error per pixel (B,1,H,W): 0.85 (1-SSIM)/2 + 0.15 L1."""
     return 0.85 * ssim_dissimilarity(pred, target).mean(1, keepdim=True) + \
         0.15 * (pred - target).abs().mean(1, keepdim=True)
-
 
 def reconstruction_loss(tgt, srcs, depth, pose, K):
     """Warp both sources (b,2,3,H,W) into the target (b,3,H,W) with the predicted depth (b,1,H,W) and
@@ -454,7 +433,6 @@ def reconstruction_loss(tgt, srcs, depth, pose, K):
     seen = err < 1e3
     return (err * seen).sum() / seen.sum().clamp(min=1)
 
-
 def smoothness(depth, img):
     """Edge-aware smoothness of mean-normalised disparity: flat where the image is flat."""
     disp = 1 / depth
@@ -464,12 +442,10 @@ def smoothness(depth, img):
     iy = (img[..., 1:, :] - img[..., :-1, :]).abs().mean(1, keepdim=True)
     return (dx * torch.exp(-ix)).mean() + (dy * torch.exp(-iy)).mean()
 
-
 def supervised_loss(depth, pose, gt_d, gt_pose):
     """Paired frames: L1 of log-depth on valid GT pixels (b,1,H,W) + L1 of the two motions (b,2,6)."""
     v = gt_d > 0
     return (depth[v].log() - gt_d[v].log()).abs().mean() + (pose - gt_pose).abs().mean()
-
 
 def d_loss(D, real, fake, gan):
     """Discriminator: memory samples are real, predictions fake (same shapes)."""
@@ -484,7 +460,6 @@ def d_loss(D, real, fake, gan):
     mix = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
     grad, = torch.autograd.grad(D(mix).sum(), mix, create_graph=True)
     return lf.mean() - lr.mean() + 10 * ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
-
 
 def g_adv_loss(D, fake, gan):
     """Generator's adversarial term: make predictions look like memory samples."""
@@ -508,14 +483,12 @@ def depth_metrics(pred, gt):
             "a1": (thresh < 1.25).float().mean().item(), "a2": (thresh < 1.25 ** 2).float().mean().item(),
             "a3": (thresh < 1.25 ** 3).float().mean().item()}
 
-
 def ate_snippet(gt_xyz, pred_xyz):
     """SfMLearner's ATE: align the first positions, fit one scale by least squares, then
     sqrt(sum ||error||^2) / N (not an RMSE; the form every peer reports). (N,3) each."""
     pred = pred_xyz + (gt_xyz[0] - pred_xyz[0])
     scale = (gt_xyz * pred).sum() / (pred ** 2).sum().clamp(min=1e-12)
     return ((pred * scale - gt_xyz) ** 2).sum().sqrt().item() / len(gt_xyz)
-
 
 @torch.no_grad()
 def predict_sequence(nets, images, device, chunk=32):
@@ -533,7 +506,6 @@ def predict_sequence(nets, images, device, chunk=32):
     for r in torch.linalg.inv(step):  # camera i+1 in the frame of camera i
         poses.append(poses[-1] @ r)
     return torch.cat(depth), torch.stack(poses)
-
 
 def evaluate(nets, seqs, args, device):
     """Depth metrics (unscaled and per-image median-scaled) on every frame with GT depth, at the GT's
@@ -568,7 +540,6 @@ def evaluate(nets, seqs, args, device):
             "ate_no_scale": float(np.mean(ates_metric)) if ates else None,
             "depth_frames": len(rows), "ate_snippets": len(ates)}
 
-
 def summary(res, step):
     """evaluate's results as one log line."""
     text, d, m = f"step {step}", res["depth"], res["depth_median_scaled"]
@@ -578,7 +549,6 @@ def summary(res, step):
     if res["ate"] is not None:
         text += f" | ATE {res['ate']:.4f} ± {res['ate_std']:.4f} (no scale fit {res['ate_no_scale']:.4f})"
     return text
-
 
 def validate(nets, data, args, device, step):
     """Periodic metrics on val/ if the data has one (val_*), else on the test split (test_*)."""
@@ -593,20 +563,17 @@ def validate(nets, data, args, device, step):
             flat[f"{split}_{k}"] = v
     return flat
 
-
 def colorize(v):
     """(H,W) values in [0,1] -> (H,W,3) colours by piecewise-linear interpolation of CMAP."""
     v = np.clip(np.asarray(v, dtype=np.float64), 0, 1) * (len(CMAP) - 1)
     i = np.minimum(np.floor(v).astype(int), len(CMAP) - 2)
     return CMAP[i] * (1 - (v - i)[..., None]) + CMAP[i + 1] * (v - i)[..., None]
 
-
 def depth_color(d, args):
     """Log-depth colours on a fixed range (comparable across steps and runs); 0 = invalid -> black."""
     d = np.asarray(d, dtype=np.float64)
     v = np.log(args.max_depth / np.maximum(d, 1e-3)) / np.log(args.max_depth / args.min_depth)
     return np.where(d[..., None] > 0, colorize(v), 0.0)
-
 
 @torch.no_grad()
 def write_figures(run_dir, nets, test, args, device, n=4, size=320):
@@ -679,7 +646,6 @@ def training_set(data, args, device):
     return dict(out, paired=torch.tensor(idx, device=device), gt_depth=torch.stack(gt_d).to(device),
                 gt_pose=torch.stack(gt_pose).float().to(device))
 
-
 def draw_batch(data, gen, args, dist):
     """The *global* batch drawn from one generator seeded alike on every rank; this rank keeps its
     slice (a run is the same at any world size and resumes exactly). Unpaired triplets come first."""
@@ -701,7 +667,6 @@ def draw_batch(data, gen, args, dist):
         mem = data[k] if args.lambda_adv > 0 else None
         batch[k] = None if mem is None else mem[draw(len(mem))]
     return batch
-
 
 def train_step(nets, opts, batch, args, dist, step):
     """One AIGN update: the discriminators first, then DepthNet + PoseNet against the updated ones."""
@@ -732,7 +697,6 @@ def train_step(nets, opts, batch, args, dist, step):
     common.optimiser_step(opts["G"], loss_g, dist, nets["depth_net"], nets["pose_net"])
     return {"loss_d": loss_d.item(), "loss_rec": loss_rec.item(), "loss_adv": loss_adv.item(),
             "loss_sup": loss_sup.item(), "loss_smooth": loss_smooth.item()}
-
 
 def train(args, dist, data, nets, opts, state, run_dir):
     """D and G steps for --steps in total; every --eval-every steps: checkpoint, then validate."""
