@@ -15,18 +15,10 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import common  # noqa: E402
+from tools.bvh_to_memory import euler_matrix  # noqa: E402  (the BVH reader's rotations)
 
 NJ = 17  # H36M-17 (VideoPose3D order), as in pose_aign.py
 PARENTS = [-1, 0, 1, 2, 0, 4, 5, 0, 7, 8, 9, 8, 11, 12, 8, 14, 15]
-
-
-def euler_matrix(axis, deg):
-    """(F,) degrees -> (F, 3, 3) rotation about 'X', 'Y' or 'Z'."""
-    a = np.radians(deg)
-    c, s, o, z = np.cos(a), np.sin(a), np.ones_like(a), np.zeros_like(a)
-    m = {"X": [[o, z, z], [z, c, -s], [z, s, c]], "Y": [[c, z, s], [z, o, z], [-s, z, c]],
-         "Z": [[c, -s, z], [s, c, z], [z, z, o]]}[axis]
-    return np.moveaxis(np.array(m), [0, 1], [-2, -1])
 
 
 # Rest pose in a body frame: Y up, X = the subject's left, Z = forward. Unit bone directions; the

@@ -13,8 +13,6 @@ run bce001_p5_s10 --lambda-adv 0.01 --paired-frac 0.05 --lambda-sup 10 &
 run ls02_p5_s10 --gan lsgan --lambda-adv 0.2 --paired-frac 0.05 --lambda-sup 10 &
 run sup100 --lambda-rec 0 --lambda-adv 0 --paired-frac 1 &
 run rec_p5 --lambda-adv 0 --paired-frac 0.05 &
-run sup5_n2 --lambda-rec 0 --lambda-adv 0 --paired-frac 0.05 --noise-2d 3 &
-run bce001_p5_n2 --lambda-adv 0.01 --paired-frac 0.05 --noise-2d 3 &
 run bce001 --lambda-adv 0.01 &
 run ls02 --gan lsgan --lambda-adv 0.2 &
 run bce001_p10 --lambda-adv 0.01 --paired-frac 0.1 &
