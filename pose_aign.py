@@ -6,7 +6,7 @@ with P a parameter-free perspective camera and D telling memory poses from predi
 
 Results card (built-in test split, P-MPJPE mm, seeds 0-2, 3000 steps; commands, hardware: docs/pose.md):
 AIGN unpaired (default) 53.5 ± 0.8; AIGN + 5% paired 52.1 ± 0.4; supervised-only on the same 5% 70.4 ± 0.7;
-reprojection only (no prior) 112.9 ± 0.0; supervised on 100% (bound) 42.0 ± 0.7. Default: 108 s, 2 cores.
+reprojection only (no prior) 112.9 ± 0.0; supervised on 100% (bound) 42.0 ± 0.7. Default: 94 s, 2 cores.
 
 Usage:
     python3 pose_aign.py                                     # unpaired AIGN on the built-in data

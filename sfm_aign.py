@@ -10,7 +10,7 @@ abs_rel unscaled / median-scaled, ATE m; details, commands and hardware: docs/sf
     seeds 0-2, old G-then-D order (9ba0a00): photometric only 0.887 / 0.322, 0.105; supervised only
     on 5% pairs 0.268 / 0.272, 0.059; AIGN (default) 0.347 / 0.362, 0.047; AIGN + 5% 0.265 / 0.278, 0.062.
     This code (D step first since issue 10), AIGN seeds 0-2: 0.350 / 0.372, 0.046 (seed 0: 0.338 / 0.360;
-    old code seed 0: 0.352 / 0.374); runs without the adversarial term are bit-identical to the old code.
+    old code seed 0: 0.352 / 0.374; 1 thread); default run with 2 threads: 0.327 / 0.349, 188 s.
 The memory recovers metric scale; AIGN + 5% pairs only ties supervised-only.
 
     python3 sfm_aign.py                      # unpaired AIGN on the built-in procedural streets
