@@ -235,9 +235,14 @@ _BOOKKEEPING = {"args.json", "versions.json", "command.txt", "run.lock"}
 
 def _remove_unused_run_dirs():
     import shutil
-    for path in _NEW_RUN_DIRS:
+    for path, top in _NEW_RUN_DIRS:  # top: the outermost folder that making `path` created
         if os.path.isdir(path) and set(os.listdir(path)) <= _BOOKKEEPING:
             shutil.rmtree(path, ignore_errors=True)
+            while path != top and os.path.isdir(os.path.dirname(path)):
+                path = os.path.dirname(path)
+                if os.listdir(path):
+                    break
+                os.rmdir(path)
 
 
 def release_lock():
@@ -303,8 +308,11 @@ def make_run_dir(args, script, dist_state):
     if os.path.exists(out) and not os.path.isdir(out):
         raise InputError(f"--out {out}: is a file; expected a run folder (new or existing)")
     if dist_state.main:
+        top = os.path.abspath(out)
+        while not os.path.exists(os.path.dirname(top)):
+            top = os.path.dirname(top)
         if not os.path.exists(out):
-            _NEW_RUN_DIRS.append(out)
+            _NEW_RUN_DIRS.append((os.path.abspath(out), top))
         try:
             os.makedirs(out, exist_ok=True)
         except OSError as e:

@@ -141,7 +141,7 @@ def test_to_uint8_keeps_uint8_and_scales_floats():
 
 def test_a_bad_input_leaves_no_empty_run_folder(tmp_path):
     """A run stopped by a bad input right after creating its folder removes that folder again."""
-    out = tmp_path / "new"
+    out = tmp_path / "runs" / "new"
     code = ("import sys, argparse; sys.path.insert(0, %r); import common\n"
             "p = common.add_common_args(argparse.ArgumentParser(), steps=1, batch_size=1, lr=1, eval_every=1)\n"
             "def main():\n"
@@ -150,4 +150,4 @@ def test_a_bad_input_leaves_no_empty_run_folder(tmp_path):
             "common.run_main(main)" % (os.path.dirname(common.__file__), str(out)))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.strip() == "error: --data x: no such file", proc.stderr
-    assert not out.exists()
+    assert not out.exists() and not out.parent.exists()
