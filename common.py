@@ -37,7 +37,6 @@ def run_main(main):
         main()
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
-        release_lock()
         _remove_unused_run_dirs()
         sys.exit(2)
     finally:
@@ -187,11 +186,7 @@ class Dist:
     def any(self, flag):
         """True on every rank if it is True on any rank: a stop request that reached one process
         stops all of them at the same step (no rank waits forever in a collective)."""
-        if self.world == 1:
-            return bool(flag)
-        t = torch.tensor([float(flag)], device=self._comm)
-        dist.all_reduce(t)
-        return t.item() > 0
+        return self.mean(float(flag)) > 0
 
     def mean(self, value):
         """Mean of a float over ranks (for logging losses)."""
@@ -257,39 +252,35 @@ def release_lock():
 def acquire_lock(run_dir):
     """One run per folder: run.lock holds host and pid; a lock of a process that is gone is taken over."""
     path = os.path.join(run_dir, "run.lock")
-    me = f"{socket.gethostname()} {os.getpid()}"
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                with open(path) as f:
-                    host, pid = f.read().split()
-                alive = host != socket.gethostname() or _pid_alive(int(pid))
-            except (OSError, ValueError):
-                alive = False  # unreadable or half-written: a crashed run's leftover
-            if alive:
-                raise InputError(f"--out {run_dir}: another run (host {host}, pid {pid}) is using this "
-                                 f"folder; wait for it, choose another --out, or delete {path} if that "
-                                 f"run is gone") from None
-            os.remove(path)
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(me)
-        _LOCK.append(path)
-        atexit.register(release_lock)
-        return
-    raise InputError(f"--out {run_dir}: cannot take the folder's lock {path}")
-
-
-def _pid_alive(pid):
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        holder = _lock_holder(path)
+        if holder:
+            raise InputError(f"--out {run_dir}: another run (host {holder[0]}, pid {holder[1]}) is using "
+                             f"this folder; wait for it, choose another --out, or delete {path} if that "
+                             f"run is gone") from None
+        os.remove(path)
+        return acquire_lock(run_dir)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{socket.gethostname()} {os.getpid()}")
+    _LOCK.append(path)
+    atexit.register(release_lock)
+
+
+def _lock_holder(path):
+    """(host, pid) of the run holding this lock, or None if that process is gone (or the file is a
+    crashed run's unreadable leftover). Another host's lock is taken as held."""
+    try:
+        with open(path) as f:
+            host, pid = f.read().split()
+        if host == socket.gethostname():
+            os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
+    except PermissionError:  # it exists, under another user
+        pass
+    except (OSError, ValueError):  # ProcessLookupError included
+        return None
+    return host, pid
 
 
 def make_run_dir(args, script, dist_state):
@@ -362,6 +353,11 @@ class MetricsLog:
         if self.enabled:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record, default=float) + "\n")
+
+
+def format_record(record):
+    """{name: value} -> 'name=value ...' for log lines (floats to 4 significant digits)."""
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
 
 
 def log(msg, dist_state=None):
@@ -629,14 +625,13 @@ def cache_dir(name):
     return path
 
 
-def load_tool(script_file, name, needed_for):
+def load_tool(script_file, name, hint):
     """Import tools/<name>.py from beside the script (the repository's data builders and optional
-    instruments, which a copied script may lack): the module, or one line saying what is missing."""
+    instruments, which a copied script may lack): the module, or one line ending in `hint`."""
     import importlib.util
     tool = os.path.join(os.path.dirname(os.path.abspath(script_file)), "tools", name + ".py")
     if not os.path.isfile(tool):
-        raise InputError(f"{needed_for} needs {tool}, which is not here: run from a clone of the aign "
-                         f"repository (see `python3 {os.path.basename(script_file)} --help`)")
+        raise InputError(f"{tool} is not here: {hint}")
     spec = importlib.util.spec_from_file_location(name, tool)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -650,12 +645,9 @@ def builtin_dataset(script_file, name, builder, dist_state, **build_kwargs):
     line saying how to get data."""
     path = os.path.join(cache_dir(name), "builtin")
     if dist_state.main and not os.path.isdir(path):
-        tool = os.path.join(os.path.dirname(os.path.abspath(script_file)), "tools", builder + ".py")
-        if not os.path.isfile(tool):
-            raise InputError(f"no --data given and the built-in dataset's builder {tool} is not here: pass "
-                             f"--data (layouts: python3 {os.path.basename(script_file)} --help, README) or "
-                             f"run from a clone of the aign repository")
-        module = load_tool(script_file, builder, "the built-in dataset")
+        module = load_tool(script_file, builder, f"no --data given, and the built-in dataset needs this "
+                           f"builder: pass --data (layouts: python3 {os.path.basename(script_file)} --help, "
+                           f"README) or run from a clone of the aign repository")
         tmp = f"{path}.tmp{os.getpid()}"
         module.build(tmp, **build_kwargs)
         try:

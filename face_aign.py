@@ -83,7 +83,8 @@ def get_args(argv=None):
 
 def glue_negated(argv, flags):
     """`--bias -Male` reads as two flags to argparse: glue a negated attribute to its flag."""
-    for i in range(len(argv := list(argv)) - 1, 0, -1):
+    argv = list(argv)
+    for i in range(len(argv) - 1, 0, -1):
         if argv[i - 1] in flags and argv[i][:1] == "-" and argv[i][1:2] != "-":
             argv[i - 1:i + 1] = [f"{argv[i - 1]}={argv[i]}"]
     return argv
@@ -411,7 +412,8 @@ def make_judge(args, data, state):
     """The judge. Built before restore_training, with its own seed: the run's RNG stays exact. The
     ONNX age/gender judge (optional packages) lives with the built-in faces it labelled, in tools/."""
     if args.judge == "onnx":
-        return common.load_tool(__file__, "face_builtin", "--judge onnx (cnn and none do not)").OnnxJudge()
+        tool = common.load_tool(__file__, "face_builtin", "--judge onnx needs it (cnn and none do not)")
+        return tool.OnnxJudge()
     if args.judge != "cnn":
         return None
     with torch.random.fork_rng():
@@ -475,10 +477,6 @@ class TestSet:
         np.savez(os.path.join(run_dir, "samples.npz"), **{k: np.stack([common.to_uint8(r[j]) for r in rows])
                  for j, k in enumerate(("input", "baseline", "output", "gt"))})
         return {**self.metrics(y), **self.base_metrics}
-
-def summary(record):
-    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
-
 
 # ----------------------------------------------------------------------------------------------
 # Training
@@ -545,7 +543,7 @@ def train(args, dist, data, nets, opts, state, run_dir):
             if dist.main:  # no validation split: the test faces are evaluated (test_*), as in the paper
                 record.update({f"test_{k}": v for k, v in test.evaluate(nets["G"], run_dir, done).items()})
                 metrics.write(record)
-                common.log(summary(record))
+                common.log(common.format_record(record))
             dist.barrier()
             sums, n, t0 = {}, 0, time.perf_counter()
             if stopping:
@@ -592,7 +590,8 @@ def main(argv=None):
     data["testset"] = test = None
     if dist.main:  # the judge is built (or trained) before restore_training restores the RNG state
         test = data["testset"] = TestSet(args, data, make_judge(args, data, state), dist.device)
-        common.log(f"judge: {args.judge} on {args.judge_attr}; baseline: " + summary(test.base_metrics))
+        common.log(f"judge: {args.judge} on {args.judge_attr}; baseline: "
+                   + common.format_record(test.base_metrics))
     info = {"task": args.task, "bias": args.bias, "memory": args.memory, "paired_frac": args.paired_frac,
             "judge": args.judge, "judge_attr": args.judge_attr, "baseline": test and test.base_name,
             "world": dist.world, "n_inputs": len(data["inputs"]), "n_memory": len(data["mem"]),
@@ -605,7 +604,7 @@ def main(argv=None):
     if dist.main and "stopped" not in info:
         m = test.evaluate(nets["G"], run_dir, info.get("step", args.steps))
         common.write_json(os.path.join(run_dir, "results.json"), {**m, **info})
-        common.log(summary(m) + f"\nresults in {run_dir}/results.json")
+        common.log(common.format_record(m) + f"\nresults in {run_dir}/results.json")
 
 
 if __name__ == "__main__":

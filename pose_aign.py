@@ -590,8 +590,7 @@ def train(args, dist, data, nets, opts, state, run_dir):
             if dist.main:
                 record.update(validate(nets["G"], data, args, dist.device))
                 metrics.write(record)
-                common.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                    for k, v in record.items()), dist)
+                common.log(common.format_record(record), dist)
             dist.barrier()
             sums, n, t0 = {}, 0, time.perf_counter()
             if stopping:

@@ -4,10 +4,7 @@ import time
 
 import torch
 
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from common import sync  # the tools put the repository root on sys.path before importing this
 
 
 def count_flops(fn):

@@ -221,8 +221,7 @@ def throughput(args):
            "versions": common.versions()}
     if dist.main:
         common.write_json(os.path.join(args.out, "bench.json"), out)
-        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in out.items()
-                       if k != "versions"))
+        print(common.format_record({k: v for k, v in out.items() if k != "versions"}))
 
 
 def main():
