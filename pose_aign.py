@@ -69,11 +69,18 @@ H36M_CAMERAS = np.array("""
 -0.15300633 0.12552583 2083.1824 -4912.173 1561.0786 0.14943229 -0.15650228 0.7681234 -0.60263044
 -1609.8153 5177.336 1537.8967 0.58942515 -0.7818877 0.13991211 -0.14715362 -1590.738 -3854.169 1578.0176
 """.split(), np.float32).astype(np.float64)
+# Lens distortion of cameras 0-3 (the same public constants): radial k1 k2 k3, tangential p1 p2.
+H36M_DISTORTION = np.array("""
+-0.20709892 0.24777518 -0.0030751503 -0.0009756989 -0.0014244716 -0.19421363 0.24040854 0.0068199756
+-0.0016190266 -0.0027408944 -0.20833819 0.25548801 -0.0024604974 0.001484387 -0.00075999933 -0.19838409
+0.21832368 -0.0089478074 -0.00058720558 -0.0018133620
+""".split(), np.float32).astype(np.float64).reshape(4, 5)                         # (camera, k1 k2 k3 p1 p2)
 H36M_INTRINSICS = H36M_CAMERAS[:16].reshape(4, 4)                                  # (camera, fx fy cx cy)
 H36M_EXTRINSICS = dict(zip(H36M_TRAIN + H36M_TEST, H36M_CAMERAS[16:].reshape(7, 4, 7)))  # (camera, q t)
 H36M_3D = "VideoPose3D's 3D joints in metres: all 32, (N, 32, 3), or the 17 kept"
-NPZ_LAYOUT = ("poses_2d (N,17,2) pixels, camera (4,) or (N,4) = fx fy cx cy; optional poses_3d (N,17,3) "
-              "metres in camera coordinates, subject/action (N,) strings; H36M-17 joint order")
+NPZ_LAYOUT = ("poses_2d (N,17,2) pixels, camera (4,) or (N,4) = fx fy cx cy; optional distortion (5,) or "
+              "(N,5) = k1 k2 k3 p1 p2 (VideoPose3D's lens model), poses_3d (N,17,3) metres in camera "
+              "coordinates, subject/action (N,) strings; H36M-17 joint order")
 MEMORY_LAYOUT = "an npz with poses_3d (N,17,3) metres, H36M-17 order (BVH -> npz: tools/bvh_to_memory.py)"
 
 
@@ -106,17 +113,22 @@ def get_args(argv=None):
 # ----------------------------------------------------------------------------------------------
 # Data
 # Every source ends as the same split dicts: {"x2d": (N,17,2) pixels, NaN = missing joint; "cam": (N,4)
-# fx fy cx cy; "y3d": (N,17,3) metres in camera coordinates or None; "action": (N,) str}, plus the
+# fx fy cx cy; "dist": (N,5) k1 k2 k3 p1 p2 or None (a pinhole); "y3d": (N,17,3) metres in camera
+# coordinates or None; "action": (N,) str}, plus the
 # memory (M,17,3) of 3D poses in any frame (the discriminator canonicalises the rotation).
-def make_split(path, x2d, cam, y3d=None, action=None, what=NPZ_LAYOUT):
-    """Every loader's arrays, checked: shapes, one N, finite positive focal lengths; NaN (not inf) = a gap."""
+def make_split(path, x2d, cam, y3d=None, action=None, what=NPZ_LAYOUT, dist=None):
+    """Every loader's arrays, checked: shapes, one N, finite positive focal lengths and distortion;
+    NaN (not inf) = a gap."""
     common.check_array(np.nan_to_num(x2d) if x2d.dtype.kind == "f" else x2d, path, "poses_2d",
                        (None, NJ, 2), what)                                   # the shape (NaN, inf: below)
     x2d = x2d.astype(np.float32)
     cam = common.check_array(cam, path, "camera", (4,) if cam.ndim == 1 else (None, 4), what)
     y3d = None if y3d is None else common.check_array(y3d, path, "poses_3d", (None, NJ, 3), what)
     n, cam = len(x2d), np.broadcast_to(cam, (len(x2d), 4)) if cam.ndim == 1 else cam
-    lengths = [len(cam)] + ([len(y3d)] if y3d is not None else [])
+    if dist is not None:
+        dist = common.check_array(dist, path, "distortion", (5,) if np.ndim(dist) == 1 else (None, 5), what)
+        dist = np.broadcast_to(dist, (n, 5)) if dist.ndim == 1 else dist
+    lengths = [len(cam)] + [len(a) for a in (y3d, dist) if a is not None]
     if any(k != n for k in lengths) or (action is not None and np.shape(action) != (n,)):
         raise InputError(f"{path}: arrays disagree on the number of frames N ({what})")
     if not np.all(cam[:, :2] > 0):
@@ -130,12 +142,14 @@ def make_split(path, x2d, cam, y3d=None, action=None, what=NPZ_LAYOUT):
         raise InputError(f"{path}: {len(dead)} frame(s) have no valid 2D joint (all NaN), e.g. frame "
                          f"{dead[0]}; drop them or mark only the missing joints as NaN")
     action = np.array(["all"] * n) if action is None else np.asarray(action).astype(str)
-    return {"x2d": np.ascontiguousarray(x2d), "cam": np.ascontiguousarray(cam), "y3d": y3d, "action": action}
+    return {"x2d": np.ascontiguousarray(x2d), "cam": np.ascontiguousarray(cam), "y3d": y3d, "action": action,
+            "dist": None if dist is None else np.ascontiguousarray(dist)}
 
 def load_pose_npz(path):
     """Generic npz (see NPZ_LAYOUT) -> (split, subject array or None)."""
     z = common.load_npz(path, ["poses_2d", "camera"], NPZ_LAYOUT)
-    split = make_split(path, z["poses_2d"], z["camera"], z.get("poses_3d"), z.get("action"))
+    split = make_split(path, z["poses_2d"], z["camera"], z.get("poses_3d"), z.get("action"),
+                       dist=z.get("distortion"))
     subject = z["subject"].astype(str) if "subject" in z else None
     if subject is not None and subject.shape != (len(split["x2d"]),):
         raise InputError(f"{path}: 'subject' has shape {subject.shape}; expected (N,) strings ({NPZ_LAYOUT})")
@@ -196,7 +210,7 @@ def load_h36m(folder, keypoints):
     pos3d, pos2d = load_pickled_dict(p3, "positions_3d"), load_pickled_dict(p2, "positions_2d")
     splits, memory = {}, []
     for role, subjects in (("train", H36M_TRAIN), ("test", H36M_TEST)):
-        x2d, cams, y3d, acts = [], [], [], []
+        x2d, cams, dists, y3d, acts = [], [], [], [], []
         for s in subjects:
             if s not in pos3d or s not in pos2d:
                 raise InputError(f"{p3} / {p2}: no subject {s} (found {sorted(pos3d)} / {sorted(pos2d)})")
@@ -220,8 +234,10 @@ def load_h36m(folder, keypoints):
                     x2d.append(kp[:n, :, :2])
                     y3d.append(((world[:n] - t) @ quat_to_matrix(q)).astype(np.float32))  # R^T (X - t)
                     cams.append(np.tile(H36M_INTRINSICS[c].astype(np.float32), (n, 1)))
+                    dists.append(np.tile(H36M_DISTORTION[c].astype(np.float32), (n, 1)))
                     acts += [action.split(" ")[0]] * n
-        splits[role] = make_split(p2, np.concatenate(x2d), np.concatenate(cams), np.concatenate(y3d), acts)
+        splits[role] = make_split(p2, np.concatenate(x2d), np.concatenate(cams), np.concatenate(y3d), acts,
+                                  dist=np.concatenate(dists))
     return splits, np.concatenate(memory)
 
 def load_data(args, dist):
@@ -254,16 +270,18 @@ def load_data(args, dist):
 
 # ----------------------------------------------------------------------------------------------
 # Networks
-def normalise_2d(x2d, cam):
+def normalise_2d(x2d, cam, dist=None):
     """Pixels -> the generator's scale-free input.
-    x2d (B,17,2) pixels with NaN for missing joints, cam (B,4) -> (inp (B,53), xn (B,17,2) normalised
-    camera coordinates (x-cx)/fx, vis (B,17) bool, scale (B,) RMS 2D size of the person)."""
+    x2d (B,17,2) pixels with NaN for missing joints, cam (B,4), dist (B,5) or None -> (inp (B,53),
+    xn (B,17,2) observed normalised camera coordinates (x-cx)/fx, vis (B,17) bool, scale (B,) RMS 2D
+    size of the person). G sees the undistorted coordinates (a pinhole view of the person)."""
     vis = torch.isfinite(x2d).all(-1)                                             # (B,17)
     xn = torch.where(vis[..., None], (x2d - cam[:, None, 2:]) / cam[:, None, :2], 0.0)
+    xu = xn if dist is None else undistort(xn, dist)                              # (B,17,2) pinhole
     w = vis.float()
-    mean = (xn * w[..., None]).sum(1) / w.sum(1, keepdim=True)                    # (B,2)
-    centre = torch.where(vis[:, :1], xn[:, 0], mean)                              # pelvis if seen
-    d = (xn - centre[:, None]) * w[..., None]                                     # (B,17,2)
+    mean = (xu * w[..., None]).sum(1) / w.sum(1, keepdim=True)                    # (B,2)
+    centre = torch.where(vis[:, :1], xu[:, 0], mean)                              # pelvis if seen
+    d = (xu - centre[:, None]) * w[..., None]                                     # (B,17,2)
     scale = ((d ** 2).sum((1, 2)) / w.sum(1)).sqrt().clamp_min(1e-6)              # (B,)
     inp = torch.cat([(d / scale[:, None, None]).flatten(1), w, centre], 1)        # (B, 17*2+17+2)
     return inp, xn, vis, scale
@@ -329,13 +347,33 @@ def build_nets(args, device):
 
 # ----------------------------------------------------------------------------------------------
 # Renderer
-# P places the root-relative pose in front of the camera and projects it.
-def place_and_project(pose, xn, vis, camera="perspective"):
+# P places the root-relative pose in front of the camera, projects it and applies the lens distortion.
+def distort(xy, dist):
+    """VideoPose3D's Human3.6M lens model on normalised coordinates: xy (B,J,2) = (X/Z, Y/Z), clamped
+    to [-1, 1]; dist (B,5) = k1 k2 k3 p1 p2 -> xy (1 + k1 r^2 + k2 r^4 + k3 r^6 + p.xy) + p r^2."""
+    xy = xy.clamp(-1, 1)
+    k, p = dist[:, None, :3], dist[:, None, 3:]                                   # (B,1,3), (B,1,2)
+    r2 = xy.pow(2).sum(-1, keepdim=True)                                          # (B,J,1)
+    radial = 1 + (k * torch.cat([r2, r2 ** 2, r2 ** 3], -1)).sum(-1, keepdim=True)
+    return xy * (radial + (p * xy).sum(-1, keepdim=True)) + p * r2
+
+def undistort(xd, dist, iters=20):
+    """The inverse of distort by fixed-point iteration, for observations (B,J,2) (no gradient)."""
+    k, p, xu = dist[:, None, :3], dist[:, None, 3:], xd
+    for _ in range(iters):  # xd = xu (radial + p.xu) + p r^2  ->  xu = (xd - p r^2) / (radial + p.xu)
+        r2 = xu.pow(2).sum(-1, keepdim=True)
+        radial = 1 + (k * torch.cat([r2, r2 ** 2, r2 ** 3], -1)).sum(-1, keepdim=True)
+        xu = (xd - p * r2) / (radial + (p * xu).sum(-1, keepdim=True))
+    return xu
+
+def place_and_project(pose, xn, vis, camera="perspective", dist=None):
     """The AIGN renderer for poses. pose (B,17,3) root-relative metres, xn (B,17,2) observed
-    normalised coordinates, vis (B,17). The translation t = (tx, ty, tz) that best places the pose
-    is solved in closed form (linear least squares over visible joints: x_j (Z_j + tz) = X_j + tx
-    for perspective, x_j tz = X_j + tx for weak perspective), so the renderer has no parameters.
-    Returns projected normalised coordinates (B,17,2) and t (B,3)."""
+    normalised coordinates, vis (B,17), dist (B,5) or None. The translation t = (tx, ty, tz) that best
+    places the pose is solved in closed form on the undistorted observations (linear least squares
+    over visible joints: x_j (Z_j + tz) = X_j + tx for perspective, x_j tz = X_j + tx for weak
+    perspective), so the renderer has no parameters. Returns projected normalised coordinates
+    (B,17,2), distorted like the observations, and t (B,3)."""
+    xn = xn if dist is None else undistort(xn, dist)                              # (B,17,2) pinhole
     X, Y, Z = pose.unbind(-1)                                                     # (B,17) each
     zj = Z if camera == "perspective" else torch.zeros_like(Z)
     w = vis.to(pose.dtype)
@@ -348,7 +386,7 @@ def place_and_project(pose, xn, vis, camera="perspective"):
     t = torch.linalg.solve(lhs, (Aw.transpose(1, 2) @ b[..., None]))[..., 0]      # (B,3)
     depth = (zj + t[:, 2:3]).clamp_min(1e-2)                                      # (B,17) > 0
     proj = torch.stack([X + t[:, :1], Y + t[:, 1:2]], -1) / depth[..., None]      # (B,17,2)
-    return proj, t
+    return (proj if dist is None else distort(proj, dist)), t
 
 
 # ----------------------------------------------------------------------------------------------
@@ -410,25 +448,40 @@ def n_mpjpe(pred, gt):
     s = (pred * gt).sum((1, 2)) / pred.pow(2).sum((1, 2)).clamp_min(1e-12)
     return mpjpe(s[:, None, None] * pred, gt)
 
+def pixel_error(proj, x2d, cam):
+    """Mean distance (pixels) between rendered normalised coordinates (N,17,2) and the observed
+    keypoints x2d (N,17,2) over the observed joints."""
+    err = ((proj - (x2d - cam[:, None, 2:]) / cam[:, None, :2]) * cam[:, None, :2]).norm(dim=-1)   # (N,17)
+    return float(err[torch.isfinite(err)].mean())
+
 @torch.no_grad()
-def predict(G, x2d, cam, camera, device, batch=4096):
-    """(N,17,2) pixels, (N,4) -> root-relative poses (N,17,3) and placed camera-frame poses (N,17,3)."""
+def predict(G, x2d, cam, camera, device, dist=None, batch=4096):
+    """(N,17,2) pixels, (N,4), (N,5) or None -> root-relative poses (N,17,3), placed camera-frame
+    poses (N,17,3) and their rendering P(G(x)) in normalised coordinates (N,17,2)."""
     G.eval()
-    rel, placed = [], []
+    rel, placed, proj = [], [], []
     for i in range(0, len(x2d), batch):
-        xb = torch.as_tensor(x2d[i:i + batch], device=device)                      # (b,17,2)
-        inp, xn, vis, _ = normalise_2d(xb, torch.as_tensor(cam[i:i + batch], device=device))
+        xb, cb = (torch.as_tensor(a[i:i + batch], device=device) for a in (x2d, cam))   # (b,17,2), (b,4)
+        db = None if dist is None else torch.as_tensor(dist[i:i + batch], device=device)  # (b,5)
+        inp, xn, vis, _ = normalise_2d(xb, cb, db)
         pose = G(inp)
-        _, t = place_and_project(pose, xn, vis, camera)
+        pr, t = place_and_project(pose, xn, vis, camera, db)
         rel.append(pose.cpu())
         placed.append((pose + t[:, None]).cpu())
+        proj.append(pr.cpu())
     G.train()
-    return torch.cat(rel), torch.cat(placed)
+    return torch.cat(rel), torch.cat(placed), torch.cat(proj)
 
 def evaluate(G, split, camera, device, action_mean):
-    """Metrics of G on a split with 3D ground truth: overall and per action."""
-    pred, _ = predict(G, split["x2d"], split["cam"], camera, device)
+    """Metrics of G on a split with 3D ground truth: overall and per action, plus the cameras' check
+    gt_reproj_px (the renderer's projection of the ground-truth 3D vs the given 2D, pixels) and
+    reproj_px (the same for the placed predictions)."""
+    pred, _, proj = predict(G, split["x2d"], split["cam"], camera, device, split["dist"])
     gt = torch.as_tensor(split["y3d"] - split["y3d"][:, :1])                                # root-relative
+    x2d, cam, y3d = (torch.as_tensor(split[k]) for k in ("x2d", "cam", "y3d"))
+    xy = y3d[..., :2] / y3d[..., 2:]                                                 # (N,17,2) pinhole
+    xy = xy if split["dist"] is None else distort(xy, torch.as_tensor(split["dist"]))
+    px = {"gt_reproj_px": pixel_error(xy, x2d, cam), "reproj_px": pixel_error(proj, x2d, cam)}
     errs = {"mpjpe": mpjpe(pred, gt), "p_mpjpe": p_mpjpe(pred, gt), "n_mpjpe": n_mpjpe(pred, gt)}
     actions = sorted(set(split["action"]))
     per_action = {a: {k: float(v[torch.as_tensor(split["action"] == a)].mean()) for k, v in errs.items()}
@@ -436,7 +489,7 @@ def evaluate(G, split, camera, device, action_mean):
     # overall: the mean over actions on Human3.6M (its protocol), over frames elsewhere
     overall = {k: float(np.mean([per_action[a][k] for a in actions]) if action_mean else v.mean())
                for k, v in errs.items()}
-    return {**overall, "per_action": per_action}
+    return {**overall, **px, "per_action": per_action}
 
 def validate(G, data, args, device):
     """The metrics logged during training: val_* on the validation split, test_* if there is none."""
@@ -482,7 +535,8 @@ def save_figures(G, split, camera, device, out_dir, n=6):
     """samples.png: fixed test samples, one per row: input 2D | prediction (camera, side) | ground truth
     (camera, side); turntable.gif: the first prediction turning around, the ground truth as a ghost."""
     idx = np.linspace(0, len(split["x2d"]) - 1, n).astype(int)
-    pred = predict(G, split["x2d"][idx], split["cam"][idx], camera, device)[0].numpy()      # (n,17,3)
+    lens = None if split["dist"] is None else split["dist"][idx]
+    pred = predict(G, split["x2d"][idx], split["cam"][idx], camera, device, lens)[0].numpy()  # (n,17,3)
     gt = split["y3d"][idx] - split["y3d"][idx][:, :1] if split["y3d"] is not None else [None] * n
     rows = [[view2d(split["x2d"][i]), view3d(p), view3d(p, yaw=90)]
             + ([view3d(g), view3d(g, yaw=90)] if g is not None else []) for i, p, g in zip(idx, pred, gt)]
@@ -512,6 +566,7 @@ def training_set(args, data, device):
                          f"pass a larger --memory or a smaller --batch-size")
     y3d = torch.as_tensor(tr["y3d"][:n_paired], device=device) if n_paired else None   # (Np,17,3)
     return {**{k: torch.as_tensor(tr[k], device=device) for k in ("x2d", "cam")},      # (N,17,2), (N,4)
+            "dist": None if tr["dist"] is None else torch.as_tensor(tr["dist"], device=device),  # (N,5)
             "memory": None if memory is None else torch.as_tensor(memory, device=device),   # (M,17,3)
             "n_unpaired": n_unpaired, "y_rel": None if y3d is None else y3d - y3d[:, :1]}   # root-relative
 
@@ -528,13 +583,15 @@ def draw_batch(data, gen, args, dist):
     ip = draw(len(t["y_rel"])) if t["y_rel"] is not None else iu[:0]
     rows = torch.cat([iu[:nu], ip])
     return {"x2d": t["x2d"][rows], "cam": t["cam"][rows], "n_unpaired": nu,             # (nu+Bp,17,2)
+            "dist": None if t["dist"] is None else t["dist"][rows],                     # (nu+Bp,5)
             "real": t["memory"][im] if im is not None else None,                        # (B,17,3)
             "y3d": t["y_rel"][ip] if t["y_rel"] is not None else None}                  # (Bp,17,3)
 
 def train_step(nets, opts, batch, args, dist, step):
     """One D step, then one G step. Returns the losses (0 where a term is switched off)."""
     G, D, nu = nets["G"], nets["D"], batch["n_unpaired"]
-    inp, xn, vis, scale = normalise_2d(batch["x2d"], batch["cam"])           # G's input, the observations
+    lens = None if batch["dist"] is None else batch["dist"][:nu]              # the lens distortion, if any
+    inp, xn, vis, scale = normalise_2d(batch["x2d"], batch["cam"], batch["dist"])  # G's input, observations
     losses = dict.fromkeys(("loss_d", "loss_rec", "loss_adv", "loss_sup"), 0.0)
     if args.lambda_adv > 0:
         with torch.no_grad():
@@ -547,7 +604,7 @@ def train_step(nets, opts, batch, args, dist, step):
     loss_g = pose.new_zeros(())
     if nu:
         # (i) renderer: P(G(x)) must reproduce the observed 2D keypoints
-        proj, _ = place_and_project(pose[:nu], xn[:nu], vis[:nu], args.camera)
+        proj, _ = place_and_project(pose[:nu], xn[:nu], vis[:nu], args.camera, lens)
         loss_rec = reprojection_loss(proj, xn[:nu], vis[:nu], scale[:nu])
         loss_g = loss_g + args.lambda_rec * loss_rec
         losses["loss_rec"] = loss_rec.item()
@@ -603,7 +660,7 @@ def train(args, dist, data, nets, opts, state, run_dir):
 # ----------------------------------------------------------------------------------------------
 # Prediction
 KEYPOINTS_LAYOUT = ("'keypoints' (N,17,2 or 3) pixels in H36M-17 or COCO-17 order, plus 'camera' "
-                    "(fx, fy, cx, cy) or 'image_size' (w, h)")
+                    "(fx, fy, cx, cy) or 'image_size' (w, h), optional 'distortion' (k1 k2 k3 p1 p2)")
 
 def load_keypoints(path, order):
     """--predict FILE, npz or JSON (KEYPOINTS_LAYOUT) -> a split without 3D."""
@@ -623,12 +680,13 @@ def load_keypoints(path, order):
     if key == "image_size":  # f = max(w, h), the principal point in the middle
         w, h = common.check_array(cam, path, key, (2,), KEYPOINTS_LAYOUT)
         cam = np.array([max(w, h), max(w, h), w / 2, h / 2], np.float32)
-    return make_split(path, kp, cam, what=KEYPOINTS_LAYOUT)
+    return make_split(path, kp, cam, what=KEYPOINTS_LAYOUT, dist=z.get("distortion"))
 
 def run_predict(args, dist, G, run_dir):
     """Lift --predict's keypoints: predictions.npz/.json (camera-frame poses) and predictions.png."""
     split = load_keypoints(args.predict, args.keypoint_order)
-    rel, placed = (p.numpy() for p in predict(G, split["x2d"], split["cam"], args.camera, dist.device))
+    rel, placed = (p.numpy() for p in predict(G, split["x2d"], split["cam"], args.camera, dist.device,
+                                              split["dist"])[:2])
     np.savez(os.path.join(run_dir, "predictions.npz"), poses_3d=placed, poses_3d_root_relative=rel,
              camera=split["cam"])
     common.write_json(os.path.join(run_dir, "predictions.json"), {

@@ -100,6 +100,60 @@ def test_renderer_gradcheck_float64():
     assert torch.autograd.gradcheck(lambda p: P.place_and_project(p, xn, vis)[0], (rel,))
 
 
+def naive_h36m_project(p_cam, cam, dist):
+    """Independent reference: Human3.6M's projection as VideoPose3D's project_to_2d defines it, one
+    point at a time with scalars: (x, y) = clamp(X/Z, Y/Z) to [-1, 1]; radial 1 + k1 r2 + k2 r4 +
+    k3 r6; tangential p1 x + p2 y; distorted = (x, y) (radial + tangential) + (p1, p2) r2; f * . + c."""
+    out = np.zeros(p_cam.shape[:-1] + (2,))
+    for n, j in np.ndindex(*p_cam.shape[:-1]):
+        X, Y, Z = p_cam[n, j]
+        fx, fy, cx, cy = cam[n]
+        k1, k2, k3, p1, p2 = dist[n]
+        x, y = min(max(X / Z, -1.0), 1.0), min(max(Y / Z, -1.0), 1.0)
+        r2 = x * x + y * y
+        radial, tan = 1 + k1 * r2 + k2 * r2 ** 2 + k3 * r2 ** 3, p1 * x + p2 * y
+        out[n, j] = fx * (x * (radial + tan) + p1 * r2) + cx, fy * (y * (radial + tan) + p2 * r2) + cy
+    return out
+
+
+def h36m_lens(n):
+    """(n,5) distortion constants of the four Human3.6M cameras, in turn."""
+    return P.H36M_DISTORTION[np.arange(n) % 4]
+
+
+def test_distortion_matches_naive_h36m_projection():
+    pc, cam = random_poses(3)
+    rng = np.random.default_rng(2)
+    pc[:, :, :2] *= rng.uniform(0.5, 4.0, (len(pc), 1, 1))        # reach the image corners (and the clamp)
+    for dist in (h36m_lens(len(pc)), rng.normal(0, 0.05, (len(pc), 5))):
+        xy = torch.tensor(pc[..., :2] / pc[..., 2:])
+        px = P.distort(xy, torch.tensor(dist)).numpy() * cam[:, None, :2] + cam[:, None, 2:]
+        np.testing.assert_allclose(px, naive_h36m_project(pc, cam, dist), atol=1e-8)
+    # undistort inverts it on the image (|X/Z| < 0.5 for H36M's 1000 px at f 1145)
+    xy = torch.tensor(rng.uniform(-0.5, 0.5, (4, 17, 2)))
+    lens = torch.tensor(h36m_lens(4))
+    np.testing.assert_allclose(P.undistort(P.distort(xy, lens), lens).numpy(), xy.numpy(), atol=1e-9)
+
+
+def test_renderer_with_distortion_reproduces_h36m_projection_and_gradchecks():
+    """The true pose, rendered with the lens, lands on the distorted keypoints (closed-form placement
+    on the undistorted observations); the renderer stays differentiable (float64 gradcheck)."""
+    pc, cam = random_poses(4)
+    dist = h36m_lens(len(pc))
+    x2d = naive_h36m_project(pc, cam, dist)
+    inp, xn, vis, _ = P.normalise_2d(torch.tensor(x2d), torch.tensor(cam), torch.tensor(dist))
+    proj, t = P.place_and_project(torch.tensor(pc - pc[:, :1]), xn, vis, dist=torch.tensor(dist))
+    np.testing.assert_allclose(t.numpy(), pc[:, 0], rtol=1e-4)
+    np.testing.assert_allclose(proj.numpy() * cam[:, None, :2] + cam[:, None, 2:], x2d, atol=0.05)
+    pinhole, _ = P.place_and_project(torch.tensor(pc - pc[:, :1]), xn, vis)      # the lens ignored
+    assert np.abs(pinhole.numpy() * cam[:, None, :2] + cam[:, None, 2:] - x2d).max() > 1.0
+    rel = torch.tensor(pc[:2] - pc[:2, :1], requires_grad=True)
+    lens = torch.tensor(dist[:2], requires_grad=True)
+    vis = vis[:2].clone()
+    vis[0, 5] = False
+    assert torch.autograd.gradcheck(lambda p, d: P.place_and_project(p, xn[:2], vis, dist=d)[0], (rel, lens))
+
+
 def test_generator_output_is_root_relative_and_reprojects_at_init():
     G = P.Generator(hidden=32, blocks=1)
     pc, cam = random_poses(3)
@@ -281,6 +335,14 @@ def test_generic_npz_loader_and_errors(tmp_path):
     write_generic_npz(bad, action=np.array("walk"))
     with pytest.raises(InputError, match="disagree on the number of frames"):
         P.load_pose_npz(str(bad))
+    write_generic_npz(bad, distortion=np.full(5, 0.01))                      # one lens for all frames
+    assert P.load_pose_npz(str(bad))[0]["dist"].shape == (len(d["camera"]), 5)
+    for lens, needle in ((np.zeros(4), r"'distortion' has shape \(4,\).*\(5,\)"),
+                         (np.zeros((3, 5)), "disagree on the number of frames"),
+                         (np.array([0, np.nan, 0, 0, 0]), "'distortion' holds 1 NaN/inf")):
+        write_generic_npz(bad, distortion=lens)
+        with pytest.raises(InputError, match=needle):
+            P.load_pose_npz(str(bad))
     np.savez(bad, poses_2d=np.array([{"a": 1}], dtype=object), camera=np.ones(4))
     with pytest.raises(InputError, match="pickled objects"):
         P.load_pose_npz(str(bad))
@@ -302,7 +364,8 @@ def write_h36m(folder, frames=6, evil=False):
             for c in range(4):
                 q, t = np.array(extrinsics[s][c][:4]), np.array(extrinsics[s][c][4:]) / 1000
                 xc = (w[:, P.H36M_KEEP] - t) @ P.quat_to_matrix(q)
-                views.append(B.project_np(xc, np.tile(np.array(intrinsics[c]), (len(w), 1))).astype(np.float32))
+                views.append(naive_h36m_project(xc, np.tile(intrinsics[c], (len(w), 1)),
+                                                np.tile(P.H36M_DISTORTION[c], (len(w), 1))).astype(np.float32))
             pos2d[s][action] = views
     np.savez(os.path.join(folder, "data_3d_h36m.npz"), positions_3d=pos3d)
     np.savez(os.path.join(folder, "data_2d_h36m_gt.npz"), positions_2d=pos2d,
@@ -325,10 +388,11 @@ def test_h36m_loader_standard_split_and_cameras(tmp_path):
     assert len(splits["test"]["x2d"]) == 2 * 10 * 4 - 4
     assert set(splits["test"]["action"]) == {"Walking", "Directions"}
     assert memory.shape == (5 * 10, 17, 3)
-    # the camera-frame 3D projects onto the 2D keypoints with the built-in intrinsics
+    # the camera-frame 3D projects onto the 2D keypoints with the built-in intrinsics and lens
     tr = splits["train"]
-    np.testing.assert_allclose(B.project_np(tr["y3d"].astype(np.float64), tr["cam"].astype(np.float64)),
-                               tr["x2d"], rtol=1e-4, atol=1e-2)
+    xy = P.distort(torch.tensor(tr["y3d"][..., :2] / tr["y3d"][..., 2:]), torch.tensor(tr["dist"])).numpy()
+    np.testing.assert_allclose(xy * tr["cam"][:, None, :2] + tr["cam"][:, None, 2:], tr["x2d"], rtol=1e-4, atol=1e-2)
+    assert np.abs(B.project_np(tr["y3d"], tr["cam"]) - tr["x2d"]).max() > 1.0   # a pinhole would miss
 
 
 def test_h36m_loader_refuses_code_in_pickles(tmp_path):
@@ -449,6 +513,7 @@ def write_mem(path, n=100, seed=0, **override):
     ("nan_memory", ["memnan.npz", "poses_3d", "NaN/inf"]),
     ("small_memory", ["--memory", "--batch-size"]),
     ("memory_shape", ["mem16.npz", "(N, 17, 3)"]),
+    ("distortion_shape", ["lens.npz", "'distortion'", "(5,)"]),
 ])
 def test_cli_bad_input_is_one_clear_error(tmp_path, cache_root, case, needles):
     d = tmp_path
@@ -462,7 +527,8 @@ def test_cli_bad_input_is_one_clear_error(tmp_path, cache_root, case, needles):
             "zero_focal": ["--data", d / "cam0.npz"], "nan_focal": ["--data", d / "camnan.npz"],
             "no_memory": ["--data", one], "nan_memory": ["--data", one, "--memory", d / "memnan.npz"],
             "small_memory": ["--data", one, "--memory", d / "mem.npz", "--batch-size", "200"],
-            "memory_shape": ["--data", one, "--memory", d / "mem16.npz"]}[case]
+            "memory_shape": ["--data", one, "--memory", d / "mem16.npz"],
+            "distortion_shape": ["--data", d / "lens.npz", "--memory", d / "mem.npz"]}[case]
     (d / "c.pt").write_bytes(b"not a checkpoint")
     (d / "file").write_text("x")
     torch.save({"script": "face_aign", "step": 1}, d / "o.pt")
@@ -481,6 +547,7 @@ def test_cli_bad_input_is_one_clear_error(tmp_path, cache_root, case, needles):
     mem[3, 4, 1] = np.nan
     np.savez(d / "memnan.npz", poses_3d=mem)
     np.savez(d / "mem16.npz", poses_3d=mem[:, :16])
+    write_generic_npz(d / "lens.npz", distortion=np.zeros((len(cam), 3)))
     proc = run_cli("pose_aign.py", *TINY, "--batch-size", "16", "--steps", "2", *(["--out", d / "o"] if case != "out_is_file" else []),
                    *args, check=False)
     one_line_error(proc, *needles)
@@ -535,6 +602,7 @@ def test_standalone_copy_trains_resumes_evaluates_predicts(tmp_path):
                 out / "ev", "--device", "cpu", cwd=folder, env=env)
         res = json.loads((out / "ev" / "results.json").read_text())
         assert res["eval_only"] and res["step"] == 4 and np.isfinite(res["p_mpjpe"])
+        assert res["gt_reproj_px"] <= 0.5 and np.isfinite(res["reproj_px"])  # cameras (and H36M's lens) right
     run_cli("pose_aign.py", "--predict", kp, "--resume", out / "ckpt.pt", "--out", out / "pr", "--device", "cpu",
             cwd=folder, env=env)  # (the input format of --predict does not depend on the training data)
     assert np.load(out / "pr" / "predictions.npz")["poses_3d"].shape == (len(pc), 17, 3)
