@@ -18,6 +18,7 @@ import random
 import signal
 import socket
 import sys
+import time
 
 import numpy as np
 import torch
@@ -132,6 +133,29 @@ def pick_device(name, local_rank=0):
     return device
 
 
+def busy_cpus(samples=5, gap=0.02):
+    """How many CPUs other processes keep busy: the runnable tasks of /proc/stat ('procs_running', this
+    one included) minus 1, the smallest of a few samples (a CPU-bound neighbour counts, a passing shell
+    does not); 0 where /proc/stat does not exist."""
+    counts = []
+    for i in range(samples):
+        try:
+            with open("/proc/stat") as f:
+                counts += [int(line.split()[1]) - 1 for line in f if line.startswith("procs_running")]
+        except (OSError, ValueError, IndexError):
+            return 0
+        if i + 1 < samples:
+            time.sleep(gap)
+    return max(0, min(counts, default=1))
+
+
+def cpu_threads(default, cpus, busy):
+    """Compute threads for this process: torch's default on an idle machine (results unchanged), one
+    fewer per CPU that other processes keep busy, at least 1. More threads than free CPUs make OpenMP's
+    threads wait on each other behind the neighbours (a 2-thread step 4x slower beside one busy process)."""
+    return max(1, min(default, cpus - busy))
+
+
 class Dist:
     """torchrun state. Single-process runs get rank 0 of world 1 and no process group.
 
@@ -146,6 +170,13 @@ class Dist:
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.device = pick_device(device_arg, self.local_rank)
+        if "OMP_NUM_THREADS" not in os.environ:  # the user's or torchrun's thread count is kept
+            cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+            threads = cpu_threads(torch.get_num_threads(), cpus or 1, busy_cpus())
+            if threads != torch.get_num_threads():
+                log(f"{threads} compute thread(s): other processes keep CPUs busy "
+                    "(OMP_NUM_THREADS chooses)", self)
+                torch.set_num_threads(threads)
         if self.world > 1 and not dist.is_initialized():
             # gloo runs on CPU everywhere; nccl is the engine for CUDA tensors.
             backend = "nccl" if self.device.type == "cuda" else "gloo"

@@ -34,6 +34,7 @@ from common import InputError
 SCRIPT = "sfm_aign"
 NETS = ("depth_net", "pose_net", "D_depth", "D_motion")
 ARCH = ("height", "width", "min_depth", "max_depth")  # a checkpoint's networks follow these
+STRETCH = 10  # paired triplets come in stretches of this many consecutive ones (--paired-frac)
 LAYOUTS = """--data layouts (details: README; frames and K are resized to --height x --width when read):
   generic  DIR/<seq>/images/*.png|jpg, intrinsics.txt ('fx fy cx cy' or 3x3 K) [, poses.txt, depth/];
            DIR/train/, DIR/test/ (and DIR/val/) of such folders are the splits, DIR/memory/ the --memory
@@ -60,14 +61,18 @@ def get_args(argv=None):
     add("--adv-on", choices=["both", "depth", "motion"], default="both", help="memories used (default: both)")
     add("--adv-warmup", type=int, default=500, help="ramp --lambda-adv up from 0 over N steps (default: 500)")
     add("--lambda-sup", type=float, default=1.0, help="weight of the supervised loss on pairs (default: 1)")
-    add("--paired-frac", type=float, default=0.0, help="fraction of triplets with GT used (default: 0)")
+    add("--paired-frac", type=float, default=0.0,
+        help=f"fraction of triplets with GT used, in stretches of {STRETCH} consecutive ones (default: 0)")
     add("--gan", default="bce", choices=["bce", "lsgan", "wgan-gp"], help="GAN loss (default: bce, paper's)")
     add("--lr-d", type=float, default=None, help="discriminator learning rate (default: --lr)")
     add("--min-depth", type=float, default=0.5, help="smallest predictable depth, m (default: 0.5)")
     add("--max-depth", type=float, default=100.0, help="largest predictable depth, m (default: 100)")
     add("--eval-cap", type=float, default=80.0, help="evaluate depth on GT in 0.001..CAP m (default: 80)")
+    add("--eval-crop", choices=["garg", "none"], help="depth evaluation window: the Eigen split's Garg "
+                                                      "crop or the whole frame (default: garg with --gt-depth)")
     args = p.parse_args(argv)
     common.check_args(args, nonneg_ints=("adv_warmup",))
+    args.eval_crop = args.eval_crop or ("garg" if args.gt_depth else "none")
     if min(args.height, args.width) < 16:
         raise InputError(f"--height {args.height} --width {args.width}: expected sizes >= 16")
     if not (0 < args.min_depth < args.max_depth < math.inf and 0 < args.eval_cap < math.inf):
@@ -507,16 +512,32 @@ def predict_sequence(nets, images, device, chunk=32):
         poses.append(poses[-1] @ r)
     return torch.cat(depth), torch.stack(poses)
 
+def garg_crop(hw):
+    """The Eigen split's evaluation window (Garg et al. 2016), as fractions of the GT size (h, w), rounded
+    down as in Monodepth2: rows 0.4081 h .. 0.9919 h, columns 0.0359 w .. 0.9641 w -> (h, w) bool."""
+    h, w = hw
+    mask = torch.zeros(h, w, dtype=torch.bool)
+    mask[int(0.40810811 * h):int(0.99189189 * h), int(0.03594771 * w):int(0.96405229 * w)] = True
+    return mask
+
+def resize_as_disparity(depth, hw):
+    """Prediction (1,1,H,W) -> depth at the GT size hw (h,w): bilinear on 1/depth, as KITTI evaluations
+    (Monodepth2, SfMLearner) resize the network's disparity, then inverted."""
+    return 1 / F.interpolate(1 / depth, size=hw, mode="bilinear", align_corners=False)[0, 0]
+
 def evaluate(nets, seqs, args, device):
     """Depth metrics (unscaled and per-image median-scaled) on every frame with GT depth, at the GT's
-    resolution, and SfMLearner's ATE on every 5-frame snippet with GT poses."""
+    resolution (the prediction resized as disparity; GT in 0.001..--eval-cap m, inside --eval-crop),
+    and SfMLearner's ATE on every 5-frame snippet with GT poses."""
     rows, rows_med, ratios, ates, ates_metric = [], [], [], [], []
     for s in seqs:
         depth, poses = predict_sequence(nets, s["images"], device)
         for i in sorted(s["depth"]):
             gt = torch.from_numpy(gt_depth(s, i))
-            pred = F.interpolate(depth[i:i + 1], size=gt.shape, mode="bilinear", align_corners=False)[0, 0]
+            pred = resize_as_disparity(depth[i:i + 1], gt.shape)
             m = (gt > 1e-3) & (gt < args.eval_cap)
+            if args.eval_crop == "garg":
+                m &= garg_crop(gt.shape)
             if m.sum() == 0:
                 continue
             p, g = pred[m], gt[m]
@@ -611,7 +632,7 @@ def write_figures(run_dir, nets, test, args, device, n=4, size=320):
 # Training
 def training_set(data, args, device):
     """On the device: the training frames, their triplets (target t, sources t-1, t+1) with K, the memory
-    in use and the paired subset (evenly spaced triplets whose GT depth and motions are used)."""
+    in use and the paired subset (stretches of consecutive triplets whose GT depth and motions are used)."""
     train, hw = data["train"], (args.height, args.width)
     trip, where, start = [], [], 0  # frame indices (target, source t-1, source t+1); (sequence, t)
     for k, s in enumerate(train):
@@ -633,7 +654,10 @@ def training_set(data, args, device):
         if args.lambda_rec == 0 and args.lambda_adv == 0:
             raise InputError("nothing to train: --lambda-rec and --lambda-adv are 0 and no frames are paired")
         return out
-    idx = np.linspace(0, len(trip) - 1, max(1, int(round(args.paired_frac * len(trip))))).round().astype(int)
+    # labelled as a lab labels video: stretches of STRETCH consecutive triplets, the first stretch of every
+    # sequence, then the second, ...; the first round(frac * T) triplets in that order (nested fractions)
+    order = sorted(range(len(trip)), key=lambda j: ((where[j][1] - 1) // STRETCH, where[j][0], where[j][1]))
+    idx = np.array(order[:max(1, int(round(args.paired_frac * len(trip))))])
     gt_d, gt_pose = [], []
     for j in idx:
         s, t = train[where[j][0]], where[j][1]

@@ -151,3 +151,27 @@ def test_a_bad_input_leaves_no_empty_run_folder(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.strip() == "error: --data x: no such file", proc.stderr
     assert not out.exists() and not out.parent.exists()
+
+
+def test_cpu_threads_keep_the_default_when_idle_and_yield_to_busy_cpus():
+    assert common.cpu_threads(2, 2, 0) == 2  # idle: torch's default (results unchanged)
+    assert common.cpu_threads(2, 2, 1) == 1 and common.cpu_threads(8, 8, 3) == 5
+    assert common.cpu_threads(2, 2, 5) == 1 and common.cpu_threads(1, 8, 0) == 1
+
+
+def test_dist_yields_a_thread_to_a_busy_neighbour_unless_omp_num_threads_is_set():
+    code = ("import sys, torch; sys.path.insert(0, %r); import common; n = torch.get_num_threads(); "
+            "common.Dist('cpu'); print(n, torch.get_num_threads(), common.busy_cpus())"
+            % os.path.dirname(common.__file__))
+    spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+        before, after, busy = map(int, subprocess.run([sys.executable, "-c", code], env=env, check=True,
+                                                      capture_output=True, text=True).stdout.split()[-3:])
+        kept = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_NUM_THREADS": "3"}, check=True,
+                              capture_output=True, text=True).stdout.split()[-3:]
+    finally:
+        spin.kill()
+        spin.wait()
+    assert busy >= 1 and after == max(1, min(before, len(os.sched_getaffinity(0)) - busy))
+    assert kept[0] == kept[1]  # OMP_NUM_THREADS given: torch's count from it is kept

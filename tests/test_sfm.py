@@ -156,6 +156,47 @@ def test_depth_metrics_hand_computed():
     assert (m["a1"], m["a2"], m["a3"]) == (1.0, 1.0, 1.0)
 
 
+def test_garg_crop_hand_computed():
+    m = S.garg_crop((375, 1242))  # KITTI's size: int(153.04):int(371.96), int(44.65):int(1197.35)
+    rows, cols = torch.nonzero(m.any(1))[:, 0], torch.nonzero(m.any(0))[:, 0]
+    assert (rows[0], rows[-1], cols[0], cols[-1]) == (153, 370, 44, 1196) and m.sum() == 218 * 1153
+    m = S.garg_crop((10, 20))  # int(4.08):int(9.92) rows, int(0.72):int(19.28) columns
+    expect = torch.zeros(10, 20, dtype=torch.bool)
+    expect[4:9, 0:19] = True
+    assert torch.equal(m, expect)
+
+
+def test_resize_as_disparity_hand_computed():
+    # depth 1 m | 4 m -> disparity 1 | 0.25, doubled in width (half-pixel centres: source x = -0.25, 0.25,
+    # 0.75, 1.25): disparity 1, 0.8125, 0.4375, 0.25 -> depth 1, 1/0.8125, 1/0.4375, 4 (not 1, 1.75, 3.25, 4)
+    out = S.resize_as_disparity(torch.tensor([[[[1.0, 4.0]]]]), (1, 4))
+    assert torch.allclose(out, torch.tensor([[1.0, 1 / 0.8125, 1 / 0.4375, 4.0]]))
+
+
+class ConstantNets(dict):
+    """depth_net: 10 m everywhere; pose_net: no motion."""
+
+    def __init__(self):
+        super().__init__(depth_net=lambda x: torch.full((len(x), 1, *x.shape[-2:]), 10.0),
+                         pose_net=lambda a, b, c: torch.zeros(len(a), 2, 6))
+
+
+@pytest.mark.parametrize("crop, abs_rel", [("garg", 0.0), ("none", None)])
+def test_evaluation_window(crop, abs_rel):
+    gt = np.full((20, 40), 20.0, np.float32)
+    gt[S.garg_crop((20, 40)).numpy()] = 10.0  # right inside the crop, 2x too far outside it
+    gt[0, 0] = 90.0  # beyond the 80 m cap: never counted
+    seq = dict(name="s", images=torch.zeros(4, 3, 10, 20, dtype=torch.uint8), depth={1: gt}, poses=None,
+               size=(20, 40))
+    args = S.get_args(["--eval-crop", crop])
+    res = S.evaluate(ConstantNets(), [seq], args, torch.device("cpu"))
+    inside = S.garg_crop((20, 40)).sum().item()
+    outside = 20 * 40 - inside - 1
+    expect = abs_rel if abs_rel is not None else 0.5 * outside / (inside + outside)
+    assert res["depth"]["abs_rel"] == pytest.approx(expect)
+    assert S.get_args(["--gt-depth", "x.npz"]).eval_crop == "garg" and S.get_args([]).eval_crop == "none"
+
+
 def test_ate_snippet_hand_computed():
     gt = torch.tensor([[0, 0, z] for z in range(5)], dtype=torch.float64)
     assert S.ate_snippet(gt, 0.5 * gt) == pytest.approx(0)  # scale is fitted
@@ -165,6 +206,17 @@ def test_ate_snippet_hand_computed():
     scale = 30 / 34  # sum(gt.pred) / sum(pred^2) = (1+4+9+16) / (30+4)
     err = np.sqrt(sum((scale * 1) ** 2 + (scale * z - z) ** 2 for z in range(1, 5))) / 5
     assert S.ate_snippet(gt, pred) == pytest.approx(err)
+
+
+def test_paired_frames_are_whole_stretches():
+    seqs = [dict(name=f"s{k}", images=torch.zeros(25, 3, 8, 16, dtype=torch.uint8), K=np.eye(3),
+                 depth={i: np.ones((8, 16), np.float32) for i in range(25)}, poses=np.tile(np.eye(4), (25, 1, 1)),
+                 size=(8, 16)) for k in range(2)]  # 2 x 23 triplets
+    args = S.get_args(["--paired-frac", str(13 / 46), "--lambda-adv", "0", "--height", "16", "--width", "16"])
+    out = S.training_set({"train": seqs, "mem_depth": None, "mem_motion": None}, args, torch.device("cpu"))
+    targets = out["trip"][out["paired"], 0].tolist()  # global frame index = 25 * sequence + t
+    # the first stretch (t = 1..10) of sequence 0, then that of sequence 1, cut at 13 triplets
+    assert targets == list(range(1, 11)) + [26, 27, 28] and S.STRETCH == 10
 
 
 def test_gan_helpers_lsgan_has_the_half_factor():
@@ -521,6 +573,24 @@ def test_throughput_tool(tiny_data, tmp_path, cache_root):
     run_cli("tools/sfm_bench.py", "--throughput", "--out", tmp_path, "--", "--data", tiny_data, *SMALL)
     bench = read_json(tmp_path / "bench.json")
     assert bench["renderer_mpix_per_s"] > 0 and bench["train_frames_per_s"] > 0 and bench["step_gflop"] > 0
+
+
+def test_curve_table_and_plot(tmp_path):
+    from tools import sfm_bench
+    for f in sfm_bench.FRACTIONS:
+        for name, abs_rel in ((f"sup{f:g}", 0.4), (f"aign{f:g}", 0.3)):
+            for seed in (0, 1):
+                d = tmp_path / f"{name}-s{seed}"
+                d.mkdir()
+                res = {"depth": {"abs_rel": abs_rel + 0.01 * seed}, "depth_median_scaled": {"abs_rel": 0.5},
+                       "wall_s": 10, "steps": 5, "device": "cpu"}
+                (d / "results.json").write_text(json.dumps(res))
+                (d / "stdout.txt").write_text(f"train: 2 sequences, 40 triplets ({round(40 * f)} paired); test\n")
+    args = type("A", (), {"out": str(tmp_path), "seeds": [0, 1]})
+    sfm_bench.curve(args)
+    rows = (tmp_path / "curve.md").read_text().splitlines()
+    assert rows[2].startswith("| 1% (0) | 0.405 ± 0.005 | 0.305 ± 0.005 | +24.7% |") and len(rows) == 9
+    assert (tmp_path / "curve.png").stat().st_size > 0
 
 
 # ----------------------------------------------------------------------------------------------

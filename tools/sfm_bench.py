@@ -5,6 +5,7 @@
     python3 tools/sfm_bench.py --table-only          # only re-collect bench/sfm/*/results.json
     python3 tools/sfm_bench.py --validation     # into bench/sfm_val: model selection, never the test split
     python3 tools/sfm_bench.py --throughput [-- SFM_AIGN_FLAGS]  # renderer and train_step timings -> bench.json
+    /tmp/slot_all.sh python3 tools/sfm_bench.py --busy   # step time idle vs beside a busy process -> busy.md
 
 --validation evaluates on two *training* sequences held out of training (train_08, train_09; the
 model trains on train_00..07, the memory is unchanged): the split on which the script's defaults
@@ -35,6 +36,12 @@ ABLATIONS = [  # (name, description, flags)
     ("aign", "AIGN (unpaired memory)", []),
     ("aign_sup5", "AIGN + 5% paired", ["--paired-frac", "0.05"]),
 ]
+
+FRACTIONS = (0.01, 0.02, 0.05, 0.1, 1.0)  # --curve: the label-efficiency curve's paired fractions
+CURVE = [row for f in FRACTIONS for row in (
+    (f"sup{f:g}", f"supervised only, {100 * f:g}% paired",
+     ["--lambda-rec", "0", "--lambda-adv", "0", "--paired-frac", str(f)]),
+    (f"aign{f:g}", f"AIGN + {100 * f:g}% paired", ["--paired-frac", str(f)]))]
 
 
 def throughput(args):
@@ -79,7 +86,41 @@ def throughput(args):
     common.write_json(os.path.join(args.out, "bench.json"), {**out, "versions": common.versions()})
 
 
-def run_all(args):
+def busy(args):
+    """Training step time idle and beside one single-threaded CPU-bound process, with the thread count
+    common.Dist chooses and with OMP_NUM_THREADS=<all CPUs> forced (the old behaviour): plain
+    `sfm_aign.py --steps N` runs, their training wall time (no evaluation) from results.json."""
+    rows, cpus = [], os.cpu_count()
+    spin = [sys.executable, "-c", "while True: pass"]
+    for label, threads in (("common.Dist's choice", None), (f"OMP_NUM_THREADS={cpus} (before)", cpus)):
+        env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+        if threads:
+            env["OMP_NUM_THREADS"] = str(threads)
+        times = []
+        for neighbour in (False, True):
+            other = subprocess.Popen(spin) if neighbour else None
+            time.sleep(1.0 if neighbour else 0)
+            out = os.path.join(args.out, f"{'busy' if neighbour else 'idle'}-{threads or 'auto'}")
+            cmd = [sys.executable, os.path.join(ROOT, "sfm_aign.py"), "--steps", str(args.steps or 80),
+                   "--eval-every", str(args.steps or 80), "--no-progress", "--out", out, *args.extra]
+            subprocess.run(cmd, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
+            if other is not None:
+                other.kill()
+                other.wait()
+            with open(os.path.join(out, "results.json")) as f, open(os.path.join(out, "versions.json")) as g:
+                times.append((json.load(f)["wall_s"] / (args.steps or 80), json.load(g)["cpu_threads"]))
+        (idle, n_idle), (loaded, n_busy) = times
+        rows.append(f"| {label} | {n_idle} / {n_busy} | {1e3 * idle:.0f} | {1e3 * loaded:.0f} | "
+                    f"{loaded / idle:.2f} |")
+    text = "\n".join(["| threads | threads idle / busy | ms per step idle | ms per step beside 1 busy process "
+                      "| slowdown |", "| --- | --- | --- | --- | --- |", *rows,
+                      f"\n{args.steps or 80} default training steps per run, {cpus} CPUs."])
+    print(text)
+    with open(os.path.join(args.out, "busy.md"), "w") as f:
+        f.write(text + "\n")
+
+
+def run_all(args, ablations):
     sys.path.insert(0, ROOT)
     import common
     # once, before the parallel runs share the cache
@@ -97,7 +138,7 @@ def run_all(args):
             os.symlink(os.path.join(root, "memory"), os.path.join(val, "memory"))
         data = ["--data", val]
     # seed-major order: a bench cut short still holds every ablation
-    jobs = [(name, seed, flags) for seed in args.seeds for name, _, flags in ABLATIONS]
+    jobs = [(name, seed, flags) for seed in args.seeds for name, _, flags in ablations]
     running, env = [], dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     while jobs or running:
         while jobs and len(running) < args.parallel:
@@ -105,8 +146,8 @@ def run_all(args):
             out = os.path.join(args.out, f"{name}-s{seed}")
             cmd = [sys.executable, os.path.join(ROOT, "sfm_aign.py"), "--seed", str(seed), "--out", out,
                    "--device", args.device, "--no-progress", *data, *flags, *args.extra]
-            if args.steps:
-                cmd += ["--steps", str(args.steps)]
+            if args.steps:  # shorter runs keep the default's warm-up share (500 of 2000 steps)
+                cmd += ["--steps", str(args.steps), "--adv-warmup", str(args.steps // 4)]
             os.makedirs(out, exist_ok=True)
             log = open(os.path.join(out, "stdout.txt"), "w")
             print(" ".join(cmd), flush=True)
@@ -123,6 +164,17 @@ def fmt(values, digits=3):
     if not values:
         return "–"
     return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"
+
+
+def load_runs(args, name):
+    """results.json of the finished seeds of one row."""
+    res = []
+    for seed in args.seeds:
+        path = os.path.join(args.out, f"{name}-s{seed}", "results.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                res.append(json.load(f))
+    return res
 
 
 def table(args):
@@ -160,6 +212,71 @@ def table(args):
         f.write(text + "\n")
 
 
+def plot(path, series, xs, size=(320, 480)):
+    """A plain raster line plot (no text; the caption explains it): x = log fraction, y = abs_rel from 0;
+    light grid lines at every x and every 0.1 of y; per series (rgb, means, stds) the mean line, 5x5
+    dots and +-std bars."""
+    h, w = size
+    img, top = np.ones((h, w, 3)), 1.1 * max(m + s for _, ms, ss in series for m, s in zip(ms, ss))
+    lx = np.log10(xs)
+
+    def px(x, y):
+        return (int(round(20 + (x - lx[0]) / (lx[-1] - lx[0]) * (w - 40))),
+                int(round(h - 20 - y / top * (h - 40))))
+    for x in lx:
+        img[20:h - 20, px(x, 0)[0]] = 0.85
+    for y in np.arange(0, top, 0.1):
+        img[px(0, y)[1], 20:w - 20] = 0.85
+    for rgb, means, stds in series:
+        for x, m, s in zip(lx, means, stds):
+            c, r = px(x, m)
+            img[r - 2:r + 3, c - 2:c + 3] = rgb
+            img[px(x, m + s)[1]:px(x, m - s)[1] + 1, c] = rgb
+        t = np.linspace(lx[0], lx[-1], 4 * w)
+        for c, r in (px(x, y) for x, y in zip(t, np.interp(t, lx, means))):
+            img[r, c] = rgb
+    import common
+    common.write_png(path, img)
+
+
+def curve(args):
+    """The label-efficiency table (3-seed means, relative gain of AIGN + pairs in unscaled abs_rel) and plot."""
+    lines = ["| paired (triplets) | supervised only abs_rel | AIGN + pairs abs_rel | gain | supervised only "
+             "abs_rel (median-scaled) | AIGN + pairs abs_rel (median-scaled) | wall s / run (sup, AIGN) | runs |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    series, xs = {"sup": ([], []), "aign": ([], [])}, []
+    for f in FRACTIONS:
+        sup, aign = load_runs(args, f"sup{f:g}"), load_runs(args, f"aign{f:g}")
+        if not sup or not aign:
+            continue
+        log = os.path.join(args.out, f"sup{f:g}-s{args.seeds[0]}", "stdout.txt")
+        n = next((ln.split("(")[1].split()[0] for ln in open(log) if "paired)" in ln), "?")
+        a, b = (np.mean([r["depth"]["abs_rel"] for r in rs]) for rs in (sup, aign))
+        lines.append(f"| {100 * f:g}% ({n}) | {fmt([r['depth']['abs_rel'] for r in sup])} "
+                     f"| {fmt([r['depth']['abs_rel'] for r in aign])} | {100 * (1 - b / a):+.1f}% "
+                     f"| {fmt([r['depth_median_scaled']['abs_rel'] for r in sup])} "
+                     f"| {fmt([r['depth_median_scaled']['abs_rel'] for r in aign])} "
+                     f"| {np.mean([r['wall_s'] for r in sup]):.0f}, {np.mean([r['wall_s'] for r in aign]):.0f} "
+                     f"| {len(sup)}+{len(aign)} (steps {sup[0]['steps']}, {sup[0]['device']}) |")
+        xs.append(f)
+        for k, rs in (("sup", sup), ("aign", aign)):
+            series[k][0].append(float(np.mean([r["depth"]["abs_rel"] for r in rs])))
+            series[k][1].append(float(np.std([r["depth"]["abs_rel"] for r in rs])))
+    text = "\n".join(lines) + f"\n\nseeds {' '.join(map(str, args.seeds))}; gain = 1 - AIGN / supervised (means)."
+    vpath = os.path.join(args.out, f"sup{FRACTIONS[0]:g}-s{args.seeds[0]}", "versions.json")
+    if os.path.exists(vpath):
+        with open(vpath) as f:
+            v = json.load(f)
+        text += f" Hardware: {v.get('cuda') or v['processor']}, {v['cpu_threads']} thread(s), torch {v['torch']}."
+    print(text)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "curve.md"), "w") as f:
+        f.write(text + "\n")
+    if len(xs) >= 2:
+        plot(os.path.join(args.out, "curve.png"), [((0.1, 0.3, 0.8), *series["sup"]),
+                                                     ((0.85, 0.1, 0.1), *series["aign"])], np.array(xs))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=None, help="folder of the runs (default: bench/sfm, or bench/sfm_val "
@@ -174,15 +291,23 @@ def main():
     p.add_argument("--table-only", action="store_true", help="only collect the finished runs (default: off)")
     p.add_argument("--throughput", action="store_true",
                    help="time the renderer and train_step into OUT/bench.json instead of runs (default: off)")
+    p.add_argument("--curve", action="store_true", help="the label-efficiency curve: supervised only vs AIGN + "
+                   "pairs at paired fractions 1, 2, 5, 10, 100%% into OUT/curve.md + curve.png (default: off)")
+    p.add_argument("--busy", action="store_true",
+                   help="time training steps idle vs beside one CPU-bound process into OUT/busy.md (default: off)")
     p.add_argument("extra", nargs="*", help="more flags for every run, after -- (default: none)")
     args = p.parse_args()
-    args.out = args.out or os.path.join(ROOT, "bench", "sfm_throughput" if args.throughput else
-                                        "sfm_val" if args.validation else "sfm")
+    args.out = args.out or os.path.join(ROOT, "bench", "sfm_throughput" if args.throughput else "sfm_busy"
+                                        if args.busy else "sfm_curve" + "_val" * args.validation if args.curve
+                                        else "sfm_val" if args.validation else "sfm")
     if args.throughput:
         return throughput(args)
+    if args.busy:
+        os.makedirs(args.out, exist_ok=True)
+        return busy(args)
     if not args.table_only:
-        run_all(args)
-    table(args)
+        run_all(args, CURVE if args.curve else ABLATIONS)
+    (curve if args.curve else table)(args)
 
 
 if __name__ == "__main__":
