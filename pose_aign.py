@@ -101,12 +101,21 @@ def get_args(argv=None):
                    help="adversarial loss: non-saturating BCE (paper), least squares, WGAN-GP (default: bce)")
     p.add_argument("--camera", choices=["perspective", "weak"], default="perspective",
                    help="renderer's camera model (default: perspective)")
+    p.add_argument("--tilt-prior", choices=["elevation", "none"], default="elevation",
+                   help="elevation: D also sees the body's up direction in the camera frame, memory poses "
+                   "being shown to it through cameras of random yaw and --elevation; none: D judges the "
+                   "pose in its own body frame only (default: elevation)")
+    p.add_argument("--elevation", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="camera elevations (degrees above the horizontal, drawn uniformly) of --tilt-prior "
+                   "(default: Human3.6M's training cameras' range for Human3.6M data, else -10 40)")
     p.add_argument("--hidden", type=int, default=512, help="width of G's residual MLP (default: 512)")
     p.add_argument("--blocks", type=int, default=2, help="residual blocks in G (default: 2)")
     p.add_argument("--keypoint-order", choices=["h36m", "coco"], default=None,
                    help="joint order of --predict input (default: the file's 'layout', else h36m)")
     args = p.parse_args(argv)
     common.check_args(args, nonneg_ints=("blocks",), positive_ints=("hidden",))
+    if args.elevation is not None and not -90 <= args.elevation[0] <= args.elevation[1] <= 90:
+        raise InputError(f"--elevation {args.elevation[0]:g} {args.elevation[1]:g}: expected -90 <= LO <= HI <= 90")
     return args
 
 
@@ -115,7 +124,7 @@ def get_args(argv=None):
 # Every source ends as the same split dicts: {"x2d": (N,17,2) pixels, NaN = missing joint; "cam": (N,4)
 # fx fy cx cy; "dist": (N,5) k1 k2 k3 p1 p2 or None (a pinhole); "y3d": (N,17,3) metres in camera
 # coordinates or None; "action": (N,) str}, plus the
-# memory (M,17,3) of 3D poses in any frame (the discriminator canonicalises the rotation).
+# memory (M,17,3) of 3D poses in any world frame (its up direction is estimated from the poses).
 def make_split(path, x2d, cam, y3d=None, action=None, what=NPZ_LAYOUT, dist=None):
     """Every loader's arrays, checked: shapes, one N, finite positive focal lengths and distortion;
     NaN (not inf) = a gap."""
@@ -240,9 +249,24 @@ def load_h36m(folder, keypoints):
                                   dist=np.concatenate(dists))
     return splits, np.concatenate(memory)
 
+def h36m_elevations():
+    """The (lowest, highest) elevation (degrees) of Human3.6M's training cameras, from their extrinsics."""
+    up = np.array([quat_to_matrix(e[:4])[2] for s in H36M_TRAIN for e in H36M_EXTRINSICS[s]])  # world z in cam
+    el = np.degrees(np.arcsin(-up[:, 2]))
+    return float(el.min()), float(el.max())
+
+def up_direction(memory):
+    """The memory's world up (3,): the mean pelvis->thorax direction (most people are upright), snapped
+    to a coordinate axis within 10 degrees of one (mocap's Y or Human3.6M's Z up)."""
+    d = memory[:, 8] - memory[:, 0]
+    d = (d / np.linalg.norm(d, axis=-1, keepdims=True).clip(1e-9)).mean(0)
+    d = d / np.linalg.norm(d)
+    return np.sign(d) * (np.abs(d) == np.abs(d).max()) if np.abs(d).max() > np.cos(np.radians(10)) else d
+
 def load_data(args, dist):
     """--data (without it the built-in folder, tools/pose_builtin.py) and --memory -> splits and memory."""
-    path = args.data or common.builtin_dataset(__file__, "pose", "pose_builtin", dist)
+    # (the cache folder is named after the builder's version: issue 13 widened the poses and cameras)
+    path = args.data or common.builtin_dataset(__file__, "pose-v2", "pose_builtin", dist)
     name, action_mean, memory, memory_src = os.path.basename(os.path.normpath(path)), False, None, None
     if os.path.isfile(os.path.join(path, "data_3d_h36m.npz")):
         splits, memory = load_h36m(path, args.keypoints)
@@ -264,8 +288,9 @@ def load_data(args, dist):
                                   for role, rows in (("train", ~test), ("test", test))}}
     if args.memory:
         memory, memory_src = load_memory(args.memory), args.memory
+    elevation = args.elevation or (h36m_elevations() if name == "h36m" else (-10.0, 40.0))
     return {**splits, "memory": memory, "memory_src": memory_src, "action_mean": action_mean,
-            "name": "builtin" if args.data is None else name}
+            "name": "builtin" if args.data is None else name, "elevation": elevation}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -326,23 +351,29 @@ def canonicalise(pose):
     return p @ R.transpose(1, 2)
 
 class Discriminator(nn.Module):
-    """MLP on canonical joints, bone vectors and bone lengths: memory pose (1) vs prediction (0)."""
+    """MLP on canonical joints, bone vectors and bone lengths: memory pose (1) vs prediction (0).
+    With tilt=True it also sees the body's up direction (pelvis->thorax) in the camera frame, which
+    the body frame hides: how the person stands relative to the camera (its elevation and roll)."""
 
-    def __init__(self, hidden=512):
+    def __init__(self, hidden=512, tilt=True):
         super().__init__()
+        self.tilt = tilt
         self.register_buffer("parents", torch.tensor(PARENTS[1:]), persistent=False)
-        self.net = nn.Sequential(nn.Linear((NJ - 1) * 7, hidden), nn.LeakyReLU(0.2),
+        self.net = nn.Sequential(nn.Linear((NJ - 1) * 7 + 3 * tilt, hidden), nn.LeakyReLU(0.2),
                                  nn.Linear(hidden, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, 1))
 
     def forward(self, pose):                                                      # (B,17,3) metres
         c = canonicalise(pose)
         bones = c[:, 1:] - c[:, self.parents]                                     # (B,16,3)
-        feats = torch.cat([c[:, 1:].flatten(1), bones.flatten(1), bones.norm(dim=-1)], 1)
-        return self.net(feats).squeeze(1)                                         # (B,) logits
+        feats = [c[:, 1:].flatten(1), bones.flatten(1), bones.norm(dim=-1)]
+        if self.tilt:
+            feats.append(F.normalize(pose[:, 8] - pose[:, 0], dim=-1, eps=1e-6))  # (B,3) camera-frame up
+        return self.net(torch.cat(feats, 1)).squeeze(1)                           # (B,) logits
 
 def build_nets(args, device):
     """G then D (this order fixes the seeded initialisation)."""
-    return {"G": Generator(args.hidden, args.blocks).to(device), "D": Discriminator().to(device)}
+    return {"G": Generator(args.hidden, args.blocks).to(device),
+            "D": Discriminator(tilt=args.tilt_prior == "elevation").to(device)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -365,6 +396,19 @@ def undistort(xd, dist, iters=20):
         radial = 1 + (k * torch.cat([r2, r2 ** 2, r2 ** 3], -1)).sum(-1, keepdim=True)
         xu = (xd - p * r2) / (radial + (p * xu).sum(-1, keepdim=True))
     return xu
+
+def through_cameras(poses, up, yaw, elevation):
+    """Memory poses (B,17,3) in their world frame, whose up is `up` (3,), as cameras of yaw (B,) and
+    elevation (B,) radians see them (x right, y down, z forward; elevation > 0: looking down), root at 0:
+    R = Rx(elevation) Ry(yaw) A, with A taking `up` to the camera's -y."""
+    a = torch.eye(3, dtype=poses.dtype, device=poses.device)[int(torch.argmin(up.abs()))]
+    e1 = F.normalize(a - (a @ up) * up, dim=0)
+    A = torch.stack([e1, -up, torch.cross(e1, -up, dim=0)])                       # (3,3) proper rotation
+    c, s, o, z = yaw.cos(), yaw.sin(), torch.ones_like(yaw), torch.zeros_like(yaw)
+    Ry = torch.stack([c, z, s, z, o, z, -s, z, c], -1).view(-1, 3, 3)             # (B,3,3)
+    c, s = elevation.cos(), elevation.sin()
+    Rx = torch.stack([o, z, z, z, c, -s, z, s, c], -1).view(-1, 3, 3)
+    return (poses - poses[:, :1]) @ (Rx @ Ry @ A).transpose(1, 2)                  # (B,17,3)
 
 def place_and_project(pose, xn, vis, camera="perspective", dist=None):
     """The AIGN renderer for poses. pose (B,17,3) root-relative metres, xn (B,17,2) observed
@@ -568,6 +612,7 @@ def training_set(args, data, device):
     return {**{k: torch.as_tensor(tr[k], device=device) for k in ("x2d", "cam")},      # (N,17,2), (N,4)
             "dist": None if tr["dist"] is None else torch.as_tensor(tr["dist"], device=device),  # (N,5)
             "memory": None if memory is None else torch.as_tensor(memory, device=device),   # (M,17,3)
+            "up": None if memory is None else torch.as_tensor(up_direction(memory), device=device),  # (3,)
             "n_unpaired": n_unpaired, "y_rel": None if y3d is None else y3d - y3d[:, :1]}   # root-relative
 
 def draw_batch(data, gen, args, dist):
@@ -578,13 +623,19 @@ def draw_batch(data, gen, args, dist):
     def draw(n):
         return torch.randint(n, (B * dist.world,), generator=gen)[dist.rank * B:(dist.rank + 1) * B]
 
+    def uniform(lo, hi):
+        return lo + (hi - lo) * torch.rand(B * dist.world, generator=gen)[dist.rank * B:(dist.rank + 1) * B]
+
     iu = draw(len(t["x2d"]))
     im = draw(len(t["memory"])) if t["memory"] is not None else None
     ip = draw(len(t["y_rel"])) if t["y_rel"] is not None else iu[:0]
-    rows = torch.cat([iu[:nu], ip])
+    rows, real = torch.cat([iu[:nu], ip]), None if im is None else t["memory"][im]
+    if real is not None and args.tilt_prior == "elevation":  # the memory seen through random cameras
+        lo, hi = np.radians(data["elevation"])
+        real = through_cameras(real, t["up"], uniform(0, 2 * np.pi).to(real), uniform(lo, hi).to(real))
     return {"x2d": t["x2d"][rows], "cam": t["cam"][rows], "n_unpaired": nu,             # (nu+Bp,17,2)
             "dist": None if t["dist"] is None else t["dist"][rows],                     # (nu+Bp,5)
-            "real": t["memory"][im] if im is not None else None,                        # (B,17,3)
+            "real": real,                                                               # (B,17,3)
             "y3d": t["y_rel"][ip] if t["y_rel"] is not None else None}                  # (Bp,17,3)
 
 def train_step(nets, opts, batch, args, dist, step):
@@ -700,7 +751,7 @@ def run_predict(args, dist, G, run_dir):
 # ----------------------------------------------------------------------------------------------
 # Main
 SCRIPT = "pose_aign"
-ARCH = ("hidden", "blocks", "camera")                  # args a checkpoint fixes: G's shape, the renderer
+ARCH = ("hidden", "blocks", "camera", "tilt_prior")    # args a checkpoint fixes: nets' shapes, the renderer
 
 def main(argv=None):
     args = get_args(argv)

@@ -174,6 +174,68 @@ def test_canonicalise_removes_rotation_but_keeps_mirroring():
 
 # ---------------------------------------------------------------------------------------------
 # Metrics (hand-computed cases)
+def test_memory_through_cameras_and_the_tilt_feature():
+    """The memory as cameras see it: an upright pose's up goes to (0, -cos e, -sin e) in the camera
+    frame (y down; e > 0 looks down), for any yaw and any world up; shapes are kept (a rotation). D with
+    the tilt prior tells a tilted pose from the upright one; without it, it cannot (body frame only)."""
+    pc, _ = random_poses(2)
+    world = (pc - pc[:, :1]) @ np.diag([1.0, -1.0, -1.0])         # camera frame -> a Y-up world (roughly)
+    rng = np.random.default_rng(3)
+    for up in (np.array([0.0, 1.0, 0.0]), np.array([0.0, 0.0, 1.0]), np.array([0.6, 0.0, 0.8])):
+        a = np.cross([0.0, 1.0, 0.0], up)
+        ang = np.arccos(np.clip(up[1], -1, 1))
+        Rw = B.rotvec_matrix(a / max(np.linalg.norm(a), 1e-12) * ang)  # takes Y up to `up`
+        poses = torch.tensor(world @ Rw.T)
+        poses[:, 8] = torch.tensor(np.linalg.norm(world[:, 8], axis=-1)[:, None] * up)   # thorax straight up
+        yaw, el = torch.tensor(rng.uniform(0, 6.3, len(poses))), torch.tensor(rng.uniform(-0.3, 0.8, len(poses)))
+        seen = P.through_cameras(poses, torch.tensor(up), yaw, el)
+        u = seen[:, 8] / seen[:, 8].norm(dim=-1, keepdim=True)
+        np.testing.assert_allclose(u.numpy(), torch.stack([0 * el, -el.cos(), -el.sin()], -1).numpy(), atol=1e-9)
+        np.testing.assert_allclose(torch.cdist(seen, seen).numpy(), torch.cdist(poses, poses).numpy(), atol=1e-9)
+    torch.manual_seed(0)
+    rel = torch.tensor(pc - pc[:, :1], dtype=torch.float32)
+    c, s_ = np.cos(0.5), np.sin(0.5)
+    tilted = rel @ torch.tensor([[1, 0, 0], [0, c, -s_], [0, s_, c]], dtype=torch.float32).T
+    for tilt in (True, False):
+        D = P.Discriminator(hidden=32, tilt=tilt)
+        gap = (D(rel) - D(tilted)).abs().max().item()
+        assert (gap > 1e-4) if tilt else (gap < 1e-5), (tilt, gap)
+
+
+def test_fitted_sampler_fits_cmu_and_keeps_joint_limits():
+    """Inverse then forward kinematics reproduces the real poses (the fit sees what is there); the
+    sampled clips keep the subject's bones, bend knees and elbows only their way and move smoothly."""
+    cmu = np.load(os.path.join(ROOT, "data", "cmu_h36m17.npz"))
+    real = cmu["poses_3d"][cmu["clip"] == "01_01"][::4].astype(np.float64)
+    model = B.fit_sampler(real)
+    rv = B.inverse_kinematics(real, model["rest"])
+    R0 = B.kabsch(model["rest"][[1, 4, 7]], B.unit(real[:, [1, 4, 7]] - real[:, :1]))
+    yaw = np.degrees(np.arctan2(R0[:, 0, 2], R0[:, 2, 2]))
+    rebuilt = B.forward_kinematics(rv, model["rest"], B.bone_lengths(real), yaw)
+    assert 1000 * np.linalg.norm(rebuilt - (real - real[:, :1]), axis=-1).mean() < 20
+    lengths = B.bone_lengths(real) * 1.1
+    clip = B.sample_clip(model, 100, lengths, np.random.default_rng(0))
+    np.testing.assert_allclose(np.linalg.norm(clip[:, 1:] - clip[:, P.PARENTS[1:]], axis=-1),
+                               np.broadcast_to(lengths[1:], (100, 16)), rtol=1e-9)
+    assert np.linalg.norm(np.diff(clip, axis=0), axis=-1).max() < 0.15     # metres per frame at 25 fps
+    thigh, shin = clip[:, 2] - clip[:, 1], clip[:, 3] - clip[:, 2]
+    assert np.degrees(np.arccos((B.unit(thigh) * B.unit(shin)).sum(-1))).max() <= 150 + 1e-6
+
+
+def test_builtin_roles_are_disjoint(tmp_path):
+    B.build(str(tmp_path), seed=5)
+    z = {r: np.load(tmp_path / f"{r}.npz") for r in ("train", "val", "test")}
+    subjects = {r: set(z[r]["subject"]) for r in z}
+    assert not (subjects["train"] & subjects["val"]) and not (subjects["train"] & subjects["test"])
+    assert subjects["val"] & subjects["test"] == {"CMU01"} and "CMU01" not in subjects["train"]
+    rel = {r: z[r]["poses_3d"][z[r]["action"] == "cmu"] for r in ("val", "test")}
+    rel = {r: np.round(v - v[:, :1], 4) for r, v in rel.items()}
+    assert len(rel["val"]) and len(rel["test"])
+    d = np.linalg.norm(rel["val"][:, None, ::4] - rel["test"][None, :, ::4], axis=-1).mean(-1)
+    assert d.min() > 1e-3                                               # no CMU frame in both stretches
+    assert {"fitted", "lying"} <= set(z["train"]["action"])
+
+
 def test_mpjpe_hand_case():
     gt = torch.zeros(1, 17, 3)
     pred = gt.clone()

@@ -27,7 +27,7 @@ REST_DIRS = np.array([[0, 0, 0], [-1, 0, 0], [0, -1, 0], [0, -1, 0], [1, 0, 0], 
                       [0, 1, 0], [0, 1, 0], [0, 0.8, 0.6], [0, 0.9, -0.45], [1, -0.15, 0], [0, -1, 0],
                       [0, -1, 0], [-1, -0.15, 0], [0, -1, 0], [0, -1, 0]], dtype=np.float64)
 REST_DIRS[1:] /= np.linalg.norm(REST_DIRS[1:], axis=1, keepdims=True)
-MOTIONS = ["walk", "run", "sit", "squat", "wave", "bend"]
+MOTIONS = ["walk", "run", "sit", "squat", "wave", "bend", "reach"]
 
 
 def bone_lengths(poses):
@@ -78,6 +78,14 @@ def synth_motion(kind, T, rng):
         a[f"{side}_elbow"] = u(40, 80) + u(20, 50) * s
         a["spine_side"] = u(-8, 8) + slow(3)
         a["r_knee"], a["l_knee"] = z + u(0, 15), z + u(0, 15)
+    elif kind == "reach":  # one or both arms up/forward/out to grab something, leaning and twisting into it
+        d, sides = 0.5 - 0.5 * c, ["r", "l"] if rng.random() < 0.4 else [rng.choice(["r", "l"])]
+        for side in sides:
+            a[f"{side}_sh_flex"], a[f"{side}_sh_abd"] = u(60, 175) * d, z + u(-10, 60)
+            a[f"{side}_elbow"] = u(0, 40) * (1 - d) + u(0, 20)
+        a["spine_flex"], a["spine_side"], a["spine_twist"] = u(-15, 40) * d, u(-20, 20) * d, u(-30, 30) * d
+        a["r_hip_flex"] = a["l_hip_flex"] = u(0, 50) * d
+        a["r_knee"], a["l_knee"] = u(0, 60) * d, u(0, 60) * d
     elif kind == "bend":
         d = 0.5 - 0.5 * c
         a["spine_flex"] = u(50, 95) * d
@@ -121,17 +129,149 @@ def synth_pose_fk(ang, lengths, yaw_deg):
     return pos
 
 
+# ----------------------------------------------------------------------------------------------
+# The fitted sampler: local joint rotations (axis-angle) fitted to the real CMU poses, sampled as
+# smooth correlated trajectories within joint limits, then forward kinematics on the subject's bones.
+ROTATED = [0, 1, 2, 4, 5, 7, 8, 9, 11, 12, 14, 15]        # joints whose rotation moves a child bone
+CHILDREN = {j: [c for c in range(NJ) if PARENTS[c] == j] for j in ROTATED}
+HINGES = {2: (0, 150), 5: (0, 150), 12: (-150, 0), 15: (-150, 0)}  # knees bend back (+x), elbows forward
+LIMITS = {1: 120, 4: 120, 7: 45, 8: 40, 9: 60, 11: 170, 14: 170}    # largest rotation (deg) of the others
+
+
+def rotvec_matrix(v):
+    """(..., 3) axis-angle (radians) -> (..., 3, 3) rotations (Rodrigues)."""
+    a = np.linalg.norm(v, axis=-1, keepdims=True)
+    k = v / np.maximum(a, 1e-12)
+    K = np.zeros(v.shape + (3,))
+    K[..., 0, 1], K[..., 0, 2], K[..., 1, 2] = -k[..., 2], k[..., 1], -k[..., 0]
+    K = K - np.swapaxes(K, -1, -2)
+    a = a[..., None]
+    return np.eye(3) + np.sin(a) * K + (1 - np.cos(a)) * K @ K
+
+
+def matrix_rotvec(R):
+    """(..., 3, 3) rotations -> (..., 3) axis-angle (radians)."""
+    a = np.arccos(np.clip((np.trace(R, axis1=-2, axis2=-1) - 1) / 2, -1, 1))[..., None]
+    w = np.stack([R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0], R[..., 1, 0] - R[..., 0, 1]], -1)
+    return w * a / np.maximum(2 * np.sin(a), 1e-9)
+
+
+def kabsch(A, Bs):
+    """Rest directions A (k,3) and observed Bs (N,k,3) -> rotations R (N,3,3) with R A_i ~ B_i."""
+    U, _, Vt = np.linalg.svd(np.einsum("nki,kj->nij", Bs, A))
+    d = np.sign(np.linalg.det(U @ Vt))
+    return U @ (np.eye(3) * np.stack([np.ones_like(d), np.ones_like(d), d], -1)[:, None]) @ Vt
+
+
+def unit(v):
+    return v / np.linalg.norm(v, axis=-1, keepdims=True).clip(1e-9)
+
+
+def fit_rest(poses):
+    """Rest directions (17,3) of the fitted sampler: the chains of REST_DIRS, and the rigid pelvis and
+    thorax shapes of the real poses (median directions in the pelvis / thorax frame)."""
+    rest, dirs = REST_DIRS.copy(), unit(poses[:, 1:] - poses[:, PARENTS[1:]])     # (N,16,3) world
+    dirs = np.concatenate([np.zeros_like(dirs[:, :1]), dirs], 1)                   # index = child joint
+    for root, up, x_from, kids in ((0, 7, (1, 4), (1, 4, 7)), (8, 8, (14, 11), (9, 11, 14))):
+        y = dirs[:, up]
+        x = unit(poses[:, x_from[1]] - poses[:, x_from[0]])
+        x = unit(x - (x * y).sum(-1, keepdims=True) * y)
+        frame = np.stack([x, y, np.cross(x, y)], 1)                                 # (N,3,3) rows
+        for c in kids:
+            rest[c] = unit(np.median(np.einsum("nij,nj->ni", frame, dirs[:, c]), 0))
+    return rest
+
+
+def inverse_kinematics(poses, rest):
+    """(N,17,3) world poses (Y up) -> (N,12,3) local rotations (ROTATED joints; the root's without yaw)."""
+    dirs = np.concatenate([np.zeros_like(poses[:, :1]), unit(poses[:, 1:] - poses[:, PARENTS[1:]])], 1)
+    rot, out = {}, []
+    for j in ROTATED:
+        R_par = rot[PARENTS[j]] if j else np.eye(3)
+        seen = np.einsum("nji,nkj->nki", np.broadcast_to(R_par, (len(poses), 3, 3)), dirs[:, CHILDREN[j]])
+        if len(CHILDREN[j]) > 1:
+            local = kabsch(rest[CHILDREN[j]], seen)
+        else:  # the shortest rotation (no twist) taking the rest direction to the seen one
+            a, b = rest[CHILDREN[j][0]], seen[:, 0]
+            axis, ang = np.cross(a, b), np.arctan2(np.linalg.norm(np.cross(a, b), axis=-1), b @ a)
+            local = rotvec_matrix(unit(axis) * ang[:, None])
+        rot[j] = R_par @ local
+        if j == 0:  # keep the tilt, drop the heading: R0 = Ry(yaw) T
+            yaw = np.degrees(np.arctan2(local[:, 0, 2], local[:, 2, 2]))
+            local = euler_matrix("Y", -yaw) @ local
+        out.append(matrix_rotvec(local))
+    return np.stack(out, 1)
+
+
+def forward_kinematics(rv, rest, lengths, yaw_deg):
+    """(T,12,3) local rotations (radians), rest (17,3), lengths (17,), yaw (T,) -> (T,17,3), Y up."""
+    T = len(rv)
+    local = {j: rotvec_matrix(rv[:, i]) for i, j in enumerate(ROTATED)}
+    local[0] = euler_matrix("Y", yaw_deg) @ local[0]
+    rot, pos = {0: local[0]}, np.zeros((T, NJ, 3))
+    for j in range(1, NJ):
+        p = PARENTS[j]
+        pos[:, j] = pos[:, p] + rot[p] @ (lengths[j] * rest[j])
+        rot[j] = rot[p] @ local[j] if j in local else rot[p]
+    return pos
+
+
+def fit_sampler(poses, clusters=6, seed=0):
+    """A Gaussian mixture over the local rotations of the real poses: k-means, then each cluster's
+    mean and covariance (plus (4 deg)^2 on the diagonal)."""
+    rest = fit_rest(poses)
+    X = inverse_kinematics(poses, rest).reshape(len(poses), -1)                      # (N,36)
+    rng = np.random.default_rng(seed)
+    mu = X[rng.choice(len(X), clusters, replace=False)]
+    for _ in range(30):
+        lab = np.argmin(((X[:, None] - mu[None]) ** 2).sum(-1), 1)
+        mu = np.stack([X[lab == k].mean(0) if (lab == k).any() else mu[k] for k in range(clusters)])
+    chol = [np.linalg.cholesky(np.cov(X[lab == k].T) + np.radians(4) ** 2 * np.eye(X.shape[1]))
+            for k in range(clusters)]
+    return {"rest": rest, "mu": mu, "chol": np.stack(chol), "weight": np.bincount(lab, minlength=clusters) / len(X)}
+
+
+def smooth_noise(T, dims, rng, lo=0.05, hi=0.6, waves=3):
+    """(T, dims) smooth unit-variance noise at 25 fps: sums of `waves` sinusoids of random frequency (Hz)."""
+    t = np.arange(T)[:, None, None] / 25.0
+    f, ph = rng.uniform(lo, hi, (1, dims, waves)), rng.uniform(0, 2 * np.pi, (1, dims, waves))
+    return np.sqrt(2.0 / waves) * np.sin(2 * np.pi * f * t + ph).sum(-1)
+
+
+def sample_clip(model, T, lengths, rng, widen=1.5, lying=False):
+    """One smooth clip (T,17,3) from the fitted mixture: drifting from one cluster's mean to another's,
+    correlated wobble widened `widen` times, joint limits enforced; lying: the body tipped 60-100 deg
+    about a horizontal axis (on the back, front or side)."""
+    k0, k1 = rng.choice(len(model["mu"]), 2, p=model["weight"])
+    w = np.clip((np.arange(T) / 25.0 - rng.uniform(0, T / 25.0)) / 2.0 + 0.5, 0, 1)[:, None]   # (T,1)
+    w = w * w * (3 - 2 * w)                                                                  # smoothstep
+    x = (1 - w) * model["mu"][k0] + w * model["mu"][k1] + widen * smooth_noise(T, 36, rng) @ model["chol"][k0].T
+    rv = x.reshape(T, len(ROTATED), 3)
+    for i, j in enumerate(ROTATED):
+        if j in HINGES:  # one axis only, within the hinge's range
+            lo, hi = np.radians(HINGES[j])
+            rv[:, i] = np.clip(rv[:, i, :1], lo, hi) * np.eye(3)[0]
+        elif j in LIMITS:
+            a = np.linalg.norm(rv[:, i], axis=-1, keepdims=True)
+            rv[:, i] *= np.minimum(1.0, np.radians(LIMITS[j]) / np.maximum(a, 1e-9))
+    if lying:
+        axis = rng.uniform(0, 2 * np.pi)
+        rv[:, 0] = np.radians(rng.uniform(60, 100)) * np.array([np.cos(axis), 0, np.sin(axis)]) + 0.05 * smooth_noise(T, 3, rng)
+    yaw = rng.uniform(0, 360) + 30 * smooth_noise(T, 1, rng)[:, 0]
+    return forward_kinematics(rv, model["rest"], lengths, yaw)
+
+
 def random_cameras(n, rng):
     """n random perspective cameras: (n, 3, 3) world->camera rotations, (n, 3) root positions in the
     camera frame (metres), (n, 4) intrinsics fx, fy, cx, cy for a 1000x1000 image."""
-    yaw, el = rng.uniform(0, 360, n), rng.uniform(-5, 30, n)
-    dist = rng.uniform(3.5, 7.0, n)
+    yaw, el = rng.uniform(0, 360, n), rng.uniform(-10, 40, n)   # camera below (< 0) to well above the person
+    dist = rng.uniform(3.0, 9.0, n)
     # world (X left, Y up, Z forward) -> camera (x right, y down, z forward) facing the subject,
     # then the subject's yaw and the camera's elevation (camera above looks down)
     flip = np.diag([1.0, -1.0, -1.0])
     R = euler_matrix("X", el) @ flip @ euler_matrix("Y", yaw)
     root = np.stack([dist * rng.uniform(-0.12, 0.12, n), dist * rng.uniform(-0.05, 0.12, n), dist], 1)
-    f = rng.uniform(900, 1600, n)
+    f = rng.uniform(700, 1800, n)
     cam = np.stack([f, f * rng.uniform(0.995, 1.005, n), 500 + rng.normal(0, 8, n), 500 + rng.normal(0, 8, n)], 1)
     return R, root, cam
 
@@ -143,29 +283,34 @@ def project_np(p_cam, cam):
 
 def build(folder, seed=1234):
     """Write the built-in dataset: train/val/test.npz (2D + cameras + 3D + subject/action) and
-    memory.npz (3D only). Synthetic subjects are split disjointly: S1-S6 give the 2D inputs, S7-S9 the
-    memory, S10 validation, S11-S12 test; the real CMU clips: 01_01 memory, 01_03 test."""
+    memory.npz (3D only). Each synthetic subject has its own bones and 12 clips of 250 frames: the 7
+    scripted motions (MOTIONS), 4 from the sampler fitted to the real clip 01_01 ('fitted') and 1
+    lying on the floor ('lying'). Disjoint roles: S1-S6 give the 2D inputs, S7-S9 the
+    memory, S10 validation, S11-S12 test; the real CMU poses: clip 01_01 memory, the first 40% of clip
+    01_03 validation, the rest of it test (action 'cmu')."""
     cmu = common.load_npz(os.path.join(ROOT, "data", "cmu_h36m17.npz"), ["poses_3d", "clip"],
                           "the shipped CMU poses (rebuild with tools/bvh_to_memory.py, see its docstring)")
     lengths0 = bone_lengths(cmu["poses_3d"])
+    real = {c: cmu["poses_3d"][cmu["clip"] == c].astype(np.float64) for c in ("01_01", "01_03")}
+    cut = int(0.4 * len(real["01_03"]))
+    real = {"memory": real["01_01"], "val": real["01_03"][:cut], "test": real["01_03"][cut:]}
+    model = fit_sampler(real["memory"])
     rng = np.random.default_rng(seed)
     roles = {"train": range(1, 7), "memory": range(7, 10), "val": [10], "test": [11, 12]}
     sym = [0, 4, 5, 6, 1, 2, 3, 7, 8, 9, 10, 14, 15, 16, 11, 12, 13]  # left <-> right twin of each bone
-    out = {}
+    out, T = {}, 250
     for role, subjects in roles.items():
         poses, subj, act = [], [], []
         for s in subjects:
             jitter = rng.normal(1.0, 0.04, NJ)
             lengths = lengths0 * rng.uniform(0.88, 1.12) * (jitter + jitter[sym]) / 2  # symmetric body
-            for kind in MOTIONS:
-                for _ in range(2):
-                    T = 250
-                    pose = synth_pose_fk(synth_motion(kind, T, rng), lengths, rng.uniform(0, 360))
-                    poses.append(pose); subj += [f"S{s}"] * T; act += [kind] * T
-        if role in ("memory", "test"):
-            clip = "01_01" if role == "memory" else "01_03"
-            real = cmu["poses_3d"][cmu["clip"] == clip]
-            poses.append(real); subj += ["CMU01"] * len(real); act += ["cmu"] * len(real)
+            clips = [(k, synth_pose_fk(synth_motion(k, T, rng), lengths, rng.uniform(0, 360))) for k in MOTIONS]
+            clips += [("fitted", sample_clip(model, T, lengths, rng)) for _ in range(4)]
+            clips += [("lying", sample_clip(model, T, lengths, rng, lying=True))]
+            for kind, pose in clips:
+                poses.append(pose); subj += [f"S{s}"] * T; act += [kind] * T
+        if role != "train":
+            poses.append(real[role]); subj += ["CMU01"] * len(real[role]); act += ["cmu"] * len(real[role])
         out[role] = (np.concatenate(poses).astype(np.float32), np.array(subj), np.array(act))
     os.makedirs(folder, exist_ok=True)
     np.savez_compressed(os.path.join(folder, "memory.npz"), poses_3d=out["memory"][0])
@@ -177,7 +322,7 @@ def build(folder, seed=1234):
             R, root, cam = random_cameras(len(world), rng)
             # one camera per 250-frame clip: reuse the clip's first draw for all its frames
             clip_id = np.concatenate([[0], np.cumsum((subj[1:] != subj[:-1]) | (act[1:] != act[:-1])
-                                                     | (np.arange(1, len(act)) % 250 == 0))])
+                                                     | (np.arange(1, len(act)) % T == 0))])
             first = np.searchsorted(clip_id, clip_id)
             R, root, cam = R[first], root[first], cam[first]
             pc = np.einsum("nij,nkj->nki", R, world - world[:, :1]) + root[:, None]
