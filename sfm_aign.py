@@ -68,8 +68,9 @@ def get_args(argv=None):
     add("--min-depth", type=float, default=0.5, help="smallest predictable depth, m (default: 0.5)")
     add("--max-depth", type=float, default=100.0, help="largest predictable depth, m (default: 100)")
     add("--eval-cap", type=float, default=80.0, help="evaluate depth on GT in 0.001..CAP m (default: 80)")
-    add("--eval-crop", choices=["garg", "none"], help="depth evaluation window: the Eigen split's Garg "
-                                                      "crop or the whole frame (default: garg with --gt-depth)")
+    add("--eval-crop", choices=["garg", "none"],
+        help="depth evaluation window: the Eigen split's Garg crop or the whole frame (default: garg with "
+             "--gt-depth, else none)")
     args = p.parse_args(argv)
     common.check_args(args, nonneg_ints=("adv_warmup",))
     args.eval_crop = args.eval_crop or ("garg" if args.gt_depth else "none")
@@ -129,6 +130,9 @@ def read_intrinsics(path, key=None):
     K = v.reshape(3, 3)
     if not (np.isfinite(K).all() and K[0, 0] > 0 and K[1, 1] > 0):
         raise InputError(f"{path}: intrinsics fx={K[0, 0]:g}, fy={K[1, 1]:g}; expected finite fx, fy > 0")
+    if K[1, 0] != 0 or K[2, 0] != 0 or K[2, 1] != 0 or K[2, 2] != 1:
+        raise InputError(f"{path}: expected a camera matrix [[fx, s, cx], [0, fy, cy], [0, 0, 1]], found "
+                         f"rows 2-3 {K[1:].tolist()}")
     return K
 
 def rescale_K(K, sx, sy):
@@ -385,36 +389,54 @@ def pose6_to_matrix(p):
     T[..., 3, 3] = 1
     return T
 
+_PIXELS = {}  # (H, W, dtype, device) -> the homogeneous pixel grid, built once per size
+
+def pixel_grid(H, W, dtype, device):
+    """(3, H*W) rows u, v, 1 of every pixel centre (integer coordinates), row-major."""
+    key = (H, W, dtype, str(device))
+    if key not in _PIXELS:
+        v, u = torch.meshgrid(torch.arange(H, dtype=dtype, device=device),
+                              torch.arange(W, dtype=dtype, device=device), indexing="ij")
+        _PIXELS[key] = torch.stack([u, v, torch.ones_like(u)]).reshape(3, H * W)
+    return _PIXELS[key]
+
+def inverse_intrinsics(K):
+    """K^-1 of (B,3,3) camera matrices [[fx, s, cx], [0, fy, cy], [0, 0, 1]] in closed form."""
+    fx, fy, cx, cy, s = K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2], K[:, 0, 1]
+    o, one = torch.zeros_like(fx), torch.ones_like(fx)
+    return torch.stack([1 / fx, -s / (fx * fy), (s * cy - cx * fy) / (fx * fy), o, 1 / fy, -cy / fy,
+                        o, o, one], -1).view(-1, 3, 3)
+
 def inverse_warp(source, depth, pose6, K):
     """Rebuild the target frame from a source frame.
     source (B,C,H,W); depth (B,1,H,W) of the target; pose6 (B,6) target->source; K (B,3,3) at this size.
     Camera frame: x right, y down, z forward; pixel centres at integer (u, v).
-      X = d K^-1 [u v 1]^T  ->  X' = R X + t  ->  (u', v') = K X' / z'  ->  bilinear sample of source.
+      X = d K^-1 [u v 1]^T  ->  X' = R X + t  ->  (u', v') = K X' / z'  ->  bilinear sample of source,
+    fused into one projection: N K X' = d (N K R K^-1) [u v 1]^T + N K t, where N maps pixels to
+    grid_sample's [-1, 1] (align_corners=True: -1/+1 are the centres of the first/last pixels).
     Returns the warped image (B,C,H,W) and the validity mask (B,1,H,W): inside the source, z' > 0."""
     B, _, H, W = source.shape
-    v, u = torch.meshgrid(torch.arange(H, dtype=depth.dtype, device=depth.device),
-                          torch.arange(W, dtype=depth.dtype, device=depth.device), indexing="ij")
-    pix = torch.stack([u, v, torch.ones_like(u)]).reshape(1, 3, H * W)  # (1, 3, HW)
-    cam = (torch.linalg.inv(K) @ pix) * depth.reshape(B, 1, H * W)  # (B, 3, HW) back-projection
-    T = pose6_to_matrix(pose6)
-    cam_s = T[:, :3, :3] @ cam + T[:, :3, 3:]  # (B, 3, HW) in the source camera
-    proj = K @ cam_s
-    z = proj[:, 2:3]
-    uv = proj[:, :2] / z.clamp(min=1e-6)  # (B, 2, HW) source pixel coordinates
-    # grid_sample with align_corners=True maps -1/+1 to the centres of the first/last pixels,
-    # which is exactly the integer-centre convention of K above.
-    grid = torch.stack([2 * uv[:, 0] / (W - 1) - 1, 2 * uv[:, 1] / (H - 1) - 1], -1).reshape(B, H, W, 2)
+    N = K.new_tensor([[2 / (W - 1), 0, -1], [0, 2 / (H - 1), -1], [0, 0, 1]])
+    NK = N @ K  # (B, 3, 3)
+    M = NK @ axis_angle_to_matrix(pose6[:, :3]) @ inverse_intrinsics(K)  # (B, 3, 3)
+    proj = torch.addcmul(NK @ pose6[:, 3:, None], depth.reshape(B, 1, H * W),
+                         M @ pixel_grid(H, W, depth.dtype, depth.device))  # (B, 3, HW)
+    z = proj[:, 2:]
+    grid = (proj[:, :2] / z.clamp(min=1e-6)).transpose(1, 2).reshape(B, H, W, 2)  # source pixels in [-1, 1]
     warped = F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-    valid = (z > 1e-6) & (uv[:, :1] >= 0) & (uv[:, :1] <= W - 1) & (uv[:, 1:] >= 0) & (uv[:, 1:] <= H - 1)
-    return warped, valid.reshape(B, 1, H, W).to(source.dtype)
+    with torch.no_grad():
+        valid = (z.reshape(B, 1, H, W) > 1e-6) & (grid.abs().amax(-1)[:, None] <= 1)
+    return warped, valid.to(source.dtype)
 
 
 # ----------------------------------------------------------------------------------------------
 # Losses
 def ssim_dissimilarity(x, y):
     """(1 - SSIM) / 2 on 3x3 windows, per pixel (B,C,H,W)."""
-    def pool(t):
-        return F.avg_pool2d(F.pad(t, (1, 1, 1, 1), mode="reflect"), 3, 1)
+    def pool(t):  # 3x3 means, reflected borders: two 3-tap sums (avg_pool2d is ~4x slower on CPU)
+        t = F.pad(t, (1, 1, 1, 1), mode="reflect")
+        s = t[..., :-2, :] + t[..., 1:-1, :] + t[..., 2:, :]
+        return (s[..., :-2] + s[..., 1:-1] + s[..., 2:]) / 9
     mx, my = pool(x), pool(y)
     sx, sy, sxy = pool(x * x) - mx ** 2, pool(y * y) - my ** 2, pool(x * y) - mx * my
     c1, c2 = 0.01 ** 2, 0.03 ** 2

@@ -219,6 +219,19 @@ def test_paired_frames_are_whole_stretches():
     assert targets == list(range(1, 11)) + [26, 27, 28] and S.STRETCH == 10
 
 
+def test_ssim_matches_a_pooling_reference():
+    torch.manual_seed(0)
+    x, y = torch.rand(2, 3, 9, 13, dtype=torch.float64), torch.rand(2, 3, 9, 13, dtype=torch.float64)
+
+    def pool(t):  # the plain 3x3 average pooling of reflect-padded maps
+        return F.avg_pool2d(F.pad(t, (1, 1, 1, 1), mode="reflect"), 3, 1)
+    mx, my = pool(x), pool(y)
+    sx, sy, sxy = pool(x * x) - mx ** 2, pool(y * y) - my ** 2, pool(x * y) - mx * my
+    ssim = (2 * mx * my + 1e-4) * (2 * sxy + 9e-4) / ((mx ** 2 + my ** 2 + 1e-4) * (sx + sy + 9e-4))
+    assert torch.allclose(S.ssim_dissimilarity(x, y), ((1 - ssim) / 2).clamp(0, 1), atol=1e-12)
+    assert S.ssim_dissimilarity(x, x).abs().max() < 1e-12
+
+
 def test_gan_helpers_lsgan_has_the_half_factor():
     D = torch.nn.Identity()
     real, fake = torch.ones(3), torch.zeros(3)  # a perfect discriminator: loss 0
@@ -325,6 +338,7 @@ def test_kitti_raw_and_odometry_loaders(tmp_path):
     ("intrinsics_zero", "intrinsics.txt: intrinsics fx=0"),
     ("intrinsics_negative", "fy=-30; expected finite fx, fy > 0"),
     ("intrinsics_count", "intrinsics.txt: expected 'fx fy cx cy' or a 3x3 K, found 5 numbers"),
+    ("intrinsics_matrix", "intrinsics.txt: expected a camera matrix [[fx, s, cx], [0, fy, cy], [0, 0, 1]]"),
     ("intrinsics_utf8", "intrinsics.txt: not UTF-8 text"),
     ("size", "expected the sequence's image size"),
     ("poses", "poses.txt: expected 4 lines (one per frame), found 3"),
@@ -346,7 +360,7 @@ def test_loader_errors(tmp_path, breakage, message):
         os.remove(d / "intrinsics.txt")
     elif breakage.startswith("intrinsics_"):
         text = {"nan": "nan 30 29.5 9.5\n", "zero": "0 30 29.5 9.5\n", "negative": "30 -30 29.5 9.5\n",
-                "count": "30 30 29.5 9.5 1\n"}.get(breakage[11:])
+                "count": "30 30 29.5 9.5 1\n", "matrix": "30 0 29.5\n0 30 9.5\n0 0 2\n"}.get(breakage[11:])
         (d / "intrinsics.txt").write_bytes(text.encode() if text else b"30 30 29.5 9.5 \xe9\n")
     elif breakage == "size":
         write_png(str(d / "images" / "0003.png"), frames(1, 22, 60)[0])
