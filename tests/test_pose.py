@@ -557,6 +557,12 @@ def test_cli_refuses_bad_values_before_writing(tmp_path, flag, value):
     assert not (tmp_path / "o").exists()
 
 
+def test_cli_refuses_an_elevation_range_upside_down(tmp_path):
+    proc = run_cli("pose_aign.py", "--elevation", "30", "10", "--out", tmp_path / "o", check=False)
+    one_line_error(proc, "--elevation", "LO <= HI")
+    assert not (tmp_path / "o").exists()
+
+
 def write_mem(path, n=100, seed=0, **override):
     np.savez(path, **{"poses_3d": random_poses(n // 2, seed)[0].astype(np.float32), **override})
 
