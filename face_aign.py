@@ -14,7 +14,9 @@ a classifier G never sees). Results card (built-in 64x64 DCGAN faces, sr x4, 500
     default run (seed 0, 400 steps, CPU): 2 threads HR 26.04 dB, LR 43.19 dB, female 0.322 (1 thread: 0.238).
 """
 import argparse
+import copy
 import glob
+import importlib.util
 import math
 import os
 import sys
@@ -29,10 +31,10 @@ from tqdm import tqdm
 import common
 from common import InputError
 
-SCRIPT, NETS = "face_aign", ("G", "D")
-# fixed by a checkpoint (--resume, --eval-only, --predict): the networks, the memory, the judged attribute
-ARCH = ("task", "size", "scale", "region", "channels", "d_channels", "blocks", "gan", "bias", "memory",
-        "paired_frac", "judge_attr")
+SCRIPT, NETS = "face_aign", ("G", "D", "G_ema")
+# fixed by a checkpoint (--resume, --eval-only, --predict): the networks and the memory
+ARCH = ("task", "size", "scale", "region", "channels", "d_channels", "d_norm", "blocks", "gan", "bias",
+        "memory", "paired_frac")
 IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # Boxes hidden by the inpainting mask, as fractions (y0, y1, x0, x1) of an aligned square face
 # crop; they cover the mouth/nose of both CelebA center crops and the built-in DCGAN faces.
@@ -59,13 +61,19 @@ def get_args(argv=None):
     add("--gan", choices=["bce", "lsgan", "wgan-gp"], default="bce", help="adversarial loss (default: bce)")
     add("--channels", type=int, default=32, help="G's channels (default: 32)")
     add("--d-channels", type=int, default=None, help="D's first channels (default: --channels/2)")
+    add("--d-norm", choices=["none", "spectral"], default="none",
+        help="D's weight normalisation (default: none)")
+    add("--ema", type=float, default=0.99, help="decay of the evaluated average of G's weights, 0 = G "
+        "itself (default: 0.99)")
     add("--blocks", type=int, default=4, help="residual blocks in G (default: 4; paper 15)")
-    add("--test-size", type=int, default=500, help="test faces (balanced on --judge-attr) (default: 500)")
+    add("--test-size", type=int, default=500, help="test and validation faces each, balanced on --judge-attr "
+        "(default: 500)")
     add("--max-images", type=int, default=0, help="read at most N faces of --data (default: 0 = all)")
-    add("--judge", choices=["auto", "onnx", "cnn", "none"], default="auto", help="attribute judge: onnx "
-        "age/gender models, a CNN trained on held-out labels, none (default: auto = onnx built-in, else cnn)")
+    add("--judge", choices=["auto", "onnx", "cnn", "both", "none"], default="auto", help="attribute judges: "
+        "onnx (age/gender models + mouth rule), a CNN trained once on held-out labelled faces, both, none "
+        "(default: auto = both on the built-in faces, cnn on labelled --data, else none)")
     add("--judge-attr", default=None, help="attribute to judge (default: --bias, else -Male)")
-    add("--judge-steps", type=int, default=400, help="training steps of the CNN judge (default: 400)")
+    add("--judge-steps", type=int, default=1000, help="training steps of the CNN judge (default: 1000)")
     args = p.parse_args(glue_negated(sys.argv[1:] if argv is None else argv, ("--bias", "--judge-attr")))
     args.lambda_adv = args.lambda_adv if args.lambda_adv is not None else 0.01 if args.task == "sr" else 0.001
     args.judge_attr = args.judge_attr or args.bias or "-Male"
@@ -76,6 +84,7 @@ def get_args(argv=None):
                       f"--scale {args.scale}: expected 2, 4 or 8 with --size/--scale >= 4"),
                      (args.channels < 2, f"--channels {args.channels}: expected an integer >= 2"),
                      (not 0 <= args.jitter <= 0.2, f"--jitter {args.jitter}: expected 0 to 0.2"),
+                     (not 0 <= args.ema < 1, f"--ema {args.ema}: expected 0 <= decay < 1"),
                      (args.bias and args.memory, "--bias and --memory: expected one of them")):
         if bad:
             raise InputError(msg)
@@ -145,63 +154,78 @@ def read_celeba_attrs(path):
 
 def load_data(args, dist):
     """--data, or the built-in faces (built once into $AIGN_CACHE by tools/face_builtin.py)."""
-    root = args.data or common.builtin_dataset(__file__, "faces", "face_builtin", dist)
+    root = args.data or common.builtin_dataset(__file__, "faces_v2", "face_builtin", dist)  # v2: + val, mouth
     data = load_faces(args, root, not args.no_progress and dist.main)
     common.log(f"faces: {len(data['inputs'])} generator inputs, {len(data['mem'])} memory "
-               f"({args.memory or args.bias or 'all faces'}), {len(data['test'])} test", dist)
-    return data
+               f"({args.memory or args.bias or 'all faces'}), {len(data['val'])} validation, "
+               f"{len(data['test'])} test", dist)
+    return {**data, "root": root}
 
 def load_faces(args, root, show):
-    """Read --data (CelebA layout or a plain folder) and --memory as uint8 (N, 3, S, S) aligned faces; split
-    into generator inputs, memory and a balanced test set, with a fixed seed (all --seed runs share it)."""
+    """Read --data (CelebA layout or a plain folder) and --memory as uint8 (N, 3, S, S) aligned faces.
+    Disjoint roles, with a fixed seed (all --seed runs share them): test (partition 2, else 10%),
+    validation (partition 1, else 10% of the rest), the CNN judge's faces (a fifth of the rest, where
+    labels exist), then generator inputs and memory (halves of what is left; a --memory folder: all of
+    it inputs). Test and validation are balanced on the judged attribute."""
     rng, cut, attrs, partition, labelled = np.random.default_rng(0), args.max_images or None, None, None, {}
     attr_file, part_file = (os.path.join(root, f"list_{f}.txt") for f in ("attr_celeba", "eval_partition"))
     if os.path.isfile(attr_file):  # CelebA layout (also the built-in data)
         files, names, attrs = read_celeba_attrs(attr_file)
         files, attrs = files[:cut], attrs[:cut]
-        if os.path.isfile(part_file):  # partition 2 = test
+        if os.path.isfile(part_file):  # partition 0 train, 1 validation, 2 test
             _, pf, p = read_rows(part_file, ("0", "1", "2"))
             part = dict(zip(pf, p[:, 0].astype(int)))
             partition = np.array([part.get(fn, 0) for fn in files])
         paths = [os.path.join(root, "img_align_celeba", fn) for fn in files]  # missing: read_rgb's error
-        judged = args.judge == "cnn" or args.judge_attr.lstrip("-") in names
+        judged = args.judge in ("cnn", "both") or args.judge_attr.lstrip("-") in names
         for attr in [a for a in (args.judge_attr if judged else None, args.bias) if a]:  # 'Male' or '-Male'
             if attr.lstrip("-") not in names:
                 raise InputError(f"attribute {attr!r}: not in {attr_file} (expected one of "
                                  f"{', '.join(names)}, optionally prefixed by '-')")
             labelled[attr] = (attrs[:, names.index(attr.lstrip("-"))] != attr.startswith("-")).numpy()  # (N,)
-    elif args.bias or args.judge == "cnn":
+    elif args.bias or args.judge in ("cnn", "both"):
         raise InputError(f"--bias/--judge cnn: {root} has no list_attr_celeba.txt (expected labelled CelebA)")
     else:
         paths = list_images(root)[:cut]
-    judged = labelled.get(args.judge_attr)  # for the balanced test set and the CNN judge
+    judged = labelled.get(args.judge_attr)  # for the balanced test/validation sets and the CNN judge
     hr = load_images(paths, args.size, "faces", show)  # (N, 3, S, S) uint8
-    if partition is not None and (partition == 2).any() and (partition != 2).any():
-        test, train = np.flatnonzero(partition == 2), np.flatnonzero(partition != 2)
-    else:
-        perm = rng.permutation(len(hr))
-        test, train = perm[:max(1, len(hr) // 10)], perm[max(1, len(hr) // 10):]
-    train = rng.permutation(train)
-    if args.memory:  # a folder memory: every training face of --data is a generator input
+    if partition is None or not ((partition == 2).any() and (partition != 2).any()):
+        partition = np.zeros(len(hr), int)
+        partition[rng.permutation(len(hr))[:max(1, len(hr) // 10)]] = 2
+    test, rest = np.flatnonzero(partition == 2), np.flatnonzero(partition != 2)
+    val, train = np.flatnonzero(partition == 1), rng.permutation(np.flatnonzero(partition == 0))
+    if len(val) == 0 or len(train) == 0:  # no validation partition: 10% of the training faces
+        rest = rng.permutation(rest)
+        val, train = rest[:max(1, len(rest) // 10)], rest[max(1, len(rest) // 10):]
+    n_judge = len(train) // 5 if judged is not None else 0
+    judge_faces, train = train[:n_judge], train[n_judge:]
+    if args.memory:  # a folder memory: every remaining training face of --data is a generator input
         inputs, mem = train, load_images(list_images(args.memory), args.size, "memory", show)
     else:  # memory and generator inputs are disjoint halves of the training faces
         inputs, mem_pool = train[:len(train) // 2], train[len(train) // 2:]
         mem = hr[mem_pool[labelled[args.bias][mem_pool]] if args.bias else mem_pool]
-    if judged is not None:  # test: disjoint from both, balanced on the judged attribute
-        pos, neg = test[judged[test]], test[~judged[test]]
-        k = min(len(pos), len(neg), args.test_size // 2)
-        test = rng.permutation(np.concatenate([pos[:k], neg[:k]])) if k > 0 else test
-    test = test[:args.test_size]
+    test, val = (balanced(ids, judged, args.test_size, rng) for ids in (test, val))
     if len(mem) < args.batch_size and not args.eval_only:
         src = f"--memory {args.memory}" if args.memory else f"--bias {args.bias}" if args.bias else "--data"
         raise InputError(f"memory: {len(mem)} faces ({src}), expected at least one batch "
                          f"(--batch-size {args.batch_size})")
     if len(inputs) == 0:
-        raise InputError(f"{root}: {len(hr)} faces leave no generator inputs (expected >= 10)")
+        raise InputError(f"{root}: {len(hr)} faces leave no generator inputs (expected >= 12)")
+
+    def label(ids):  # (n,) bool labels of the judged attribute, or None
+        return None if judged is None else torch.from_numpy(judged[ids])
     # the first --paired-frac of the (shuffled) inputs are the paired ones: their ground truth may be used
-    return dict(inputs=hr[inputs], mem=mem, test=hr[test], n_paired=round(args.paired_frac * len(inputs)),
-                test_labels=None if judged is None else torch.from_numpy(judged[test]),
-                judge_data=None if judged is None else (hr[train], torch.from_numpy(judged[train])))
+    return dict(inputs=hr[inputs], mem=mem, test=hr[test], val=hr[val], test_labels=label(test),
+                val_labels=label(val), n_paired=round(args.paired_frac * len(inputs)),
+                judge_data=None if judged is None else (hr[judge_faces], label(judge_faces)))
+
+def balanced(ids, judged, size, rng):
+    """At most `size` of the face indices ids, half with and half without the judged attribute if labelled."""
+    if judged is not None:
+        pos, neg = ids[judged[ids]], ids[~judged[ids]]
+        k = min(len(pos), len(neg), size // 2)
+        ids = rng.permutation(np.concatenate([pos[:k], neg[:k]])) if k > 0 else ids
+    return ids[:size]
 
 def to_float(u8):
     """uint8 (B, 3, H, W) -> float in [-1, 1], the generator's and discriminator's range."""
@@ -267,25 +291,35 @@ class InpaintGenerator(nn.Module):
 
 class Discriminator(nn.Module):
     """Strided 5x5 convs (LeakyReLU 0.2) down to 4x4, then a linear logit. No BatchNorm (the
-    paper's D has it): real and fake share one forward pass, and wgan-gp needs per-sample D."""
+    paper's D has it): real and fake share one forward pass, and wgan-gp needs per-sample D.
+    --d-norm spectral: every layer spectrally normalised (Miyato et al. 2018)."""
 
-    def __init__(self, size, width):
+    def __init__(self, size, width, norm="none"):
         super().__init__()
+        sn = nn.utils.parametrizations.spectral_norm if norm == "spectral" else (lambda m: m)  # noqa: E731
         layers, c_in, c = [], 3, width
         for _ in range(int(math.log2(size // 4))):
-            layers += [nn.Conv2d(c_in, c, 5, 2, 2), nn.LeakyReLU(0.2, True)]
+            layers += [sn(nn.Conv2d(c_in, c, 5, 2, 2)), nn.LeakyReLU(0.2, True)]
             c_in, c = c, min(c * 2, 256)
         self.conv = nn.Sequential(*layers)
-        self.fc = nn.Linear(c_in * 16, 1)
+        self.fc = sn(nn.Linear(c_in * 16, 1))
 
     def forward(self, y):  # (B, 3, S, S) -> (B,) logits
         return self.fc(self.conv(y).flatten(1))[:, 0]
 
 def build_nets(args, device):
-    """{"G", "D"}; G has BatchNorm, D has none."""
+    """{"G", "D", "G_ema"}; G has BatchNorm, D has none; G_ema (evaluated and predicted with) averages G."""
     G = (SRGenerator(args.scale, args.channels, args.blocks) if args.task == "sr"
-         else InpaintGenerator(args.channels, args.blocks))
-    return {"G": G.to(device), "D": Discriminator(args.size, args.d_channels).to(device)}
+         else InpaintGenerator(args.channels, args.blocks)).to(device)
+    G_ema = copy.deepcopy(G).requires_grad_(False)
+    return {"G": G, "D": Discriminator(args.size, args.d_channels, args.d_norm).to(device), "G_ema": G_ema}
+
+@torch.no_grad()
+def ema_update(G_ema, G, decay):
+    """G_ema <- decay G_ema + (1 - decay) G (weights); BatchNorm statistics copied from G."""
+    torch._foreach_lerp_(list(G_ema.parameters()), list(G.parameters()), 1 - decay)
+    for b_ema, b in zip(G_ema.buffers(), G.buffers()):
+        b_ema.copy_(b)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -389,68 +423,100 @@ def smooth_fill(x, mask, iters=200):
     return y
 
 class CNNJudge(nn.Module):
-    """Small attribute classifier on 32x32 faces, trained on held-out labelled faces (never on G)."""
+    """Attribute classifier on full-resolution (S x S) faces: four stride-2 convs, a linear logit on the
+    S/16 x S/16 map (it keeps where things are: a mouth attribute is read at the mouth)."""
 
-    def __init__(self):
+    def __init__(self, size):
         super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(3, 32, 3, 2, 1), nn.ReLU(True), nn.Conv2d(32, 64, 3, 2, 1),
-                                 nn.ReLU(True), nn.Conv2d(64, 128, 3, 2, 1), nn.ReLU(True),
-                                 nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 1))
+        layers, c_in = [], 3
+        for c in (32, 64, 128, 128):
+            layers += [nn.Conv2d(c_in, c, 3, 2, 1), nn.ReLU(True)]
+            c_in = c
+        self.net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(128 * (size // 16) ** 2, 1))
 
-    def forward(self, u8):  # (B, 3, H, W) uint8 -> (B,) logits
-        x = to_float(u8)
-        if x.shape[-1] != 32:
-            x = F.interpolate(x, size=(32, 32), mode="bilinear", antialias=True, align_corners=False)
-        return self.net(x)[:, 0]
+    def forward(self, u8):  # (B, 3, S, S) uint8 -> (B,) logits
+        return self.net(to_float(u8))[:, 0]
 
     @torch.no_grad()
     def has(self, u8, attr):
-        """(N, 3, H, W) uint8 -> (N,) bool: judged to have `attr` (the one attribute it was trained on)."""
+        """(N, 3, S, S) uint8 -> (N,) bool: judged to have `attr` (the one attribute it was trained on)."""
         return torch.cat([self(u8[i:i + 256]) for i in range(0, len(u8), 256)]) > 0
 
-def make_judge(args, data, state):
-    """The judge. Built before restore_training, with its own seed: the run's RNG stays exact. The
-    ONNX age/gender judge (optional packages) lives with the built-in faces it labelled, in tools/."""
-    if args.judge == "onnx":
-        tool = common.load_tool(__file__, "face_builtin", "--judge onnx needs it (cnn and none do not)")
-        return tool.OnnxJudge()
-    if args.judge != "cnn":
-        return None
-    with torch.random.fork_rng():
-        torch.manual_seed(args.seed + 7)
-        judge = CNNJudge()
-    if state is not None and "judge" in state:
-        common.load_weights(judge, state["judge"], args.resume, "judge")
-        return judge.eval()
-    images, labels = data["judge_data"]  # (N, 3, S, S) uint8 held-out faces, (N,) bool
-    g, opt = torch.Generator().manual_seed(args.seed + 7), torch.optim.Adam(judge.parameters(), 1e-3)
+def train_cnn_judge(args, images, labels):
+    """Train a CNNJudge on held-out labelled faces ((N, 3, S, S) uint8, (N,) bool), never on G's outputs,
+    with its own seed; flips and blur (bicubic of k x k pooling, k = 2/4/8, half the batches' faces) as
+    augmentation, so that blur alone hardly moves it."""
+    with torch.random.fork_rng():  # the run's RNG stays untouched
+        torch.manual_seed(7)
+        judge = CNNJudge(args.size)
+    g, opt = torch.Generator().manual_seed(7), torch.optim.Adam(judge.parameters(), 1e-3)
+    ks = [k for k in (2, 4, 8) if args.size // k >= 4]
     for _ in range(args.judge_steps):
         idx = torch.randint(len(images), (64,), generator=g)
-        flip = torch.rand(64, generator=g) < 0.5
-        x = torch.where(flip[:, None, None, None], images[idx].flip(-1), images[idx])
-        loss = F.binary_cross_entropy_with_logits(judge(x), labels[idx].float())
-        common.optimiser_step(opt, loss)                              # rank 0 only: no all-reduce
+        x = to_float(images[idx])  # (64, 3, S, S)
+        x = torch.where(torch.rand(64, 1, 1, 1, generator=g) < 0.5, x.flip(-1), x)
+        k = ks[torch.randint(len(ks), (), generator=g)]
+        blur = bicubic(render_sr(x, k), k).clamp(-1, 1)
+        x = torch.where(torch.rand(64, 1, 1, 1, generator=g) < 0.5, blur, x)
+        loss = F.binary_cross_entropy_with_logits(judge(u8_of(x)), labels[idx].float())
+        common.optimiser_step(opt, loss)  # rank 0 only: no all-reduce
     return judge.eval()
+
+def cnn_judge(args, data):
+    """The CNN judge of --judge-attr, trained once per dataset and attribute, kept in $AIGN_CACHE/faces_judges
+    (all seeds and runs share it)."""
+    import hashlib
+    images, labels = data["judge_data"]
+    key = f"{os.path.abspath(data['root'])}|{args.judge_attr}|{args.size}|{args.judge_steps}|{len(images)}|v2"
+    path = os.path.join(common.cache_dir("faces_judges"), hashlib.sha1(key.encode()).hexdigest()[:16] + ".pt")
+    if os.path.isfile(path):
+        with torch.random.fork_rng():
+            judge = CNNJudge(args.size)
+        common.load_weights(judge, torch.load(path, map_location="cpu", weights_only=True), path, "judge")
+        return judge.eval()
+    t0 = time.perf_counter()
+    judge = train_cnn_judge(args, images, labels)
+    torch.save(judge.state_dict(), f"{path}.tmp{os.getpid()}")
+    os.replace(f"{path}.tmp{os.getpid()}", path)
+    common.log(f"trained the CNN judge of {args.judge_attr} on {len(images)} held-out faces in "
+               f"{time.perf_counter() - t0:.0f} s -> {path}")
+    return judge
+
+def make_judges(args, data):
+    """{name: judge} for --judge: the ONNX age/gender models (+ the mouth rule; tools/face_builtin.py, the
+    optional labeller of the built-in faces) and/or the CNN judge. Built without touching the run's RNG."""
+    judges = {}
+    if args.judge in ("onnx", "both"):
+        tool = common.load_tool(__file__, "face_builtin", "--judge onnx needs it (cnn and none do not)")
+        judges["onnx"] = tool.OnnxJudge()
+    if args.judge in ("cnn", "both"):
+        judges["cnn"] = cnn_judge(args, data)
+    return judges
 
 def u8_of(y):
     """(..., 3, H, W) in [-1, 1] -> uint8 in [0, 255]."""
     return ((y.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
-class TestSet:
-    """Fixed test inputs (inpainting boxes unshifted), the baseline's metrics, the judge's rate on truth."""
+class EvalSet:
+    """Fixed inputs of the validation or test faces (inpainting boxes unshifted), the baseline's metrics and
+    each judge's rate on the truth. Judged rates: attr_rate_<judge> (attr_rate: the first judge's)."""
 
-    def __init__(self, args, data, judge, device):
-        self.args, self.judge, self.base_name = args, judge, "bicubic" if args.task == "sr" else "fill"
-        self.hr = to_float(data["test"]).to(device)  # (N, 3, S, S)
+    def __init__(self, args, faces, labels, judges, mem, device, figures):
+        self.args, self.judges, self.figures = args, judges, figures
+        self.base_name = "bicubic" if args.task == "sr" else "fill"
+        self.hr = to_float(faces).to(device)  # (N, 3, S, S)
+        self.mem = to_float(mem[:256]).to(device)  # (M, 3, S, S) memory faces for D's accuracy
         self.x, self.mask = make_input(args, self.hr, torch.zeros_like(self.hr[:, 0, 0, :2]).long())
         base = bicubic(self.x, args.scale) if args.task == "sr" else smooth_fill(self.x, self.mask)
         self.base = base.clamp(-1, 1)  # (N, 3, S, S)
         self.base_metrics = {f"{k}_{self.base_name}": v for k, v in self.metrics(self.base).items()}
-        if judge is not None:  # rate on the ground-truth faces; accuracy on held-out test labels
+        for i, (name, judge) in enumerate(judges.items()):  # rate on the ground truth; accuracy on its labels
             gt = judge.has(u8_of(self.hr).cpu(), args.judge_attr)
-            self.base_metrics["attr_rate_gt"] = gt.float().mean().item()
-            if data["test_labels"] is not None:
-                self.base_metrics["judge_acc"] = (gt == data["test_labels"]).float().mean().item()
+            keys = [f"_{name}"] + [""] * (i == 0)
+            self.base_metrics.update({f"attr_rate_gt{k}": gt.float().mean().item() for k in keys})
+            if labels is not None:
+                acc = (gt == labels).float().mean().item()
+                self.base_metrics.update({f"judge_acc{k}": acc for k in keys})
 
     def metrics(self, y):
         a, y = self.args, y.clamp(-1, 1)
@@ -458,25 +524,36 @@ class TestSet:
         y01, hr01 = (y + 1) / 2, (self.hr + 1) / 2
         out = {"psnr_hr": psnr(y01, hr01).mean().item(), "ssim_hr": ssim(y01, hr01).mean().item(),
                "psnr_lr": psnr((ry + 1) / 2, (self.x + 1) / 2).mean().item()}
-        if self.judge is not None:
-            out["attr_rate"] = self.judge.has(u8_of(y).cpu(), a.judge_attr).float().mean().item()
+        for i, (name, judge) in enumerate(self.judges.items()):
+            rate = judge.has(u8_of(y).cpu(), a.judge_attr).float().mean().item()
+            out.update({f"attr_rate_{name}": rate, **({"attr_rate": rate} if i == 0 else {})})
         return out
 
     @torch.no_grad()
-    def evaluate(self, G, run_dir, step):
-        """G's test metrics beside the baseline's; samples.png, samples_<step>.png and samples.npz (input |
-        baseline | output | truth on 8 test faces; the npz for tools/face_bench.py)."""
+    def evaluate(self, G, D, run_dir, step):
+        """G's metrics beside the baseline's, D's accuracy on memory faces and on G's outputs; with figures:
+        samples.png, samples_<step>.png and samples.npz (input | baseline | output | truth on 8 faces)."""
         G.eval()  # BatchNorm with its running statistics
         masks = (self.x[:, :1] if self.mask is None else self.mask).split(128)  # sr: unused placeholders
         y = torch.cat([generate(G, self.args, x, m) for x, m in zip(self.x.split(128), masks)]).clamp(-1, 1)
         G.train()
+        cut = 0.5 if self.args.gan == "lsgan" else 0.0  # D's decision threshold on its logits
+        D.eval()  # spectral norm: no power iteration here (the run resumes exactly)
+        acc = {"d_acc_mem": (D(self.mem) > cut).float().mean().item(),
+               "d_acc_out": torch.cat([D(t) <= cut for t in y.split(256)]).float().mean().item()}
+        D.train()
+        if self.figures:
+            self.write_figures(y, run_dir, step)
+        return {**self.metrics(y), **acc, **self.base_metrics}
+
+    def write_figures(self, y, run_dir, step):
         x = self.x[:8] if self.mask is not None else F.interpolate(self.x[:8], scale_factor=self.args.scale)
         rows = [[(c[i] + 1) / 2 for c in (x, self.base, y, self.hr)] for i in range(min(8, len(y)))]
         for name in ("samples.png", f"samples_{step:06d}.png"):
             common.write_png(os.path.join(run_dir, name), common.image_grid(rows))
         np.savez(os.path.join(run_dir, "samples.npz"), **{k: np.stack([common.to_uint8(r[j]) for r in rows])
                  for j, k in enumerate(("input", "baseline", "output", "gt"))})
-        return {**self.metrics(y), **self.base_metrics}
+
 
 # ----------------------------------------------------------------------------------------------
 # Training
@@ -511,6 +588,7 @@ def train_step(nets, opts, batch, args, dist, step):
     loss_sup = sup_loss(raw, batch["hr"], batch["paired"])
     loss_g = args.lambda_rec * loss_rec + args.lambda_adv * loss_adv + args.lambda_sup * loss_sup
     common.optimiser_step(opts["G"], loss_g, dist, G)
+    ema_update(nets["G_ema"], G, args.ema)  # the evaluated generator: G averaged over ~1/(1-ema) steps
     return {"loss_d": loss_d.item(), "loss_rec": loss_rec.item(), "loss_adv": loss_adv.item(),
             "loss_sup": loss_sup.item()}
 
@@ -522,8 +600,7 @@ def train(args, dist, data, nets, opts, state, run_dir):
         start, wall_s, samples = common.restore_training(state, nets, opts, gen, args.resume)
     metrics = common.MetricsLog(run_dir, start if state is not None else None, enabled=dist.main)
     stop, sums, n = common.StopRequest(), {}, 0
-    test = data["testset"]  # rank 0 only (None elsewhere)
-    extra = {"judge": test.judge.state_dict()} if isinstance(getattr(test, "judge", None), CNNJudge) else {}
+    val = data["valset"]  # rank 0 only (None elsewhere)
     t0 = time.perf_counter()
     for step in common.progress(start, args.steps, dist, args.no_progress):
         for k, v in train_step(nets, opts, draw_batch(data, gen, args, dist), args, dist, step).items():
@@ -536,12 +613,12 @@ def train(args, dist, data, nets, opts, state, run_dir):
             wall_s, samples = wall_s + time.perf_counter() - t0, samples + n * args.batch_size * dist.world
             if dist.main:  # the checkpoint first: an evaluation that fails loses no training
                 common.save_checkpoint(os.path.join(run_dir, "ckpt.pt"), script=SCRIPT, step=done, args=args,
-                                       nets=nets, opts=opts, data_rng=gen, wall_s=wall_s, samples=samples,
-                                       **extra)
+                                       nets=nets, opts=opts, data_rng=gen, wall_s=wall_s, samples=samples)
             record = {"step": done,
                       **{k: dist.mean(v / n) for k, v in sums.items()}, "wall_s": round(wall_s, 2)}
-            if dist.main:  # no validation split: the test faces are evaluated (test_*), as in the paper
-                record.update({f"test_{k}": v for k, v in test.evaluate(nets["G"], run_dir, done).items()})
+            if dist.main:  # the validation faces (val_*): settings are chosen on these, never on test faces
+                m = val.evaluate(nets["G_ema"], nets["D"], run_dir, done)
+                record.update({f"val_{k}": v for k, v in m.items()})
                 metrics.write(record)
                 common.log(common.format_record(record))
             dist.barrier()
@@ -583,26 +660,31 @@ def main(argv=None):
     for k in NETS if args.predict or args.eval_only else ():
         common.load_weights(nets[k], state["nets"][k], args.resume, k)
     if args.predict:
-        return predict(args, nets["G"], dist.device, run_dir) if dist.main else None
+        return predict(args, nets["G_ema"], dist.device, run_dir) if dist.main else None
     data = load_data(args, dist)
-    if args.judge == "auto":  # onnx on the built-in faces, a CNN where labels exist, else none
-        args.judge = "onnx" if args.data is None else "cnn" if data["judge_data"] is not None else "none"
-    data["testset"] = test = None
-    if dist.main:  # the judge is built (or trained) before restore_training restores the RNG state
-        test = data["testset"] = TestSet(args, data, make_judge(args, data, state), dist.device)
-        common.log(f"judge: {args.judge} on {args.judge_attr}; baseline: "
+    if args.judge == "auto":  # both on the built-in faces (cnn without onnxruntime), cnn on labels, else none
+        onnx = args.data is None and importlib.util.find_spec("onnxruntime") is not None
+        args.judge = "none" if data["judge_data"] is None else "both" if onnx else "cnn"
+    data["valset"] = test = None
+    if dist.main:  # the judges are built (or trained) before restore_training restores the RNG state
+        judges = make_judges(args, data)
+        data["valset"] = EvalSet(args, data["val"], data["val_labels"], judges, data["mem"], dist.device,
+                                 figures=False)
+        test = EvalSet(args, data["test"], data["test_labels"], judges, data["mem"], dist.device,
+                       figures=True)
+        common.log(f"judge: {args.judge} on {args.judge_attr}; test baseline: "
                    + common.format_record(test.base_metrics))
     info = {"task": args.task, "bias": args.bias, "memory": args.memory, "paired_frac": args.paired_frac,
             "judge": args.judge, "judge_attr": args.judge_attr, "baseline": test and test.base_name,
             "world": dist.world, "n_inputs": len(data["inputs"]), "n_memory": len(data["mem"]),
-            "n_test": len(data["test"])}
+            "n_val": len(data["val"]), "n_test": len(data["test"])}
     if args.eval_only:
         info.update(eval_only=True, checkpoint=args.resume, step=state["step"])
     else:
-        opts = {k: torch.optim.Adam(nets[k].parameters(), args.lr, betas=(0.5, 0.999)) for k in NETS}
+        opts = {k: torch.optim.Adam(nets[k].parameters(), args.lr, betas=(0.5, 0.999)) for k in ("G", "D")}
         info.update(train(args, dist, data, nets, opts, state, run_dir) or {"stopped": True})
     if dist.main and "stopped" not in info:
-        m = test.evaluate(nets["G"], run_dir, info.get("step", args.steps))
+        m = test.evaluate(nets["G_ema"], nets["D"], run_dir, info.get("step", args.steps))
         common.write_json(os.path.join(run_dir, "results.json"), {**m, **info})
         common.log(common.format_record(m) + f"\nresults in {run_dir}/results.json")
 

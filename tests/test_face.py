@@ -86,7 +86,7 @@ def sr_run(celeba, tmp_path_factory):
     draws from the global RNG, so the resume check below also covers the judge-before-restore order)."""
     out = tmp_path_factory.mktemp("sr_run")
     run_cli("face_aign.py", "--data", celeba, "--out", out, "--steps", 4, "--eval-every", 2, "--gan", "wgan-gp",
-            *SMALL)
+            "--d-norm", "spectral", *SMALL)
     return out
 
 
@@ -175,8 +175,13 @@ def test_celeba_loader_splits(celeba):
     inputs = {face_key(f) for f in data["inputs"]}
     mem = {face_key(f) for f in data["mem"]}
     test = {face_key(f) for f in data["test"]}
-    assert not (inputs & mem) and not (inputs & test) and not (mem & test)
+    val = {face_key(f) for f in data["val"]}
+    judge = {face_key(f) for f in data["judge_data"][0]}
+    roles = [inputs, mem, test, val, judge]
+    assert all(roles) and all(not (a & b) for i, a in enumerate(roles) for b in roles[i + 1:])  # disjoint roles
     assert mem and not any(male[k] for k in mem)  # a female-only memory
+    assert len(val) == 4 and len(data["val_labels"]) == 4  # no partition 1: 10% of the training faces
+    assert torch.equal(data["judge_data"][1], torch.tensor([not male[face_key(f)] for f in data["judge_data"][0]]))
     assert any(male[k] for k in inputs) and not all(male[k] for k in inputs)  # inputs of every kind
     assert len(test) == 8 and data["test_labels"].sum().item() == 4  # balanced on -Male
     assert data["inputs"].shape[1:] == (3, 32, 32) and data["inputs"].dtype == torch.uint8
@@ -186,7 +191,7 @@ def test_plain_folder_with_memory(tmp_path):
     data_dir, mem_dir = make_folder(tmp_path / "faces", 20), make_folder(tmp_path / "person", 6, seed=5)
     args = fa.get_args(["--data", data_dir, "--memory", mem_dir, "--size", "32", "--batch-size", "4"])
     data = fa.load_faces(args, data_dir, show=False)
-    assert len(data["mem"]) == 6 and len(data["test"]) == 2 and len(data["inputs"]) == 18
+    assert len(data["mem"]) == 6 and len(data["test"]) == 2 and len(data["val"]) == 1 and len(data["inputs"]) == 17
     assert data["judge_data"] is None and data["test_labels"] is None
 
 
@@ -234,14 +239,18 @@ def test_bad_input_cli_exit_code(tmp_path):
 def test_sr_train_outputs(sr_run):
     res = json.load(open(sr_run / "results.json"))
     for k in ("psnr_hr", "ssim_hr", "psnr_lr", "psnr_hr_bicubic", "ssim_hr_bicubic", "psnr_lr_bicubic",
-              "attr_rate", "attr_rate_bicubic", "attr_rate_gt", "judge_acc", "steps", "wall_s",
-              "images_per_s"):
+              "attr_rate", "attr_rate_cnn", "attr_rate_bicubic", "attr_rate_cnn_bicubic", "attr_rate_gt",
+              "judge_acc_cnn", "d_acc_mem", "d_acc_out", "steps", "wall_s", "images_per_s"):
         assert k in res, k
-    assert res["steps"] == 4 and res["judge"] == "cnn" and res["attr_rate_gt"] == 0.5
+    assert res["steps"] == 4 and res["judge"] == "cnn" and res["n_val"] == 4 and res["n_test"] == 8
+    assert res["attr_rate"] == res["attr_rate_cnn"] and 0 <= res["judge_acc_cnn"] <= 1
     lines = [json.loads(ln) for ln in open(sr_run / "metrics.jsonl")]
-    assert [r["step"] for r in lines] == [2, 4] and "test_psnr_hr" in lines[-1] and "loss_sup" in lines[-1]
+    assert [r["step"] for r in lines] == [2, 4] and "loss_sup" in lines[-1]
+    # training is validated on the validation faces only, with D's accuracy on memory vs outputs
+    assert "val_psnr_hr" in lines[-1] and "val_d_acc_mem" in lines[-1] and "val_d_acc_out" in lines[-1]
+    assert not any(k.startswith("test_") for r in lines for k in r)
     ck = torch.load(sr_run / "ckpt.pt", weights_only=True)
-    assert set(common.CKPT_KEYS) <= set(ck) and "judge" in ck and ck["script"] == "face_aign"
+    assert set(common.CKPT_KEYS) <= set(ck) and ck["script"] == "face_aign"
     for f in ("ckpt.pt", "samples.png", "samples_000004.png", "samples.npz", "args.json", "versions.json",
               "command.txt"):
         assert (sr_run / f).exists(), f
@@ -250,11 +259,11 @@ def test_sr_train_outputs(sr_run):
 def test_resume_is_exact(celeba, sr_run, tmp_path):
     out = tmp_path / "resumed"
     run_cli("face_aign.py", "--data", celeba, "--out", out, "--steps", 2, "--eval-every", 2, "--gan", "wgan-gp",
-            *SMALL)
+            "--d-norm", "spectral", *SMALL)  # spectral norm's power-iteration vectors resume too
     run_cli("face_aign.py", "--data", celeba, "--resume", out / "ckpt.pt", "--steps", 4, "--eval-every", 2, *SMALL)
     a = torch.load(sr_run / "ckpt.pt", weights_only=True)
     b = torch.load(out / "ckpt.pt", weights_only=True)
-    assert a["step"] == b["step"] == 4 and b["args"]["gan"] == "wgan-gp"
+    assert a["step"] == b["step"] == 4 and b["args"]["gan"] == "wgan-gp" and b["args"]["d_norm"] == "spectral"
     for net in ("G", "D"):
         for k in a["nets"][net]:
             assert torch.equal(a["nets"][net][k], b["nets"][net][k]), (net, k)
@@ -266,10 +275,11 @@ def test_resume_is_exact(celeba, sr_run, tmp_path):
 def test_eval_only_and_predict(celeba, sr_run, tmp_path):
     out = tmp_path / "eval"
     run_cli("face_aign.py", "--data", celeba, "--resume", sr_run / "ckpt.pt", "--eval-only", "--out", out,
-            "--no-progress", "--test-size", "8")
+            "--no-progress", "--test-size", "8", "--judge-steps", "5")
     ev = json.load(open(out / "results.json"))
     res = json.load(open(sr_run / "results.json"))
     assert ev["psnr_hr"] == pytest.approx(res["psnr_hr"]) and ev["step"] == 4 and ev["eval_only"]
+    assert ev["attr_rate"] == res["attr_rate"]  # the same CNN judge: trained once, kept in $AIGN_CACHE
     lr = make_folder(tmp_path / "lr", 2, size=8)  # matches the model's 32/4 input
     make_folder(tmp_path / "lr_big", 1, size=20)  # resized to the input size
     run_cli("face_aign.py", "--predict", lr, "--resume", sr_run / "ckpt.pt", "--out", tmp_path / "pred")
@@ -281,7 +291,7 @@ def test_eval_only_and_predict(celeba, sr_run, tmp_path):
     # the PNGs are the model's outputs for those inputs (they were blank white before common.to_uint8's fix)
     state = torch.load(sr_run / "ckpt.pt", weights_only=True)
     G = fa.build_nets(fa.get_args(["--size", "32", "--channels", "8", "--blocks", "1"]), torch.device("cpu"))["G"]
-    G.load_state_dict(state["nets"]["G"])
+    G.load_state_dict(state["nets"]["G_ema"])  # predictions come from the averaged generator
     G.eval()
     run_cli("face_aign.py", "--predict", lr, "--resume", sr_run / "ckpt.pt", "--out", tmp_path / "pred2")
     for name in ("face0", "face1"):
@@ -294,7 +304,7 @@ def test_eval_only_and_predict(celeba, sr_run, tmp_path):
 def test_inpaint_train_and_predict(celeba, tmp_path):
     out = tmp_path / "inp"
     run_cli("face_aign.py", "--task", "inpaint", "--region", "nose", "--bias", "Big_Lips", "--data", celeba,
-            "--out", out, "--steps", 2, "--eval-every", 2, "--gan", "lsgan", *SMALL)
+            "--out", out, "--steps", 2, "--eval-every", 2, "--gan", "lsgan", *SMALL, "--batch-size", "2")
     res = json.load(open(out / "results.json"))
     assert res["baseline"] == "fill" and "psnr_hr_fill" in res and res["judge_attr"] == "Big_Lips"
     assert res["psnr_lr"] == pytest.approx(100.0)  # visible pixels are copied from the input
@@ -316,7 +326,7 @@ def test_torchrun_two_processes(celeba, tmp_path):
 def test_learning_raises_lr_consistency(celeba, tmp_path):
     out = tmp_path / "learn"
     run_cli("face_aign.py", "--data", celeba, "--out", out, "--steps", 60, "--eval-every", 60, "--lr", "1e-3",
-            "--lambda-adv", 0, "--judge", "none", *SMALL)
+            "--lambda-adv", 0, "--judge", "none", "--ema", 0, *SMALL)
     res = json.load(open(out / "results.json"))
     assert res["psnr_lr"] > res["psnr_lr_bicubic"] + 1.0, res
 
@@ -330,11 +340,13 @@ def test_builtin_builder_and_onnx_judge(tmp_path):
     tool = load_tool("face_builtin")
     tool.build(root, 40, show=False)
     files, names, attrs = fa.read_celeba_attrs(os.path.join(root, "list_attr_celeba.txt"))
-    assert names == ["Male", "Young"] and len(files) == 40 and attrs.shape == (40, 2)
+    assert names == ["Male", "Young", "Mouth_Slightly_Open"] and len(files) == 40 and attrs.shape == (40, 3)
+    part = [ln.split()[1] for ln in open(os.path.join(root, "list_eval_partition.txt"))]
+    assert part == ["0"] * 32 + ["1"] * 4 + ["2"] * 4  # train, validation, test
     faces = fa.load_images([os.path.join(root, "img_align_celeba", f) for f in files], 64, "x", False)
     args = fa.get_args(["--data", root, "--size", "64", "--test-size", "4", "--batch-size", "2"])
     data = fa.load_faces(args, root, show=False)  # the builder's folder goes through the CelebA loader
-    assert len(data["test"]) == 4 and data["judge_data"] is not None
+    assert len(data["test"]) == 4 and len(data["val"]) > 0 and data["judge_data"] is not None
     judge = tool.OnnxJudge()
     assert torch.equal(judge.attributes(faces), attrs)  # the labels are the judge's own calls
     assert 0 < attrs[:, 0].sum() < 40  # both genders occur
@@ -345,27 +357,30 @@ def test_builtin_builder_and_onnx_judge(tmp_path):
 def test_bench_table(tmp_path):
     import argparse
     fb = load_tool("face_bench")
-    for slug, rate in (("sr-unbiased_memory", 0.4), ("sr-female_memory", 0.6)):
+    rates = {"sr-female": (0.6, 0.55), "sr-male": (0.2, 0.35), "sr-unbiased": (0.4, 0.45), "sr-paired": (0.5, 0.5)}
+    for name, (onnx, cnn) in rates.items():
         for s, d in ((0, -0.1), (1, 0.1)):
-            run = tmp_path / f"{slug}-s{s}"
+            run = tmp_path / f"{name}-s{s}"
             run.mkdir()
-            res = {"psnr_hr": 26 + d, "ssim_hr": 0.7, "psnr_lr": 40, "attr_rate": rate + d, "psnr_hr_bicubic": 27.5,
-                   "ssim_hr_bicubic": 0.8, "psnr_lr_bicubic": 39, "attr_rate_bicubic": 0.7, "attr_rate_gt": 0.5,
-                   "steps": 100, "n_test": 10, "judge": "onnx", "images_per_s": 50.0}
+            res = {"psnr_hr": 26 + d, "ssim_hr": 0.7, "psnr_lr": 40, "attr_rate_onnx": onnx + d, "attr_rate_cnn": cnn,
+                   "psnr_hr_bicubic": 27.5, "ssim_hr_bicubic": 0.8, "psnr_lr_bicubic": 39,
+                   "attr_rate_onnx_bicubic": 0.7, "attr_rate_cnn_bicubic": 0.52, "attr_rate_gt_onnx": 0.5,
+                   "attr_rate_gt_cnn": 0.51, "steps": 100, "n_test": 10, "images_per_s": 50.0}
             (run / "results.json").write_text(json.dumps(res))
-            (run / "versions.json").write_text(json.dumps({"cuda": None, "processor": "x86_64", "cpu_threads": 2,
+            (run / "versions.json").write_text(json.dumps({"cuda": None, "processor": "x86_64", "cpu_threads": 1,
                                                            "torch": "2.13.0"}))
             (run / "bench_wall.json").write_text(json.dumps({"wall_total_s": 60.0}))
-    md = fb.table(argparse.Namespace(out=str(tmp_path), seeds=[0, 1], attr="-Male"))
-    assert "| AIGN SR, female memory | 26.00 ± 0.10 | 0.700 ± 0.000 | 40.00 ± 0.00 | 0.600 ± 0.100 | 60 ± 0 |" in md
-    assert "| bicubic upsampling (no training) | 27.50 ± 0.00 |" in md and "paired" not in md
-    assert "judged female |" in md
-    # --attr -Young: the biased rows are the old memory's; the female runs are not read
-    for s in (0, 1):
-        (tmp_path / f"sr-female_memory-s{s}").rename(tmp_path / f"sr-old_memory-s{s}")
-    md = fb.table(argparse.Namespace(out=str(tmp_path), seeds=[0, 1], attr="-Young"))
-    assert "| AIGN SR, old memory | 26.00 ± 0.10 |" in md and "judged old |" in md and "female" not in md
-    assert fb.runs("-Young")["AIGN SR, old memory"] == ["--task", "sr", "--bias", "-Young"]
+    md = fb.table(argparse.Namespace(out=str(tmp_path), seeds=[0, 1, 2]))
+    # female vs male memory: A - B = 40 points (onnx, both seeds) and 20 points (cnn); the judges agree
+    assert ("| gender: judged female | onnx | 0.600 ± 0.100 | 0.200 ± 0.100 | 0.400 ± 0.100 | 0.700 ± 0.000 | "
+            "0.500 ± 0.000 | **+40.0** | +40.0 / +40.0 | yes | 40.00 ± 0.00 / 40.00 ± 0.00 | 2/2 |") in md
+    assert "| gender: judged female | cnn | 0.550 ± 0.000 | 0.350 ± 0.000 | 0.450 ± 0.000 |" in md
+    assert "| **+20.0** | +20.0 / +20.0 |" in md
+    assert "age:" not in md and "mouth:" not in md  # pairs without runs are left out
+    assert "| posterior-sampler estimate (paired bound − 3.01 dB) | 22.99 ± 0.10 |" in md
+    assert "| bicubic (no training) | 27.50 ± 0.00 |" in md and "Seeds [0, 1]" in md
+    cmd = fb.command(argparse.Namespace(out="O", extra=["--steps", "9"]), "sr-unbiased_old", 1)
+    assert cmd[2:6] == ["--resume", os.path.join("O", "sr-unbiased-s1", "ckpt.pt"), "--eval-only", "--judge-attr"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -381,7 +396,7 @@ def test_standalone_copy_trains_resumes_evaluates_predicts(tmp_path):
             env=env)
     assert json.load(open(run / "results.json"))["steps"] == 4
     run_cli("face_aign.py", "--data", celeba, "--resume", run / "ckpt.pt", "--eval-only", "--out", tmp_path / "ev",
-            "--test-size", "8", "--no-progress", cwd=folder, env=env)
+            "--test-size", "8", "--judge-steps", "5", "--no-progress", cwd=folder, env=env)
     assert json.load(open(tmp_path / "ev" / "results.json"))["step"] == 4
     run_cli("face_aign.py", "--predict", make_folder(tmp_path / "lr", 1, size=8), "--resume", run / "ckpt.pt",
             "--out", tmp_path / "pred", cwd=folder, env=env)
@@ -401,7 +416,8 @@ def test_standalone_copy_trains_resumes_evaluates_predicts(tmp_path):
     (["--steps", "-5"], "--steps"), (["--batch-size", "0"], "--batch-size"), (["--lambda-adv", "-1"], "--lambda-adv"),
     (["--eval-every", "0"], "--eval-every"), (["--paired-frac", "1.5"], "--paired-frac"), (["--lr", "nan"], "--lr"),
     (["--max-images", "-30"], "--max-images"), (["--channels", "1"], "--channels"), (["--size", "48"], "--size"),
-    (["--jitter", "-1"], "--jitter"), (["--test-size", "0"], "--test-size"), (["--lambda-sup", "inf"], "--lambda-sup")])
+    (["--jitter", "-1"], "--jitter"), (["--test-size", "0"], "--test-size"), (["--lambda-sup", "inf"], "--lambda-sup"),
+    (["--ema", "1"], "--ema")])
 def test_bad_flag_values_are_one_line_errors(tmp_path, argv, flag):
     p = run_cli("face_aign.py", "--data", tmp_path / "none", "--out", tmp_path / "run", *argv, check=False)
     one_line_error(p, flag)
@@ -457,6 +473,63 @@ def test_paired_supervision_uses_only_paired_faces():
     # --paired-frac 1 --lambda-sup 1 --lambda-rec 0: the old --paired baseline (HR MSE + adversarial term)
     args = fa.get_args(["--paired-frac", "1", "--lambda-sup", "1", "--lambda-rec", "0", "--lambda-adv", "0.001"])
     assert (args.paired_frac, args.lambda_sup, args.lambda_rec, args.lambda_adv) == (1, 1, 0, 0.001)
+
+
+# ----------------------------------------------------------------------------------------------
+# Judges: the mouth rule reads only the mouth box (the paste test); the CNN judge is trained once;
+# D's accuracy on memory vs outputs.
+def test_mouth_rule_hand_computed_and_follows_a_pasted_mouth():
+    tool = load_tool("face_builtin")
+    assert tool.MOUTH_BOX == fa.BOXES["mouth"]  # the rule reads the inpainting hole
+    y0, y1, x0, x1 = 42, 58, 19, 45  # the mouth box of a 64x64 face
+    face = torch.full((1, 3, 64, 64), 120, dtype=torch.uint8)
+    face[:, :, y0:y0 + 4, x0:x1] = 30  # 4 of 16 rows dark: 25% of the box below 0.6 x median luma
+    assert tool.mouth_dark_frac(face).item() == pytest.approx(0.25) and tool.mouth_open(face).item()
+    face[:, :, y0 + 1:y0 + 4, x0:x1] = 120  # 1 row: 6.25% -> closed
+    assert tool.mouth_dark_frac(face).item() == pytest.approx(1 / 16) and not tool.mouth_open(face).item()
+    face[:, :, :y0] = 0  # pixels outside the box do not count
+    assert tool.mouth_dark_frac(face).item() == pytest.approx(1 / 16)
+    g = torch.Generator().manual_seed(0)
+    hosts, donors = (torch.randint(0, 256, (16, 3, 64, 64), generator=g, dtype=torch.uint8) for _ in range(2))
+    donors[:8, :, 45:50] //= 4  # half of the donors with a dark band in the mouth
+    pasted = hosts.clone()
+    pasted[:, :, y0:y1, x0:x1] = donors[:, :, y0:y1, x0:x1]
+    assert torch.equal(tool.mouth_dark_frac(pasted), tool.mouth_dark_frac(donors))  # donor weight 1, host 0
+    assert tool.mouth_open(pasted)[:8].all()
+
+
+def test_cnn_judge_is_trained_once_and_reused(tmp_path, monkeypatch):
+    monkeypatch.setenv("AIGN_CACHE", str(tmp_path / "cache"))
+    args = fa.get_args(["--size", "32", "--judge-steps", "3"])
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.randint(0, 256, (8, 3, 32, 32), generator=g, dtype=torch.uint8), torch.arange(8) % 2 == 0
+    data = {"judge_data": (images, labels), "root": str(tmp_path)}
+    state = torch.random.get_rng_state()
+    a = fa.cnn_judge(args, data)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the run's RNG is untouched
+    assert len(os.listdir(tmp_path / "cache" / "faces_judges")) == 1
+    b = fa.cnn_judge(args, data)  # loaded from the cache, not retrained
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+    assert a(images).shape == (8,) and a.has(images, "-Male").dtype == torch.bool
+
+
+def test_d_accuracy_on_memory_and_outputs():
+    args = fa.get_args(["--size", "32", "--judge", "none"])
+    faces = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    ev = fa.EvalSet(args, faces, None, {}, faces, torch.device("cpu"), False)
+    G = fa.build_nets(args, torch.device("cpu"))["G"]
+
+    class Says(torch.nn.Module):  # a D that calls every face real (logit 1) or every face fake (-1)
+        def __init__(self, v):
+            super().__init__()
+            self.v = v
+
+        def forward(self, y):
+            return torch.full((len(y),), self.v)
+    m = ev.evaluate(G, Says(1.0), None, 0)
+    assert (m["d_acc_mem"], m["d_acc_out"]) == (1.0, 0.0)
+    m = ev.evaluate(G, Says(-1.0), None, 0)
+    assert (m["d_acc_mem"], m["d_acc_out"]) == (0.0, 1.0)
 
 
 def worker_pids(parent):

@@ -1,19 +1,20 @@
-"""Run the face_aign.py benchmark set over seeds and write the README table and figure grids.
+"""The face_aign.py contrast benchmark: opposite memories on the same inputs, both judges, one command.
 
-    python3 tools/face_bench.py                     # 3 seeds, built-in faces, into bench/faces/
-    python3 tools/face_bench.py --jobs 4 --steps 1500 --data CELEBA_DIR
-
-    python3 tools/face_bench.py --attr -Young --only sr-unbiased_memory sr-old_memory -- --steps 1500
+    python3 tools/face_bench.py                          # seeds 0 1 2, built-in faces, into bench/faces/
+    python3 tools/face_bench.py --seeds 0 -- --steps 800  # flags after `--` go to every training run
+    python3 tools/face_bench.py --only sr-female sr-male   # some runs only (the table shows what exists)
     python3 tools/face_bench.py --throughput [-- --task inpaint ...]   # train_step timing -> OUT/bench.json
 
-Rows: bicubic (no training), paired SR (ground-truth HR loss: the bound), unbiased AIGN, biased
-AIGN (memory of --attr, default -Male: female), and inpainting (smooth-fill baseline, unbiased and
-biased memory); every run is judged for --attr on a test set balanced on it. Each run
-is `face_aign.py ... --seed S --out OUT/<row>-s<S>`; finished runs (results.json present) are
-reused, so an interrupted benchmark continues; a run stopped by --timeout is evaluated from its
-checkpoint (`--resume OUT/<row>-s<S>/ckpt.pt --steps <its step>`). The paired row is
-`--paired-frac 1 --lambda-sup 1 --lambda-rec 0 --lambda-adv 0.001` (the former `--paired`).
-Writes OUT/table.md, OUT/grid_sr.png, OUT/grid_inpaint.png.
+For each pair the same model is trained on the same generator inputs with opposite memories and judged
+for the same attribute on the same test faces: female vs male memory (--bias -Male / Male, judged
+female), old vs young (--bias -Young / Young, judged old), and mouth inpainting with an open vs a closed
+mouth memory (--bias Mouth_Slightly_Open / -Mouth_Slightly_Open, judged open). Beside them: the unbiased
+memory (the unbiased SR run, re-judged with --eval-only for old), bicubic / smooth fill, the ground truth,
+and the paired SR bound with the posterior-sampler estimate (bound - 3.01 dB: a sampler of the true
+posterior has twice the bound's expected squared error). Each run is
+`face_aign.py FLAGS --seed S --out OUT/<run>-s<S>`; finished runs (results.json) are reused. Writes
+OUT/table.md and OUT/grid_<pair>.png (input | baseline | memory A | memory B | ground truth, 8 fixed
+test faces of seed --seeds[0]).
 
 --throughput times face_aign.train_step from outside (tools/bench_util.py): images/s, seconds per
 step, FLOPs per step and the fraction of the measured matmul peak, into OUT/bench.json.
@@ -34,149 +35,178 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 import bench_util  # noqa: E402
 import common  # noqa: E402
 import face_aign  # noqa: E402
-from face_aign import glue_negated  # noqa: E402
 
-PAIRED = ["--paired-frac", "1", "--lambda-sup", "1", "--lambda-rec", "0", "--lambda-adv", "0.001"]  # old --paired
-
-WORD = {"-Male": "female", "Male": "male", "-Young": "old", "Young": "young"}  # else the attribute itself
-
-
-def runs(attr):
-    """Row name -> face_aign.py flags; the biased rows use a memory of faces with `attr`."""
-    judged, word = ["--judge-attr", attr], WORD.get(attr, attr)
-    return {"paired SR (bound)": ["--task", "sr", *PAIRED, *judged],
-            "AIGN SR, unbiased memory": ["--task", "sr", *judged],
-            f"AIGN SR, {word} memory": ["--task", "sr", "--bias", attr],
-            "AIGN inpaint, unbiased memory": ["--task", "inpaint", *judged],
-            f"AIGN inpaint, {word} memory": ["--task", "inpaint", "--bias", attr]}
-
-
-def slug(name):  # "AIGN SR, female memory" -> "sr-female_memory"
-    return name.split(" (")[0].lower().replace("aign ", "").replace(", ", "-").replace(" ", "_")
-
-
-def cols(attr):
-    return [("psnr_hr", "HR PSNR (dB)", 2), ("ssim_hr", "HR SSIM", 3), ("psnr_lr", "LR PSNR (dB)", 2),
-            ("attr_rate", f"judged {WORD.get(attr, attr)}", 3)]
+PAIRED = ["--paired-frac", "1", "--lambda-sup", "1", "--lambda-rec", "0", "--lambda-adv", "0.001"]
+MOUTH = "Mouth_Slightly_Open"
+# run name -> face_aign.py flags (eval-only runs: "eval:<trained run>" and the flags that change)
+RUNS = {"sr-unbiased": ["--task", "sr", "--judge-attr", "-Male"],
+        "sr-female": ["--task", "sr", "--bias", "-Male", "--judge-attr", "-Male"],
+        "sr-male": ["--task", "sr", "--bias", "Male", "--judge-attr", "-Male"],
+        "sr-old": ["--task", "sr", "--bias", "-Young", "--judge-attr", "-Young"],
+        "sr-young": ["--task", "sr", "--bias", "Young", "--judge-attr", "-Young"],
+        "sr-unbiased_old": ["eval:sr-unbiased", "--judge-attr", "-Young"],
+        "sr-paired": ["--task", "sr", *PAIRED, "--judge-attr", "-Male"],
+        "inpaint-unbiased": ["--task", "inpaint", "--judge-attr", MOUTH],
+        "inpaint-open": ["--task", "inpaint", "--bias", MOUTH, "--judge-attr", MOUTH],
+        "inpaint-closed": ["--task", "inpaint", "--bias", f"-{MOUTH}", "--judge-attr", MOUTH]}
+# pair -> (judged word, memory A run, memory B run, unbiased run, baseline name)
+PAIRS = {"gender": ("female", "sr-female", "sr-male", "sr-unbiased", "bicubic"),
+         "age": ("old", "sr-old", "sr-young", "sr-unbiased_old", "bicubic"),
+         "mouth": ("open mouth", "inpaint-open", "inpaint-closed", "inpaint-unbiased", "fill")}
+JUDGES = ("onnx", "cnn")
 
 
-def get_args():
+def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default: 0 1 2)")
-    p.add_argument("--attr", default="-Male", help="judged attribute and biased memory (default: -Male, female)")
-    p.add_argument("--out", default=None, help="output folder (default: bench/faces, bench/faces_<attr> for others)")
-    p.add_argument("--jobs", type=int, default=1, help="runs at a time (default: 1)")
-    p.add_argument("--timeout", type=int, default=0,
-                   help="stop each run gracefully (SIGTERM: evaluate, checkpoint, results) after N s (default: 0 = never)")
-    p.add_argument("--only", nargs="*", default=None, help="run only these row slugs (default: all)")
+    p.add_argument("--out", default="bench/faces", help="output folder (default: bench/faces)")
+    p.add_argument("--only", nargs="*", default=None, help=f"run only these (default: all: {' '.join(RUNS)})")
     p.add_argument("--throughput", action="store_true",
                    help="only time face_aign.train_step (flags after `--`) into OUT/bench.json (default: off)")
     p.add_argument("extra", nargs=argparse.REMAINDER,
-                   help="flags passed to every face_aign.py run after `--` (e.g. -- --steps 1500 --data DIR)")
-    args = p.parse_args(glue_negated(sys.argv[1:], ("--attr",)))  # `--attr -Young` is one flag
-    if args.out is None:
-        args.out = "bench/faces" if args.attr == "-Male" else f"bench/faces_{WORD.get(args.attr, args.attr)}"
+                   help="flags passed to every face_aign.py training run after `--` (e.g. -- --steps 800)")
+    args = p.parse_args(argv)
+    args.extra = [a for a in args.extra if a != "--"]
     return args
 
 
+def command(args, name, seed):
+    """The face_aign.py command line of run `name` for `seed` (an eval-only run reads its trained run)."""
+    out = os.path.join(args.out, f"{name}-s{seed}")
+    flags = RUNS[name]
+    if flags[0].startswith("eval:"):
+        ckpt = os.path.join(args.out, f"{flags[0][5:]}-s{seed}", "ckpt.pt")
+        return [sys.executable, os.path.join(ROOT, "face_aign.py"), "--resume", ckpt, "--eval-only", *flags[1:],
+                *args.extra, "--out", out, "--no-progress"]
+    return [sys.executable, os.path.join(ROOT, "face_aign.py"), *flags, *args.extra, "--seed", str(seed),
+            "--out", out, "--no-progress"]
+
+
 def launch(args):
-    extra = [a for a in args.extra if a != "--"]
-    todo = []
-    for name, flags in runs(args.attr).items():
-        if args.only and slug(name) not in args.only:
-            continue
-        for s in args.seeds:
-            out = os.path.join(args.out, f"{slug(name)}-s{s}")
-            if not os.path.exists(os.path.join(out, "results.json")):
-                limit = ["timeout", "-s", "TERM", str(args.timeout)] if args.timeout else []
-                todo.append((name, s, [*limit, sys.executable, os.path.join(ROOT, "face_aign.py"), *flags, *extra,
-                                       "--seed", str(s), "--out", out, "--no-progress"]))
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    running, failed = [], []
-    while todo or running:
-        while todo and len(running) < args.jobs:
-            name, s, cmd = todo.pop(0)
-            os.makedirs(cmd[-2], exist_ok=True)
-            logf = open(os.path.join(cmd[-2], "stdout.txt"), "w")
-            print(f"start {name} seed {s}: {' '.join(cmd[1:])}", flush=True)
-            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=logf, stderr=subprocess.STDOUT)
-            running.append((name, s, proc, logf, time.time(), cmd[-2]))
-        for item in list(running):
-            name, s, proc, logf, t0, out = item
-            if proc.poll() is not None:
-                ckpt = os.path.join(out, "ckpt.pt")
-                if proc.returncode == 124 and os.path.exists(ckpt) and not os.path.exists(
-                        os.path.join(out, "results.json")):  # stopped by --timeout: evaluate its checkpoint
-                    step = torch.load(ckpt, map_location="cpu", weights_only=True)["step"]
-                    subprocess.run([sys.executable, os.path.join(ROOT, "face_aign.py"), *extra, "--resume", ckpt,
-                                    "--steps", str(step), "--no-progress"], cwd=ROOT, env=env, stdout=logf,
-                                   stderr=subprocess.STDOUT)
-                logf.close()
-                common.write_json(os.path.join(out, "bench_wall.json"), {"wall_total_s": time.time() - t0})
-                running.remove(item)
-                stopped = proc.returncode == 124 and os.path.exists(os.path.join(out, "results.json"))
-                print(f"done  {name} seed {s}: " + ("stopped by --timeout" if stopped else f"exit {proc.returncode}"),
-                      flush=True)
-                if proc.returncode != 0 and not stopped:
-                    failed.append(f"{name} seed {s}")
-        time.sleep(1)
+    """Run every missing run, one after another (eval-only runs after the run they read)."""
+    failed = []
+    for seed in args.seeds:
+        for name in RUNS:
+            out = os.path.join(args.out, f"{name}-s{seed}")
+            if (args.only and name not in args.only) or os.path.exists(os.path.join(out, "results.json")):
+                continue
+            cmd = command(args, name, seed)
+            os.makedirs(out, exist_ok=True)
+            print(f"start {name} seed {seed}: {' '.join(cmd[1:])}", flush=True)
+            t0 = time.time()
+            with open(os.path.join(out, "stdout.txt"), "w") as logf:
+                rc = subprocess.run(cmd, cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT).returncode
+            common.write_json(os.path.join(out, "bench_wall.json"), {"wall_total_s": time.time() - t0})
+            print(f"done  {name} seed {seed}: exit {rc}, {time.time() - t0:.0f} s", flush=True)
+            if rc != 0:
+                failed.append(f"{name} seed {seed}")
     return failed
 
 
-def mean_std(vals, digits):
+def load(args):
+    """{run name: {seed: results.json + wall_total_s}} of the finished runs."""
+    out = {}
+    for name in RUNS:
+        for s in args.seeds:
+            path = os.path.join(args.out, f"{name}-s{s}", "results.json")
+            if os.path.exists(path):
+                wall = os.path.join(os.path.dirname(path), "bench_wall.json")
+                r = json.load(open(path))
+                r["wall_total_s"] = json.load(open(wall))["wall_total_s"] if os.path.exists(wall) else None
+                out.setdefault(name, {})[s] = r
+    return out
+
+
+def fmt(vals, digits, sign=False):
+    """mean ± std (one value: itself); '–' when there is none."""
     vals = [v for v in vals if v is not None]
     if not vals:
         return "–"
-    return f"{np.mean(vals):.{digits}f} ± {np.std(vals):.{digits}f}" if len(vals) > 1 else f"{vals[0]:.{digits}f}"
+    f = f"{{:{'+' if sign else ''}.{digits}f}}"
+    return f.format(np.mean(vals)) + (f" ± {np.std(vals):.{digits}f}" if len(vals) > 1 else "")
+
+
+def contrast_rows(res, seeds):
+    """One row per pair and judge: rates of memory A, B, unbiased, baseline, truth; A - B per seed."""
+    rows = []
+    for pair, (word, a, b, unb, base) in PAIRS.items():
+        ra, rb, ru = res.get(a, {}), res.get(b, {}), res.get(unb, {})
+        both = [s for s in seeds if s in ra and s in rb]
+        if not both:
+            continue
+        for j in JUDGES:
+            key = f"attr_rate_{j}"
+            if key not in ra[both[0]]:
+                continue
+            diffs = [ra[s][key] - rb[s][key] for s in both]
+            signs = [np.sign(ra[s][key] - rb[s][key]) for s in both]
+            rows.append([f"{pair}: judged {word}", j, fmt([ra[s][key] for s in both], 3),
+                         fmt([rb[s][key] for s in both], 3), fmt([r.get(key) for r in ru.values()], 3),
+                         fmt([ra[s].get(f"{key}_{base}") for s in both], 3),
+                         fmt([ra[s].get(f"attr_rate_gt_{j}") for s in both], 3),
+                         f"**{100 * np.mean(diffs):+.1f}**", " / ".join(f"{100 * d:+.1f}" for d in diffs),
+                         "yes" if len(set(signs)) == 1 else "no",
+                         fmt([ra[s]["psnr_lr"] for s in both], 2) + " / " + fmt([rb[s]["psnr_lr"] for s in both], 2)])
+    for pair, (word, a, b, _, _) in PAIRS.items():  # do the two judges agree in sign, seed by seed?
+        pa, pb = res.get(a, {}), res.get(b, {})
+        both = [s for s in seeds if s in pa and s in pb and all(f"attr_rate_{j}" in pa[s] for j in JUDGES)]
+        agree = [np.sign(pa[s]["attr_rate_onnx"] - pb[s]["attr_rate_onnx"])
+                 == np.sign(pa[s]["attr_rate_cnn"] - pb[s]["attr_rate_cnn"]) for s in both]
+        for r in rows:
+            if r[0].startswith(pair + ":") and both:
+                r.append(f"{sum(agree)}/{len(agree)}")
+    return rows
+
+
+def sr_rows(res, seeds):
+    """SR quality: bicubic, the paired bound and the posterior-sampler estimate, the AIGN runs."""
+    rows, cols = [], (("psnr_hr", 2), ("ssim_hr", 3), ("psnr_lr", 2))
+    ref = res.get("sr-unbiased", {}) or res.get("sr-female", {})
+    if ref:
+        rows.append(["bicubic (no training)"] + [fmt([r[f"{k}_bicubic"] for r in ref.values()], d) for k, d in cols]
+                    + ["–", "–", len(ref)])
+    paired = res.get("sr-paired", {})
+    if paired:
+        rows.append(["posterior-sampler estimate (paired bound − 3.01 dB)",
+                     fmt([r["psnr_hr"] - 3.01 for r in paired.values()], 2), "–", "–", "–", "–", len(paired)])
+    for name in ("sr-paired", "sr-unbiased", "sr-female", "sr-male", "sr-old", "sr-young"):
+        rs = list(res.get(name, {}).values())
+        if rs:
+            rows.append([name] + [fmt([r[k] for r in rs], d) for k, d in cols]
+                        + [fmt([r["wall_total_s"] for r in rs], 0), fmt([r["images_per_s"] for r in rs], 0), len(rs)])
+    for name in ("inpaint-unbiased", "inpaint-open", "inpaint-closed"):
+        rs = list(res.get(name, {}).values())
+        if rs:
+            rows.append([name + " (HR PSNR: whole face)"] + [fmt([r[k] for r in rs], d) for k, d in cols]
+                        + [fmt([r["wall_total_s"] for r in rs], 0), fmt([r["images_per_s"] for r in rs], 0), len(rs)])
+    return rows
+
+
+def markdown(head, rows):
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+                     + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
 
 
 def table(args):
-    results, versions, word, columns = {}, None, WORD.get(args.attr, args.attr), cols(args.attr)
-    for name in runs(args.attr):
-        rs = []
-        for s in args.seeds:
-            path = os.path.join(args.out, f"{slug(name)}-s{s}", "results.json")
-            if os.path.exists(path):
-                wall = os.path.join(os.path.dirname(path), "bench_wall.json")
-                rs.append({**json.load(open(path)), "wall_total_s": json.load(open(wall))["wall_total_s"]
-                           if os.path.exists(wall) else None})
-                versions = versions or json.load(open(os.path.join(os.path.dirname(path), "versions.json")))
-        results[name] = rs
-    rows = []
-
-    def row(name, rs, suffix=""):
-        cells = [mean_std([r.get(k + suffix) for r in rs], d) for k, _, d in columns]
-        if suffix:
-            cells += ["–", "–"]
-        else:
-            cells += [mean_std([r["wall_total_s"] for r in rs], 0), mean_std([r["images_per_s"] for r in rs], 0)]
-        rows.append(f"| {name} | " + " | ".join(cells) + f" | {len(rs)} |")
-
-    sr = results["AIGN SR, unbiased memory"]
-    if sr:
-        row("bicubic upsampling (no training)", sr, "_bicubic")
-    for name in ("paired SR (bound)", "AIGN SR, unbiased memory", f"AIGN SR, {word} memory"):
-        if results[name]:
-            row(name, results[name])
-    inp = results["AIGN inpaint, unbiased memory"] or results[f"AIGN inpaint, {word} memory"]
-    if inp:
-        row("smooth fill of the mouth box (no training)", inp, "_fill")
-    for name in ("AIGN inpaint, unbiased memory", f"AIGN inpaint, {word} memory"):
-        if results[name]:
-            row(name, results[name])
-    any_r = next((rs[0] for rs in results.values() if rs), None)
-    if any_r is None:
+    res = load(args)
+    if not res:
         return None
-    hw = (f"{versions['cuda']} GPU" if versions.get("cuda") else f"CPU ({versions['processor']}, "
-          f"{versions['cpu_threads']} torch threads)")
-    gt = f"{any_r['attr_rate_gt']:.3f}" if any_r.get("attr_rate_gt") is not None else "–"
-    head = ("| run | " + " | ".join(c for _, c, _ in columns) + " | wall s/run | train images/s | seeds |\n"
-            "| --- |" + " --- |" * (len(columns) + 3))
-    steps = sorted({r["steps"] for rs in results.values() for r in rs})
-    md = (f"{head}\n" + "\n".join(rows) + "\n\n"
-          f"Mean ± std over seeds {args.seeds}; {'/'.join(map(str, steps))} steps per run, {any_r['n_test']} test faces "
-          f"(judged {word} rate of the ground-truth test faces: {gt}); judge: {any_r['judge']}. "
+    first = next(iter(next(iter(res.values())).values()))
+    versions = json.load(open(os.path.join(args.out, f"{next(iter(res))}-s{next(iter(res[next(iter(res))]))}",
+                                           "versions.json")))
+    hw = (f"{versions['cuda']} GPU" if versions.get("cuda") else
+          f"CPU ({versions['processor']}, {versions['cpu_threads']} torch threads)")
+    steps = sorted({r["steps"] for rs in res.values() for r in rs.values() if "steps" in r})
+    ran = sorted({s for rs in res.values() for s in rs})
+    md = ("Contrast (memory A − memory B, judged rate in points; per seed after the mean):\n\n"
+          + markdown(["pair", "judge", "memory A", "memory B", "unbiased", "baseline", "ground truth",
+                      "A − B", "A − B per seed", "same sign all seeds", "LR PSNR A / B (dB)", "judges agree"],
+                     contrast_rows(res, ran))
+          + "\n\nSuper-resolution x4 and inpainting quality (test faces):\n\n"
+          + markdown(["run", "HR PSNR (dB)", "HR SSIM", "LR PSNR (dB)", "wall s/run", "train images/s", "seeds"],
+                     sr_rows(res, ran))
+          + f"\n\nSeeds {ran}; {'/'.join(map(str, steps))} training steps; {first['n_test']} test faces per judged "
+          f"attribute (balanced); memory A/B: {', '.join(f'{a} / {b}' for _, a, b, _, _ in PAIRS.values())}. "
           f"Hardware: {hw}; torch {versions['torch']}; `python3 tools/face_bench.py "
           f"{' '.join(sys.argv[1:])}`.\n")
     with open(os.path.join(args.out, "table.md"), "w") as f:
@@ -185,24 +215,23 @@ def table(args):
 
 
 def grids(args):
-    """Seed-0 sample faces: input | baseline | AIGN (unbiased) | AIGN (biased memory) | ground truth."""
-    s, word = args.seeds[0], WORD.get(args.attr, args.attr)
-    for task, base in (("sr", "bicubic"), ("inpaint", "fill")):
-        a = os.path.join(args.out, f"{task}-unbiased_memory-s{s}", "samples.npz")
-        b = os.path.join(args.out, f"{task}-{word}_memory-s{s}", "samples.npz")
-        if not (os.path.exists(a) and os.path.exists(b)):
+    """Per pair, seed --seeds[0]: input | baseline | memory A | memory B | ground truth on the same test faces."""
+    s = args.seeds[0]
+    for pair, (word, a, b, _, base) in PAIRS.items():
+        za, zb = (os.path.join(args.out, f"{r}-s{s}", "samples.npz") for r in (a, b))
+        if not (os.path.exists(za) and os.path.exists(zb)):
             continue
-        za, zb = np.load(a), np.load(b)
+        za, zb = np.load(za), np.load(zb)
+        assert np.array_equal(za["gt"], zb["gt"]) and np.array_equal(za["input"], zb["input"])  # same faces
         rows = [[za["input"][i], za["baseline"][i], za["output"][i], zb["output"][i], za["gt"][i]]
                 for i in range(len(za["gt"]))]
-        common.write_png(os.path.join(args.out, f"grid_{task}.png"), common.image_grid(rows))
-        print(f"wrote {args.out}/grid_{task}.png (columns: input | {base} | AIGN unbiased | AIGN {word} memory | "
-              f"ground truth)")
+        common.write_png(os.path.join(args.out, f"grid_{pair}.png"), common.image_grid(rows))
+        print(f"wrote {args.out}/grid_{pair}.png (input | {base} | {a} | {b} | ground truth)")
 
 
 def throughput(args):
     """Training images/s and the fraction of the measured matmul peak reached by face_aign.train_step."""
-    fargs = face_aign.get_args([a for a in args.extra if a != "--"] + ["--no-progress"])
+    fargs = face_aign.get_args(args.extra + ["--no-progress"])
     dist = common.Dist(fargs.device)
     common.seed_everything(fargs.seed, fargs.deterministic)
     nets = face_aign.build_nets(fargs, dist.device)
@@ -218,7 +247,7 @@ def throughput(args):
     out = {"images_per_s": fargs.batch_size * dist.world / dt, "step_s": dt, "flops_per_step": flops,
            "achieved_flops": flops / dt, "matmul_peak_flops": peak, "fraction_of_peak": flops / dt / peak,
            "device": str(dist.device), "task": fargs.task, "batch_size": fargs.batch_size, "world": dist.world,
-           "versions": common.versions()}
+           "threads": torch.get_num_threads(), "versions": common.versions()}
     if dist.main:
         common.write_json(os.path.join(args.out, "bench.json"), out)
         print(common.format_record({k: v for k, v in out.items() if k != "versions"}))

