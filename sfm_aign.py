@@ -6,12 +6,14 @@ discriminators compare the predicted depth maps and motions with an *unpaired* m
 (other sequences). The photometric loss alone cannot fix the metric scale; the memory does.
 
 Results card (built-in procedural streets, 3 test sequences, 48x160, 2000 steps of 8 triplets, CPU;
-abs_rel unscaled / median-scaled, ATE m; details, commands and hardware: docs/sfm.md):
-    seeds 0-2, old G-then-D order (9ba0a00): photometric only 0.887 / 0.322, 0.105; supervised only
-    on 5% pairs 0.268 / 0.272, 0.059; AIGN (default) 0.347 / 0.362, 0.047; AIGN + 5% 0.265 / 0.278, 0.062.
-    This code (D step first since issue 10), AIGN seeds 0-2: 0.350 / 0.372, 0.046 (seed 0: 0.338 / 0.360;
-    old code seed 0: 0.352 / 0.374; 1 thread); default run with 2 threads: 0.327 / 0.349, 188 s.
-The memory recovers metric scale; AIGN + 5% pairs only ties supervised-only.
+abs_rel unscaled / median-scaled, prediction resized as depth (as disparity since issue 12: <= 0.0003
+apart); details, commands, hardware: docs/sfm.md):
+    seeds 0-2, old G-then-D order (9ba0a00): photometric only 0.887 / 0.322, ATE 0.105 m; supervised only
+    on 5% evenly spread pairs 0.268 / 0.272; AIGN + 5% 0.265 / 0.278. AIGN (default, D step first),
+    seeds 0-2: 0.350 / 0.372, ATE 0.046 m (seed 0: 0.338 / 0.360 at 1 thread; 0.327 / 0.349, 188 s at 2).
+    Label-efficiency curve (labels as stretches, 500-step runs, seeds 0-2): AIGN + pairs beats
+    supervised only by 11% at 1% labels, 6% at 2%, and trails at 5-100% (tools/sfm_bench.py --curve).
+The memory recovers metric scale; it does not yet help depth structure or a few labels consistently.
 
     python3 sfm_aign.py                      # unpaired AIGN on the built-in procedural streets
     python3 sfm_aign.py --lambda-adv 0       # photometric-only baseline (scale-ambiguous)

@@ -5,7 +5,15 @@
     python3 tools/sfm_bench.py --table-only          # only re-collect bench/sfm/*/results.json
     python3 tools/sfm_bench.py --validation     # into bench/sfm_val: model selection, never the test split
     python3 tools/sfm_bench.py --throughput [-- SFM_AIGN_FLAGS]  # renderer and train_step timings -> bench.json
-    /tmp/slot_all.sh python3 tools/sfm_bench.py --busy   # step time idle vs beside a busy process -> busy.md
+    python3 tools/sfm_bench.py --curve [--steps N]   # label-efficiency curve -> bench/sfm_curve/curve.md+png
+    python3 tools/sfm_bench.py --busy                # step time idle vs beside a busy process -> busy.md
+
+--curve runs supervised only (--lambda-rec 0 --lambda-adv 0) and AIGN + pairs at --paired-frac 0.01,
+0.02, 0.05, 0.1, 1 (the same stretches of frames for both rows), and writes the 3-seed means, the
+relative gain 1 - AIGN/supervised in unscaled abs_rel, and curve.png (x: log fraction 1..100%, y:
+abs_rel from 0, one light line every 0.1; blue supervised only, red AIGN + pairs, bars +-1 std).
+--steps N (any mode) also sets --adv-warmup N/4, the default's share (500 of 2000).
+--busy needs the whole machine (nothing else running but the neighbour it starts itself).
 
 --validation evaluates on two *training* sequences held out of training (train_08, train_09; the
 model trains on train_00..07, the memory is unchanged): the split on which the script's defaults
@@ -235,6 +243,7 @@ def plot(path, series, xs, size=(320, 480)):
         t = np.linspace(lx[0], lx[-1], 4 * w)
         for c, r in (px(x, y) for x, y in zip(t, np.interp(t, lx, means))):
             img[r, c] = rgb
+    sys.path.insert(0, ROOT)
     import common
     common.write_png(path, img)
 
