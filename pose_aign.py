@@ -2,11 +2,13 @@
 
 G lifts 2D keypoints to 3D, learnt from 2D observations plus an *unpaired* memory of 3D poses:
     L_G = lambda_rec ||P(G(x)) - x||^2 + lambda_adv adv(D(G(x))) [+ lambda_sup ||G(x) - y||^2 on paired x]
-with P a parameter-free perspective camera and D telling memory poses from predicted ones.
+with P a parameter-free perspective camera (plus the data's lens distortion) and D telling memory poses
+from predicted ones, also by how the body stands relative to the camera (--tilt-prior).
 
-Results card (built-in test split, P-MPJPE mm, seeds 0-2, 3000 steps; commands, hardware: docs/pose.md):
-AIGN unpaired (default) 53.5 ± 0.8; AIGN + 5% paired 52.1 ± 0.4; supervised-only on the same 5% 70.4 ± 0.7;
-reprojection only (no prior) 112.9 ± 0.0; supervised on 100% (bound) 42.0 ± 0.7. Default: 94 s, 2 cores.
+Results card (built-in test split, mm, seeds 0-2, 3000 steps; commands, hardware: docs/pose.md):
+AIGN unpaired (default): P-MPJPE 45.4 ± 0.1 on the synthetic subjects, 84.2 ± 1.9 on the held-out real
+CMU stretch; MPJPE 80 ± 2 = 1.62x P-MPJPE 49 ± 0 (1.64x before the tilt prior, on older data); camera
+check gt_reproj_px 0.00002. Label efficiency (1000 steps): see docs/pose.md. Default: 239 s, 1 thread.
 
 Usage:
     python3 pose_aign.py                                     # unpaired AIGN on the built-in data
