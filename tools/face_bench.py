@@ -54,6 +54,8 @@ PAIRS = {"gender": ("female", "sr-female", "sr-male", "sr-unbiased", "bicubic"),
          "age": ("old", "sr-old", "sr-young", "sr-unbiased_old", "bicubic"),
          "mouth": ("open mouth", "inpaint-open", "inpaint-closed", "inpaint-unbiased", "fill")}
 JUDGES = ("onnx", "cnn")
+CONTRAST_HEAD = ["pair", "judge", "memory A", "memory B", "unbiased", "baseline", "ground truth", "A − B",
+                 "A − B per seed", "same sign all seeds", "LR PSNR A / B (dB)", "judges agree"]
 
 
 def get_args(argv=None):
@@ -61,6 +63,8 @@ def get_args(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default: 0 1 2)")
     p.add_argument("--out", default="bench/faces", help="output folder (default: bench/faces)")
     p.add_argument("--only", nargs="*", default=None, help=f"run only these (default: all: {' '.join(RUNS)})")
+    p.add_argument("--val", action="store_true",
+                   help="only print the contrast table of the runs' last validation records (default: off)")
     p.add_argument("--throughput", action="store_true",
                    help="only time face_aign.train_step (flags after `--`) into OUT/bench.json (default: off)")
     p.add_argument("extra", nargs=argparse.REMAINDER,
@@ -103,13 +107,17 @@ def launch(args):
     return failed
 
 
-def load(args):
-    """{run name: {seed: results.json + wall_total_s}} of the finished runs."""
+def load(args, val=False):
+    """{run name: {seed: results.json + wall_total_s}} of the finished runs (val: the last validation
+    record of metrics.jsonl instead, val_ dropped from its keys)."""
     out = {}
     for name in RUNS:
         for s in args.seeds:
             path = os.path.join(args.out, f"{name}-s{s}", "results.json")
-            if os.path.exists(path):
+            if val and os.path.exists(os.path.join(os.path.dirname(path), "metrics.jsonl")):
+                last = json.loads(open(os.path.join(os.path.dirname(path), "metrics.jsonl")).read().splitlines()[-1])
+                out.setdefault(name, {})[s] = {k[4:]: v for k, v in last.items() if k.startswith("val_")}
+            elif os.path.exists(path) and not val:
                 wall = os.path.join(os.path.dirname(path), "bench_wall.json")
                 r = json.load(open(path))
                 r["wall_total_s"] = json.load(open(wall))["wall_total_s"] if os.path.exists(wall) else None
@@ -199,9 +207,7 @@ def table(args):
     steps = sorted({r["steps"] for rs in res.values() for r in rs.values() if "steps" in r})
     ran = sorted({s for rs in res.values() for s in rs})
     md = ("Contrast (memory A − memory B, judged rate in points; per seed after the mean):\n\n"
-          + markdown(["pair", "judge", "memory A", "memory B", "unbiased", "baseline", "ground truth",
-                      "A − B", "A − B per seed", "same sign all seeds", "LR PSNR A / B (dB)", "judges agree"],
-                     contrast_rows(res, ran))
+          + markdown(CONTRAST_HEAD, contrast_rows(res, ran))
           + "\n\nSuper-resolution x4 and inpainting quality (test faces):\n\n"
           + markdown(["run", "HR PSNR (dB)", "HR SSIM", "LR PSNR (dB)", "wall s/run", "train images/s", "seeds"],
                      sr_rows(res, ran))
@@ -236,7 +242,7 @@ def throughput(args):
     common.seed_everything(fargs.seed, fargs.deterministic)
     nets = face_aign.build_nets(fargs, dist.device)
     data = face_aign.load_data(fargs, dist)
-    opts = {k: torch.optim.Adam(nets[k].parameters(), fargs.lr, betas=(0.5, 0.999)) for k in nets}
+    opts = {k: torch.optim.Adam(nets[k].parameters(), fargs.lr, betas=(0.5, 0.999)) for k in ("G", "D")}
     gen = torch.Generator().manual_seed(fargs.seed)
 
     def step():
@@ -258,6 +264,9 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     if args.throughput:
         return throughput(args)
+    if args.val:  # what settings are chosen on: the validation faces
+        res = load(args, val=True)
+        return print(markdown(CONTRAST_HEAD, contrast_rows(res, sorted({s for rs in res.values() for s in rs}))))
     failed = launch(args)
     md = table(args)
     grids(args)
