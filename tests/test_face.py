@@ -513,6 +513,15 @@ def test_cnn_judge_is_trained_once_and_reused(tmp_path, monkeypatch):
     assert a(images).shape == (8,) and a.has(images, "-Male").dtype == torch.bool
 
 
+def test_d_pool_sees_pooled_faces():
+    torch.manual_seed(0)
+    D = fa.Discriminator(32, 4, pool=2)
+    y = torch.randn(3, 3, 32, 32)
+    same = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(y, 2), scale_factor=2, mode="nearest")
+    assert D(y).shape == (3,) and torch.allclose(D(y), D(same), atol=1e-6)  # detail below 2x2 is not seen
+    assert len(fa.Discriminator(32, 4, pool=1).conv) == len(D.conv) + 2  # one stride-2 conv (+ ReLU) fewer
+
+
 def test_d_accuracy_on_memory_and_outputs():
     args = fa.get_args(["--size", "32", "--judge", "none"])
     faces = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
