@@ -191,16 +191,12 @@ def table(args):
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     hardware = None
     for name, desc, _ in ABLATIONS:
-        res = []
+        res = load_runs(args, name)
         for seed in args.seeds:
-            path = os.path.join(args.out, f"{name}-s{seed}", "results.json")
-            if os.path.exists(path):
-                with open(path) as f:
-                    res.append(json.load(f))
-                vpath = os.path.join(args.out, f"{name}-s{seed}", "versions.json")
-                if hardware is None and os.path.exists(vpath):
-                    with open(vpath) as f:
-                        hardware = json.load(f)
+            vpath = os.path.join(args.out, f"{name}-s{seed}", "versions.json")
+            if res and hardware is None and os.path.exists(vpath):
+                with open(vpath) as f:
+                    hardware = json.load(f)
         if not res:
             continue
         lines.append(f"| {desc} | {fmt([r['depth']['abs_rel'] for r in res])} | {fmt([r['depth']['a1'] for r in res])} "
