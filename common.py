@@ -352,6 +352,13 @@ def _tmp(path):
     return f"{path}.tmp{os.getpid()}"  # per process: two writers never share a temporary file
 
 
+def save_torch(path, obj):
+    """torch.save, atomically: a crash mid-write leaves the previous file intact."""
+    tmp = _tmp(path)
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
 def write_json(path, obj):
     tmp = _tmp(path)
     with open(tmp, "w") as f:
@@ -454,9 +461,7 @@ def save_checkpoint(path, *, script, step, args, nets, opts, data_rng, wall_s, s
              "opts": {k: o.state_dict() for k, o in opts.items()},
              "rng": rng_state(), "data_rng": data_rng.get_state(), "wall_s": float(wall_s),
              "samples": int(samples), **extra}
-    tmp = _tmp(path)
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    save_torch(path, state)
 
 
 def load_checkpoint(path, script, nets=()):
@@ -679,7 +684,7 @@ def builtin_dataset(script_file, name, builder, dist_state, **build_kwargs):
         module = load_tool(script_file, builder, f"no --data given, and the built-in dataset needs this "
                            f"builder: pass --data (layouts: python3 {os.path.basename(script_file)} --help, "
                            f"README) or run from a clone of the aign repository")
-        tmp = f"{path}.tmp{os.getpid()}"
+        tmp = _tmp(path)
         module.build(tmp, **build_kwargs)
         try:
             os.rename(tmp, path)

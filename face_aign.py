@@ -16,6 +16,7 @@ judged by an ONNX judge and a CNN judge G never sees. Results card (built-in 64x
 import argparse
 import copy
 import glob
+import hashlib
 import importlib.util
 import math
 import os
@@ -472,7 +473,6 @@ def train_cnn_judge(args, images, labels):
 def cnn_judge(args, data):
     """The CNN judge of --judge-attr, trained once per dataset and attribute, kept in $AIGN_CACHE/faces_judges
     (all seeds and runs share it)."""
-    import hashlib
     images, labels = data["judge_data"]
     key = f"{os.path.abspath(data['root'])}|{args.judge_attr}|{args.size}|{args.judge_steps}|{len(images)}|v2"
     path = os.path.join(common.cache_dir("faces_judges"), hashlib.sha1(key.encode()).hexdigest()[:16] + ".pt")
@@ -483,8 +483,7 @@ def cnn_judge(args, data):
         return judge.eval()
     t0 = time.perf_counter()
     judge = train_cnn_judge(args, images, labels)
-    torch.save(judge.state_dict(), f"{path}.tmp{os.getpid()}")
-    os.replace(f"{path}.tmp{os.getpid()}", path)
+    common.save_torch(path, judge.state_dict())
     common.log(f"trained the CNN judge of {args.judge_attr} on {len(images)} held-out faces in "
                f"{time.perf_counter() - t0:.0f} s -> {path}")
     return judge
