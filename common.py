@@ -10,6 +10,7 @@ runs on a user's data.
 import ast
 import atexit
 import datetime
+import hashlib
 import json
 import math
 import os
@@ -661,11 +662,15 @@ def cache_dir(name):
     return path
 
 
+def _tool_file(script_file, name):
+    return os.path.join(os.path.dirname(os.path.abspath(script_file)), "tools", name + ".py")
+
+
 def load_tool(script_file, name, hint):
     """Import tools/<name>.py from beside the script (the repository's data builders and optional
     instruments, which a copied script may lack): the module, or one line ending in `hint`."""
     import importlib.util
-    tool = os.path.join(os.path.dirname(os.path.abspath(script_file)), "tools", name + ".py")
+    tool = _tool_file(script_file, name)
     if not os.path.isfile(tool):
         raise InputError(f"{tool} is not here: {hint}")
     spec = importlib.util.spec_from_file_location(name, tool)
@@ -674,13 +679,24 @@ def load_tool(script_file, name, hint):
     return module
 
 
+def builtin_path(script_file, name, builder):
+    """$AIGN_CACHE/<name>/builtin-<first 12 hex of sha256 of tools/<builder>.py>: a changed builder
+    builds a fresh dataset instead of reusing a stale one (None when the builder is not here)."""
+    tool = _tool_file(script_file, builder)
+    if not os.path.isfile(tool):
+        return None
+    with open(tool, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()[:12]
+    return os.path.join(cache_dir(name), f"builtin-{digest}")
+
+
 def builtin_dataset(script_file, name, builder, dist_state, **build_kwargs):
-    """The cached built-in dataset folder of a script: $AIGN_CACHE/<name>/builtin, built on first use
-    by rank 0 with build(folder, **build_kwargs) of tools/<builder>.py next to the script (built aside
-    and renamed, so concurrent runs never see half a build). A copied script without tools/ gets one
+    """The cached built-in dataset folder of a script (builtin_path), built on first use by rank 0
+    with build(folder, **build_kwargs) of tools/<builder>.py next to the script (built aside and
+    renamed, so concurrent runs never see half a build). A copied script without tools/ gets one
     line saying how to get data."""
-    path = os.path.join(cache_dir(name), "builtin")
-    if dist_state.main and not os.path.isdir(path):
+    path = builtin_path(script_file, name, builder)
+    if dist_state.main and (path is None or not os.path.isdir(path)):
         module = load_tool(script_file, builder, f"no --data given, and the built-in dataset needs this "
                            f"builder: pass --data (layouts: python3 {os.path.basename(script_file)} --help, "
                            f"README) or run from a clone of the aign repository")

@@ -158,7 +158,7 @@ def read_celeba_attrs(path):
 
 def load_data(args, dist):
     """--data, or the built-in faces (built once into $AIGN_CACHE by tools/face_builtin.py)."""
-    root = args.data or common.builtin_dataset(__file__, "faces_v2", "face_builtin", dist)  # v2: + val, mouth
+    root = args.data or common.builtin_dataset(__file__, "faces", "face_builtin", dist)
     data = load_faces(args, root, not args.no_progress and dist.main)
     common.log(f"faces: {len(data['inputs'])} generator inputs, {len(data['mem'])} memory "
                f"({args.memory or args.bias or 'all faces'}), {len(data['val'])} validation, "

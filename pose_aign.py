@@ -268,7 +268,7 @@ def up_direction(memory):
 def load_data(args, dist):
     """--data (without it the built-in folder, tools/pose_builtin.py) and --memory -> splits and memory."""
     # (the cache folder is named after the builder's version: issue 13 widened the poses and cameras)
-    path = args.data or common.builtin_dataset(__file__, "pose-v2", "pose_builtin", dist)
+    path = args.data or common.builtin_dataset(__file__, "pose", "pose_builtin", dist)
     name, action_mean, memory, memory_src = os.path.basename(os.path.normpath(path)), False, None, None
     if os.path.isfile(os.path.join(path, "data_3d_h36m.npz")):
         splits, memory = load_h36m(path, args.keypoints)

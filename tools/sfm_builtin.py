@@ -2,7 +2,7 @@
 caster in torch, written in sfm_aign.py's ordinary --data format (generic sequence folders:
 images/, depth/, poses.txt, intrinsics.txt; train/, memory/ and test/ roles), so the built-in run goes
 through the same loader as user data. sfm_aign.py calls build(folder) on first use through
-common.builtin_dataset (cached as $AIGN_CACHE/sfm/builtin, default ~/.cache/aign); this file never
+common.builtin_dataset (cached as $AIGN_CACHE/sfm/builtin-<hash of this file>, default ~/.cache/aign); this file never
 imports sfm_aign.py. By hand: python3 tools/sfm_builtin.py OUT_DIR
 """
 import os
