@@ -62,6 +62,8 @@ def get_args(argv=None):
     add("--lambda-adv", type=float, default=0.01, help="adversarial weight, 0 = photometric (default: 0.01)")
     add("--adv-on", choices=["both", "depth", "motion"], default="both", help="memories used (default: both)")
     add("--adv-warmup", type=int, default=500, help="ramp --lambda-adv up from 0 over N steps (default: 500)")
+    add("--d-input", choices=["log", "normalised"], default="log", help="what the depth discriminator sees: "
+        "log-depth, or log-depth minus its per-image mean (scale-free) (default: log)")
     add("--lambda-sup", type=float, default=1.0, help="weight of the supervised loss on pairs (default: 1)")
     add("--paired-frac", type=float, default=0.0,
         help=f"fraction of triplets with GT used, in stretches of {STRETCH} consecutive ones (default: 0)")
@@ -321,18 +323,20 @@ class PoseNet(nn.Module):
         return self.net((x - 0.45) / 0.225).mean((2, 3)).view(-1, 2, 6) * self.scale  # (B, 2, 6)
 
 class PatchD(nn.Module):
-    """Depth-map discriminator: log-depth (B,1,H,W) -> a grid of real/fake logits (B,1,h,w)."""
+    """Depth-map discriminator: log-depth (B,1,H,W) -> a grid of real/fake logits (B,1,h,w); with normalise,
+    log-depth minus its per-image mean (D then judges the shape of a map, not its scale)."""
 
-    def __init__(self, ch=(16, 32, 64)):
+    def __init__(self, normalise=False, ch=(16, 32, 64)):
         super().__init__()
-        layers, cin = [], 1
+        self.normalise, layers, cin = normalise, [], 1
         for c in ch:
             layers += [nn.Conv2d(cin, c, 4, 2, 1), nn.LeakyReLU(0.2)]
             cin = c
         self.net = nn.Sequential(*layers, nn.Conv2d(cin, 1, 3, 1, 1))
 
     def forward(self, depth):  # (B, 1, H, W) metres
-        return self.net(torch.log(depth) - math.log(10.0))
+        x = torch.log(depth)
+        return self.net(x - (x.mean((2, 3), keepdim=True) if self.normalise else math.log(10.0)))
 
 class MotionD(nn.Module):
     """Camera-motion discriminator: the two motions of a triplet (B,12) (t->t-1, t->t+1) -> logits
@@ -354,7 +358,7 @@ class MotionD(nn.Module):
 
 def build_nets(args, device):
     nets = {"depth_net": DepthNet(args.min_depth, args.max_depth), "pose_net": PoseNet(),
-            "D_depth": PatchD(), "D_motion": MotionD()}
+            "D_depth": PatchD(args.d_input == "normalised"), "D_motion": MotionD()}
     return {k: m.to(device) for k, m in nets.items()}
 
 
@@ -835,9 +839,10 @@ def main(argv=None):
     opts = {"G": torch.optim.Adam(G_params, lr=args.lr),
             "D": torch.optim.Adam(D_params, lr=args.lr_d or args.lr, betas=(0.5, 0.999))}
     n_mem = [0 if data[k] is None else len(data[k]) for k in ("mem_depth", "mem_motion")]
-    common.log(f"train: {len(data['train'])} sequences, {len(data['trip'])} triplets "
-               f"({len(data.get('paired', []))} paired); test: {len(data['test'])} sequences; memory: "
-               f"{n_mem[0]} depth maps, {n_mem[1]} motions; {dist.world} process(es) on {dist.device}", dist)
+    n = {k: len(data.get(k, [])) for k in ("train", "val", "test", "trip", "paired")}
+    common.log(f"train: {n['train']} sequences, {n['trip']} triplets ({n['paired']} paired); "
+               f"val: {n['val']}, test: {n['test']} sequences; memory: {n_mem[0]} depth maps, "
+               f"{n_mem[1]} motions; {dist.world} process(es) on {dist.device}", dist)
     stats = train(args, dist, data, nets, opts, state, run_dir)
     if stats is None or not dist.main:
         return

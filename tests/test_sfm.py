@@ -575,12 +575,70 @@ def test_cli_sigterm_to_one_rank_stops_both(tiny_data, tmp_path, cache_root):
     assert read_json(out / "results.json")["steps"] == step + 1
 
 
-def test_cli_adv_on_one_memory(tiny_data, tmp_path, cache_root):
-    """--adv-on keeps one of the two memories (the ablation: which prior settles the scale)."""
+def test_cli_adv_on_one_memory_and_val_split(tiny_data, tmp_path, cache_root):
+    """--adv-on keeps one of the two memories (the ablation: which prior settles the scale); data with a
+    val/ split log only val_* during training (test_* without one: test_cli_train_resume_eval_predict),
+    and results.json still holds the test split."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    boxes, poses = street(4, 8)
+    B.write_sequence(str(data / "val" / "val_4"), boxes, poses, B.builtin_K(32, 96), 32, 96)
     for kind, left in (("depth", "8 depth maps, 0 motions"), ("motion", "0 depth maps, 6 motions")):
-        proc = run_cli(SCRIPT, "--data", tiny_data, "--steps", 1, "--eval-every", 1, "--out", tmp_path / kind,
-                       "--adv-on", kind, *SMALL)
-        assert left in proc.stdout + proc.stderr
+        proc = run_cli(SCRIPT, "--data", data, "--steps", 1, "--eval-every", 1, "--out", tmp_path / kind,
+                       "--adv-on", kind, "--d-input", "normalised", *SMALL)
+        assert left in proc.stdout + proc.stderr and "val: 1, test: 1 sequences" in proc.stdout + proc.stderr
+        record = json.loads(open(tmp_path / kind / "metrics.jsonl").readline())
+        assert "val_depth/abs_rel" in record and not any(k.startswith("test_") for k in record)
+        assert read_json(tmp_path / kind / "results.json")["depth_frames"] == 8  # the test split's frames
+
+
+def test_patch_d_normalised_input_ignores_scale():
+    torch.manual_seed(0)
+    depth = 1 + 20 * torch.rand(2, 1, 16, 48)
+    plain, norm = S.PatchD(), S.PatchD(normalise=True)
+    norm.load_state_dict(plain.state_dict())
+    torch.testing.assert_close(norm(3 * depth), norm(depth))  # log(3 d) - mean = log(d) - mean
+    assert not torch.allclose(plain(3 * depth), plain(depth))  # log-depth keeps the scale
+    torch.testing.assert_close(plain(10 * depth), plain.net(torch.log(depth)))  # log(10 d) - log 10
+
+
+def test_builtin_roles_are_disjoint(tmp_path, monkeypatch):
+    """The builder writes train/, memory/, test/ and val/ from their own seeds: no sequence twice."""
+    monkeypatch.setitem(B.BUILTIN, "frames", 3)
+    for role, n in (("height", 12), ("width", 40), ("train", 2), ("memory", 1), ("test", 1), ("val", 2)):
+        monkeypatch.setitem(B.BUILTIN, role, n)
+    B.build(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["memory", "test", "train", "val"]
+    seqs = sorted(tmp_path.glob("*/*"))
+    assert [p.name for p in seqs] == ["memory_00", "test_00", "train_00", "train_01", "val_00", "val_01"]
+    poses = [(p, np.loadtxt(p / "poses.txt")) for p in seqs]
+    for i, (p, a) in enumerate(poses):
+        for q, b in poses[i + 1:]:
+            assert not np.allclose(a, b), (p, q)  # distinct camera paths (own seeds)
+    offsets = sorted(o for _, o in B.ROLES)
+    assert all(b - a > 100 for a, b in zip(offsets, offsets[1:]))  # seed ranges cannot overlap
+
+
+def test_validation_table_reads_val_records(tmp_path):
+    """sfm_bench --validation tabulates the last val_* record of metrics.jsonl, never results.json's test."""
+    from tools import sfm_bench
+    for name, val in (("photo", 0.2), ("depth", 0.1)):
+        d = tmp_path / f"{name}-s0"
+        d.mkdir()
+        (d / "results.json").write_text(json.dumps({"depth": {"abs_rel": 0.9, "a1": 0.5}, "wall_s": 3,
+                                                    "steps": 4, "device": "cpu"}))
+        recs = [{"step": s, "val_depth/abs_rel": val + 1 / s, "val_depth/a1": 0.5, "val_median_scale": 1.0,
+                 "val_depth_median_scaled/abs_rel": 0.3, "val_depth_median_scaled/a1": 0.6, "val_ate": 0.05,
+                 "val_ate_no_scale": 0.1} for s in (2, 4)]
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    args = type("A", (), {"out": str(tmp_path), "seeds": [0], "validation": True, "configs": ["photo", "depth"]})
+    sfm_bench.table(args)
+    rows = (tmp_path / "table.md").read_text().splitlines()
+    assert rows[2].startswith("| photometric only | 0.450 ± 0.000 |") and rows[3].startswith(
+        "| AIGN, depth memory only | 0.350 ± 0.000 |") and len(rows) == 4
+    (tmp_path / "depth-s0" / "metrics.jsonl").write_text(json.dumps({"step": 4, "test_depth/abs_rel": 0.9}))
+    with pytest.raises(SystemExit, match="expected val_"):
+        sfm_bench.table(args)
 
 
 def test_throughput_tool(tiny_data, tmp_path, cache_root):

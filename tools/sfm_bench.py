@@ -15,9 +15,11 @@ abs_rel from 0, one light line every 0.1; blue supervised only, red AIGN + pairs
 --steps N (any mode) also sets --adv-warmup N/4, the default's share (500 of 2000).
 --busy needs the whole machine (nothing else running but the neighbour it starts itself).
 
---validation evaluates on two *training* sequences held out of training (train_08, train_09; the
-model trains on train_00..07, the memory is unchanged): the split on which the script's defaults
-(e.g. --steps) were chosen, so the test sequences are only used for the final table.
+--validation runs the prior candidates (PRIORS, or those named by --configs) on the built-in data and
+tabulates the final val_* record of each run's metrics.jsonl: the built-in val/ sequences (disjoint
+from train/, memory/ and test/; the split settings are chosen on). Before issue 12 the built-in data
+had no val/ and this mode held out train_08, train_09 instead (data/sfm/validation.md).
+--configs NAME ... runs only those rows (of ABLATIONS, PRIORS with --validation, CURVE with --curve).
 
 Each run is a plain `python3 sfm_aign.py ...` with its own run folder under --out; the table is
 printed and written to OUT/table.md (with the hardware and the wall time per run).
@@ -43,6 +45,18 @@ ABLATIONS = [  # (name, description, flags)
     ("sup5", "supervised only, 5% paired", ["--lambda-rec", "0", "--lambda-adv", "0", "--paired-frac", "0.05"]),
     ("aign", "AIGN (unpaired memory)", []),
     ("aign_sup5", "AIGN + 5% paired", ["--paired-frac", "0.05"]),
+]
+
+PRIORS = [  # --validation: which prior helps structure (chosen on val/, never on test)
+    ("photo", "photometric only", ["--lambda-adv", "0"]),
+    ("both", "AIGN, depth + motion memory", ["--adv-on", "both"]),
+    ("depth", "AIGN, depth memory only", ["--adv-on", "depth"]),
+    ("both_norm", "AIGN, both memories, D_depth sees normalised log-depth",
+     ["--adv-on", "both", "--d-input", "normalised"]),
+    ("motion", "AIGN, motion memory only", ["--adv-on", "motion"]),
+    ("depth_warm1000", "AIGN, depth memory only, warm-up 1000", ["--adv-on", "depth", "--adv-warmup", "1000"]),
+    ("depth_adv0.003", "AIGN, depth memory only, lambda-adv 0.003",
+     ["--adv-on", "depth", "--lambda-adv", "0.003"]),
 ]
 
 FRACTIONS = (0.01, 0.02, 0.05, 0.1, 1.0)  # --curve: the label-efficiency curve's paired fractions
@@ -133,18 +147,8 @@ def run_all(args, ablations):
     import common
     # once, before the parallel runs share the cache
     root = common.builtin_dataset(os.path.join(ROOT, "sfm_aign.py"), "sfm", "sfm_builtin", common.Dist(args.device))
-    data = []
-    if args.validation:  # the generic layout (train/ test/ memory/) made of links into the cache
-        val = os.path.join(args.out, "data")
-        seqs = sorted(os.listdir(os.path.join(root, "train")))  # the last two are held out
-        for role, names in (("train", seqs[:-2]), ("test", seqs[-2:])):
-            os.makedirs(os.path.join(val, role), exist_ok=True)
-            for n in names:
-                if not os.path.lexists(os.path.join(val, role, n)):
-                    os.symlink(os.path.join(root, "train", n), os.path.join(val, role, n))
-        if not os.path.lexists(os.path.join(val, "memory")):
-            os.symlink(os.path.join(root, "memory"), os.path.join(val, "memory"))
-        data = ["--data", val]
+    if args.validation and not os.path.isdir(os.path.join(root, "val")):
+        sys.exit(f"error: {root}: expected a val/ split in the built-in data, found none")
     # seed-major order: a bench cut short still holds every ablation
     jobs = [(name, seed, flags) for seed in args.seeds for name, _, flags in ablations]
     running, env = [], dict(os.environ, OMP_NUM_THREADS=str(args.threads))
@@ -153,9 +157,10 @@ def run_all(args, ablations):
             name, seed, flags = jobs.pop(0)
             out = os.path.join(args.out, f"{name}-s{seed}")
             cmd = [sys.executable, os.path.join(ROOT, "sfm_aign.py"), "--seed", str(seed), "--out", out,
-                   "--device", args.device, "--no-progress", *data, *flags, *args.extra]
+                   "--device", args.device, "--no-progress", *flags, *args.extra]
             if args.steps:  # shorter runs keep the default's warm-up share (500 of 2000 steps)
-                cmd += ["--steps", str(args.steps), "--adv-warmup", str(args.steps // 4)]
+                cmd += ["--steps", str(args.steps)] + ["--adv-warmup", str(args.steps // 4)] * (
+                    "--adv-warmup" not in flags)
             os.makedirs(out, exist_ok=True)
             log = open(os.path.join(out, "stdout.txt"), "w")
             print(" ".join(cmd), flush=True)
@@ -175,14 +180,36 @@ def fmt(values, digits=3):
 
 
 def load_runs(args, name):
-    """results.json of the finished seeds of one row."""
+    """results.json of the finished seeds of one row; with --validation its metrics replaced by the
+    run's last val_* record in metrics.jsonl (the final model on the validation split)."""
     res = []
     for seed in args.seeds:
         path = os.path.join(args.out, f"{name}-s{seed}", "results.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                res.append(json.load(f))
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            r = json.load(f)
+        if getattr(args, "validation", False):
+            with open(os.path.join(os.path.dirname(path), "metrics.jsonl")) as f:
+                last = [json.loads(line) for line in f][-1]
+            r = {k: r[k] for k in ("wall_s", "steps", "device")}
+            for key, v in last.items():
+                if key.startswith("val_"):
+                    group, _, metric = key[4:].partition("/")
+                    if metric:
+                        r.setdefault(group, {})[metric] = v
+                    else:
+                        r[group] = v
+            r.setdefault("depth", None)
+            if r["depth"] is None:
+                sys.exit(f"error: {path}: expected val_* records in metrics.jsonl (data with a val/ split)")
+        res.append(r)
     return res
+
+
+def rows_of(args, rows):
+    """The rows --configs names (all without it)."""
+    return [r for r in rows if not args.configs or r[0] in args.configs]
 
 
 def table(args):
@@ -190,7 +217,7 @@ def table(args):
              "| scale gt/pred | ATE (m) | ATE no scale fit (m) | wall s / run | runs |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     hardware = None
-    for name, desc, _ in ABLATIONS:
+    for name, desc, _ in rows_of(args, PRIORS if args.validation else ABLATIONS):
         res = load_runs(args, name)
         for seed in args.seeds:
             vpath = os.path.join(args.out, f"{name}-s{seed}", "versions.json")
@@ -207,8 +234,9 @@ def table(args):
                      f"| {fmt([r.get('wall_s', r.get('wall_seconds')) for r in res], 0)} "
                      f"| {len(res)} (steps {res[0]['steps']}, {res[0]['device']}) |")
     if hardware:
+        split = "val (last val_* record of metrics.jsonl)" if args.validation else "test (results.json)"
         lines.append(f"\nHardware: {hardware.get('cuda') or hardware.get('processor')}, torch {hardware['torch']}, "
-                     f"{hardware['platform']}; seeds {' '.join(map(str, args.seeds))}.")
+                     f"{hardware['platform']}; seeds {' '.join(map(str, args.seeds))}; split: {split}.")
     text = "\n".join(lines)
     print(text)
     os.makedirs(args.out, exist_ok=True)
@@ -292,7 +320,8 @@ def main():
     p.add_argument("--parallel", type=int, default=2, help="runs at a time (default: 2)")
     p.add_argument("--threads", type=int, default=1, help="OMP threads per run (default: 1)")
     p.add_argument("--validation", action="store_true",
-                   help="evaluate on held-out training sequences instead of the test split (default: off)")
+                   help="the prior candidates, tabulated on the val/ split instead of test (default: off)")
+    p.add_argument("--configs", nargs="+", default=None, help="only these rows (default: all)")
     p.add_argument("--table-only", action="store_true", help="only collect the finished runs (default: off)")
     p.add_argument("--throughput", action="store_true",
                    help="time the renderer and train_step into OUT/bench.json instead of runs (default: off)")
@@ -311,7 +340,7 @@ def main():
         os.makedirs(args.out, exist_ok=True)
         return busy(args)
     if not args.table_only:
-        run_all(args, CURVE if args.curve else ABLATIONS)
+        run_all(args, rows_of(args, CURVE if args.curve else PRIORS if args.validation else ABLATIONS))
     (curve if args.curve else table)(args)
 
 

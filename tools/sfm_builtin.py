@@ -1,9 +1,10 @@
 """The built-in dataset of sfm_aign.py: procedural driving-like streets rendered by a small ray
 caster in torch, written in sfm_aign.py's ordinary --data format (generic sequence folders:
-images/, depth/, poses.txt, intrinsics.txt; train/, memory/ and test/ roles), so the built-in run goes
+images/, depth/, poses.txt, intrinsics.txt; train/, memory/, val/ and test/ roles, disjoint by
+sequence), so the built-in run goes
 through the same loader as user data. sfm_aign.py calls build(folder) on first use through
-common.builtin_dataset (cached as $AIGN_CACHE/sfm/builtin-<hash of this file>, default ~/.cache/aign); this file never
-imports sfm_aign.py. By hand: python3 tools/sfm_builtin.py OUT_DIR
+common.builtin_dataset (cached as $AIGN_CACHE/sfm/builtin-<hash of this file>, default ~/.cache/aign);
+this file never imports sfm_aign.py. By hand: python3 tools/sfm_builtin.py OUT_DIR
 """
 import os
 import sys
@@ -16,7 +17,8 @@ import common  # noqa: E402
 
 # The built-in dataset: procedural streets rendered by a small ray caster, stored in the generic
 # layout (so it goes through the same loader as user data) at twice the default training size.
-BUILTIN = dict(version=1, height=96, width=320, frames=60, train=10, memory=6, test=3)
+BUILTIN = dict(version=1, height=96, width=320, frames=60, train=10, memory=6, test=3, val=3)
+ROLES = (("train", 0), ("memory", 1000), ("test", 2000), ("val", 3000))  # role, seed offset
 GROUND = 1.65  # camera height above the road, metres (KITTI's); camera y points down
 
 
@@ -52,7 +54,8 @@ def texture(kind, a, b, seed):
     row = torch.floor(b / 0.3)
     col = torch.floor(a / 0.6 + 0.5 * (row % 2))
     mortar = ((b / 0.3 - row) < 0.15) | ((a / 0.6 + 0.5 * (row % 2) - col) < 0.08)
-    brick = torch.where(mortar, torch.full_like(a, 0.35), 0.7 + 0.3 * hash01(col.long(), row.long(), seed + 4))
+    brick = torch.where(mortar, torch.full_like(a, 0.35),
+                        0.7 + 0.3 * hash01(col.long(), row.long(), seed + 4))
     wa, wb = (a / 2.5) % 1, (b / 3.0) % 1
     window = (wa > 0.25) & (wa < 0.75) & (wb > 0.2) & (wb < 0.7)
     windows = torch.where(window, 0.25 + 0.2 * value_noise(a, b, 0.3, seed + 3), 0.6 + 0.4 * fbm)
@@ -110,7 +113,8 @@ def render_view(boxes, c2w, K, h, w):
     axis (0 = sky). Rays are K^-1 [u,v,1] rotated to the world, so the ray parameter IS the depth."""
     c2w, K = torch.as_tensor(c2w).to(boxes), torch.as_tensor(K).to(boxes)
     v, u = torch.meshgrid(torch.arange(h).to(boxes), torch.arange(w).to(boxes), indexing="ij")
-    d = (c2w[:3, :3] @ torch.linalg.inv(K) @ torch.stack([u, v, torch.ones_like(u)]).reshape(3, -1)).T  # (N,3)
+    pix = torch.stack([u, v, torch.ones_like(u)]).reshape(3, -1)
+    d = (c2w[:3, :3] @ torch.linalg.inv(K) @ pix).T  # (N,3)
     o = c2w[:3, 3]
     near = boxes[(boxes[:, 5] > o[2] - 20) & (boxes[:, 2] < o[2] + 200)]
     inv = 1.0 / torch.where(d.abs() < 1e-9, torch.full_like(d, 1e-9), d)
@@ -132,7 +136,8 @@ def render_view(boxes, c2w, K, h, w):
     kind = torch.where(on_ground, torch.zeros_like(axis), b[:, 6].long())
     seed = torch.where(on_ground, torch.full_like(axis, 7), b[:, 10].long())
     albedo = texture(kind, a_coord, b_coord, seed.long())[:, None] * b[:, 7:10]
-    road = 0.35 + 0.25 * (0.6 * value_noise(p[:, 0], p[:, 2], 0.4, 11) + 0.4 * value_noise(p[:, 0], p[:, 2], 0.1, 12))
+    road = 0.35 + 0.25 * (0.6 * value_noise(p[:, 0], p[:, 2], 0.4, 11)
+                          + 0.4 * value_noise(p[:, 0], p[:, 2], 0.1, 12))
     lane = (p[:, 0].abs() < 0.1) & ((p[:, 2] % 6) < 3)
     road = torch.where(lane, torch.full_like(road, 0.95), road)[:, None].expand(-1, 3)
     shade = torch.tensor([0.8, 1.0, 0.65]).to(boxes)[axis][:, None]  # fixed directional light
@@ -158,14 +163,15 @@ def write_sequence(folder, boxes, poses, K, h, w):
 
 
 def build(out_dir, device="cpu"):
-    """Render the built-in dataset into out_dir: train/, memory/ and test/ hold disjoint sequences in
-    the generic layout. Deterministic (fixed seeds); rendered on `device` (about 12 s per sequence on
-    a CPU core, well under one on a GPU)."""
+    """Render the built-in dataset into out_dir: train/, memory/, test/ and val/ hold disjoint sequences
+    (own seeds) in the generic layout; val/ (added in issue 12) leaves the other three byte-identical.
+    Deterministic (fixed seeds); rendered on `device` (about 12 s per sequence on a CPU core, well
+    under one on a GPU)."""
     cfg = BUILTIN
-    common.log(f"building the built-in dataset in {out_dir} (once; {sum(cfg[r] for r in ('train', 'memory', 'test'))} "
+    common.log(f"building the built-in dataset in {out_dir} (once; {sum(cfg[r] for r, _ in ROLES)} "
                f"sequences of {cfg['frames']} frames at {cfg['height']}x{cfg['width']})")
     K = builtin_K(cfg["height"], cfg["width"])
-    for role, offset in (("train", 0), ("memory", 1000), ("test", 2000)):
+    for role, offset in ROLES:
         for i in range(cfg[role]):
             rng = np.random.default_rng(offset + i)
             poses = camera_path(rng, cfg["frames"])
