@@ -16,7 +16,6 @@ judged by an ONNX judge and a CNN judge G never sees. Results card (built-in 64x
 import argparse
 import copy
 import glob
-import hashlib
 import importlib.util
 import math
 import os
@@ -33,6 +32,7 @@ import common
 from common import InputError
 
 SCRIPT, NETS = "face_aign", ("G", "D", "G_ema")
+HERE = os.path.dirname(os.path.abspath(__file__))
 # fixed by a checkpoint (--resume, --eval-only, --predict): the networks and the memory
 ARCH = ("task", "size", "scale", "region", "channels", "d_channels", "d_norm", "d_pool", "blocks", "gan",
         "bias", "memory", "paired_frac")
@@ -67,6 +67,7 @@ def get_args(argv=None):
         help="D's weight normalisation (default: none)")
     add("--d-pool", type=int, default=1, choices=[1, 2, 4],
         help="D sees the faces k x k average-pooled (default: 1)")
+    add("--d-lr", type=float, default=None, help="D's learning rate (default: --lr)")
     add("--ema", type=float, default=0.99, help="decay of the evaluated average of G's weights, 0 = G "
         "itself (default: 0.99)")
     add("--blocks", type=int, default=4, help="residual blocks in G (default: 4; paper 15)")
@@ -75,13 +76,14 @@ def get_args(argv=None):
     add("--max-images", type=int, default=0, help="read at most N faces of --data (default: 0 = all)")
     add("--judge", choices=["auto", "onnx", "cnn", "both", "none"], default="auto", help="attribute judges: "
         "onnx (age/gender models + mouth rule), a CNN trained once on held-out labelled faces, both, none "
-        "(default: auto = both on the built-in faces, cnn on labelled --data, else none)")
+        "(default: auto = both on the built-in faces, cnn on labelled --data; each where its tools/ file is)")
     add("--judge-attr", default=None, help="attribute to judge (default: --bias, else -Male)")
     add("--judge-steps", type=int, default=1000, help="training steps of the CNN judge (default: 1000)")
     args = p.parse_args(glue_negated(sys.argv[1:] if argv is None else argv, ("--bias", "--judge-attr")))
     args.lambda_adv = args.lambda_adv if args.lambda_adv is not None else 0.2 if args.task == "sr" else 0.001
     args.judge_attr = args.judge_attr or args.bias or "-Male"
     args.d_channels = args.d_channels if args.d_channels is not None else max(1, args.channels // 2)
+    args.d_lr = args.d_lr if args.d_lr is not None else args.lr
     common.check_args(args, ("max_images", "blocks", "judge_steps"), ("d_channels", "test_size"))
     for bad, msg in ((args.size < 32 or args.size & args.size - 1, f"--size {args.size}: expected 2^k >= 32"),
                      (args.task == "sr" and (args.scale not in (2, 4, 8) or args.size // args.scale < 4),
@@ -89,6 +91,8 @@ def get_args(argv=None):
                      (args.channels < 2, f"--channels {args.channels}: expected an integer >= 2"),
                      (not 0 <= args.jitter <= 0.2, f"--jitter {args.jitter}: expected 0 to 0.2"),
                      (not 0 <= args.ema < 1, f"--ema {args.ema}: expected 0 <= decay < 1"),
+                     (not (math.isfinite(args.d_lr) and args.d_lr > 0), f"--d-lr {args.d_lr}: expected a finite "
+                      "number > 0"),
                      (args.bias and args.memory, "--bias and --memory: expected one of them")):
         if bad:
             raise InputError(msg)
@@ -430,73 +434,17 @@ def smooth_fill(x, mask, iters=200):
         y = x * mask + (1 - mask) * F.avg_pool2d(F.pad(y, (1, 1, 1, 1), mode="replicate"), 3, 1)
     return y
 
-class CNNJudge(nn.Module):
-    """Attribute classifier on full-resolution (S x S) faces: four stride-2 convs, a linear logit on the
-    S/16 x S/16 map (it keeps where things are: a mouth attribute is read at the mouth)."""
-
-    def __init__(self, size):
-        super().__init__()
-        layers, c_in = [], 3
-        for c in (32, 64, 128, 128):
-            layers += [nn.Conv2d(c_in, c, 3, 2, 1), nn.ReLU(True)]
-            c_in = c
-        self.net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(128 * (size // 16) ** 2, 1))
-
-    def forward(self, u8):  # (B, 3, S, S) uint8 -> (B,) logits
-        return self.net(to_float(u8))[:, 0]
-
-    @torch.no_grad()
-    def has(self, u8, attr):
-        """(N, 3, S, S) uint8 -> (N,) bool: judged to have `attr` (the one attribute it was trained on)."""
-        return torch.cat([self(u8[i:i + 256]) for i in range(0, len(u8), 256)]) > 0
-
-def train_cnn_judge(args, images, labels):
-    """Train a CNNJudge on held-out labelled faces ((N, 3, S, S) uint8, (N,) bool), never on G's outputs,
-    with its own seed; flips and blur (bicubic of k x k pooling, k = 2/4/8, half the batches' faces) as
-    augmentation, so that blur alone hardly moves it."""
-    with torch.random.fork_rng():  # the run's RNG stays untouched
-        torch.manual_seed(7)
-        judge = CNNJudge(args.size)
-    g, opt = torch.Generator().manual_seed(7), torch.optim.Adam(judge.parameters(), 1e-3)
-    ks = [k for k in (2, 4, 8) if args.size // k >= 4]
-    for _ in range(args.judge_steps):
-        idx = torch.randint(len(images), (64,), generator=g)
-        x = to_float(images[idx])  # (64, 3, S, S)
-        x = torch.where(torch.rand(64, 1, 1, 1, generator=g) < 0.5, x.flip(-1), x)
-        k = ks[torch.randint(len(ks), (), generator=g)]
-        blur = bicubic(render_sr(x, k), k).clamp(-1, 1)
-        x = torch.where(torch.rand(64, 1, 1, 1, generator=g) < 0.5, blur, x)
-        loss = F.binary_cross_entropy_with_logits(judge(u8_of(x)), labels[idx].float())
-        common.optimiser_step(opt, loss)  # rank 0 only: no all-reduce
-    return judge.eval()
-
-def cnn_judge(args, data):
-    """The CNN judge of --judge-attr, trained once per dataset and attribute, kept in $AIGN_CACHE/faces_judges
-    (all seeds and runs share it)."""
-    images, labels = data["judge_data"]
-    key = f"{os.path.abspath(data['root'])}|{args.judge_attr}|{args.size}|{args.judge_steps}|{len(images)}|v2"
-    path = os.path.join(common.cache_dir("faces_judges"), hashlib.sha1(key.encode()).hexdigest()[:16] + ".pt")
-    if os.path.isfile(path):
-        with torch.random.fork_rng():
-            judge = CNNJudge(args.size)
-        common.load_weights(judge, torch.load(path, map_location="cpu", weights_only=True), path, "judge")
-        return judge.eval()
-    t0 = time.perf_counter()
-    judge = train_cnn_judge(args, images, labels)
-    common.save_torch(path, judge.state_dict())
-    common.log(f"trained the CNN judge of {args.judge_attr} on {len(images)} held-out faces in "
-               f"{time.perf_counter() - t0:.0f} s -> {path}")
-    return judge
-
 def make_judges(args, data):
-    """{name: judge} for --judge: the ONNX age/gender models (+ the mouth rule; tools/face_builtin.py, the
-    optional labeller of the built-in faces) and/or the CNN judge. Built without touching the run's RNG."""
+    """{name: judge} for --judge: the ONNX age/gender models (+ the mouth rule) of tools/face_builtin.py and/or
+    the CNN judge of tools/face_cnn_judge.py (trained once on held-out labelled faces, cached in $AIGN_CACHE).
+    Built without touching the run's RNG."""
     judges = {}
     if args.judge in ("onnx", "both"):
-        tool = common.load_tool(__file__, "face_builtin", "--judge onnx needs it (cnn and none do not)")
-        judges["onnx"] = tool.OnnxJudge()
+        judges["onnx"] = common.load_tool(__file__, "face_builtin", "--judge onnx needs it").OnnxJudge()
     if args.judge in ("cnn", "both"):
-        judges["cnn"] = cnn_judge(args, data)
+        tool = common.load_tool(__file__, "face_cnn_judge", "--judge cnn needs it")
+        judges["cnn"] = tool.cnn_judge(*data["judge_data"], args.judge_attr, args.size, args.judge_steps,
+                                       data["root"])
     return judges
 
 def u8_of(y):
@@ -670,7 +618,8 @@ def main(argv=None):
     data = load_data(args, dist)
     if args.judge == "auto":  # both on the built-in faces (cnn without onnxruntime), cnn on labels, else none
         onnx = args.data is None and importlib.util.find_spec("onnxruntime") is not None
-        args.judge = "none" if data["judge_data"] is None else "both" if onnx else "cnn"
+        cnn = data["judge_data"] is not None and os.path.isfile(os.path.join(HERE, "tools", "face_cnn_judge.py"))
+        args.judge = "both" if onnx and cnn else "onnx" if onnx else "cnn" if cnn else "none"
     data["valset"] = test = None
     if dist.main:  # the judges are built (or trained) before restore_training restores the RNG state
         judges = make_judges(args, data)
@@ -687,7 +636,8 @@ def main(argv=None):
     if args.eval_only:
         info.update(eval_only=True, checkpoint=args.resume, step=state["step"])
     else:
-        opts = {k: torch.optim.Adam(nets[k].parameters(), args.lr, betas=(0.5, 0.999)) for k in ("G", "D")}
+        opts = {k: torch.optim.Adam(nets[k].parameters(), lr, betas=(0.5, 0.999))
+                for k, lr in (("G", args.lr), ("D", args.d_lr))}
         info.update(train(args, dist, data, nets, opts, state, run_dir) or {"stopped": True})
     if dist.main and "stopped" not in info:
         m = test.evaluate(nets["G_ema"], nets["D"], run_dir, info.get("step", args.steps))

@@ -397,7 +397,11 @@ def test_standalone_copy_trains_resumes_evaluates_predicts(tmp_path):
     assert json.load(open(run / "results.json"))["steps"] == 4
     run_cli("face_aign.py", "--data", celeba, "--resume", run / "ckpt.pt", "--eval-only", "--out", tmp_path / "ev",
             "--test-size", "8", "--judge-steps", "5", "--no-progress", cwd=folder, env=env)
-    assert json.load(open(tmp_path / "ev" / "results.json"))["step"] == 4
+    ev = json.load(open(tmp_path / "ev" / "results.json"))
+    assert ev["step"] == 4 and ev["judge"] == "none"  # labelled data, but the CNN judge's tool is not here
+    p = run_cli("face_aign.py", "--data", celeba, "--resume", run / "ckpt.pt", "--eval-only", "--judge", "cnn",
+                "--out", tmp_path / "ev2", *SMALL, cwd=folder, env=env, check=False)
+    one_line_error(p, "face_cnn_judge.py is not here", "--judge cnn needs it")
     run_cli("face_aign.py", "--predict", make_folder(tmp_path / "lr", 1, size=8), "--resume", run / "ckpt.pt",
             "--out", tmp_path / "pred", cwd=folder, env=env)
     assert os.path.exists(tmp_path / "pred" / "face0.png")
@@ -417,7 +421,7 @@ def test_standalone_copy_trains_resumes_evaluates_predicts(tmp_path):
     (["--eval-every", "0"], "--eval-every"), (["--paired-frac", "1.5"], "--paired-frac"), (["--lr", "nan"], "--lr"),
     (["--max-images", "-30"], "--max-images"), (["--channels", "1"], "--channels"), (["--size", "48"], "--size"),
     (["--jitter", "-1"], "--jitter"), (["--test-size", "0"], "--test-size"), (["--lambda-sup", "inf"], "--lambda-sup"),
-    (["--ema", "1"], "--ema")])
+    (["--ema", "1"], "--ema"), (["--d-lr", "0"], "--d-lr")])
 def test_bad_flag_values_are_one_line_errors(tmp_path, argv, flag):
     p = run_cli("face_aign.py", "--data", tmp_path / "none", "--out", tmp_path / "run", *argv, check=False)
     one_line_error(p, flag)
@@ -500,15 +504,15 @@ def test_mouth_rule_hand_computed_and_follows_a_pasted_mouth():
 
 def test_cnn_judge_is_trained_once_and_reused(tmp_path, monkeypatch):
     monkeypatch.setenv("AIGN_CACHE", str(tmp_path / "cache"))
-    args = fa.get_args(["--size", "32", "--judge-steps", "3"])
+    args = fa.get_args(["--size", "32", "--judge-steps", "3", "--judge", "cnn"])
     g = torch.Generator().manual_seed(0)
     images, labels = torch.randint(0, 256, (8, 3, 32, 32), generator=g, dtype=torch.uint8), torch.arange(8) % 2 == 0
     data = {"judge_data": (images, labels), "root": str(tmp_path)}
     state = torch.random.get_rng_state()
-    a = fa.cnn_judge(args, data)
+    a = fa.make_judges(args, data)["cnn"]
     assert torch.equal(torch.random.get_rng_state(), state)  # the run's RNG is untouched
     assert len(os.listdir(tmp_path / "cache" / "faces_judges")) == 1
-    b = fa.cnn_judge(args, data)  # loaded from the cache, not retrained
+    b = load_tool("face_cnn_judge").cnn_judge(images, labels, "-Male", 32, 3, str(tmp_path))  # cached, not retrained
     assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
     assert a(images).shape == (8,) and a.has(images, "-Male").dtype == torch.bool
 

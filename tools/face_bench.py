@@ -242,7 +242,8 @@ def throughput(args):
     common.seed_everything(fargs.seed, fargs.deterministic)
     nets = face_aign.build_nets(fargs, dist.device)
     data = face_aign.load_data(fargs, dist)
-    opts = {k: torch.optim.Adam(nets[k].parameters(), fargs.lr, betas=(0.5, 0.999)) for k in ("G", "D")}
+    opts = {k: torch.optim.Adam(nets[k].parameters(), lr, betas=(0.5, 0.999))
+            for k, lr in (("G", fargs.lr), ("D", fargs.d_lr))}
     gen = torch.Generator().manual_seed(fargs.seed)
 
     def step():
