@@ -65,9 +65,10 @@ def get_args(argv=None):
     add("--d-channels", type=int, default=None, help="D's first channels (default: --channels/2)")
     add("--d-norm", choices=["none", "spectral"], default="none",
         help="D's weight normalisation (default: none)")
-    add("--d-pool", type=int, default=1, choices=[1, 2, 4],
-        help="D sees the faces k x k average-pooled (default: 1)")
-    add("--d-lr", type=float, default=None, help="D's learning rate (default: --lr)")
+    add("--d-pool", type=int, default=None, choices=[1, 2, 4], help="D sees the faces k x k average-pooled "
+        "(default: 2 sr, chosen on the validation faces; 1 inpaint)")
+    add("--d-lr", type=float, default=None, help="D's learning rate (default: 1e-3 sr, chosen on the "
+        "validation faces; --lr inpaint)")
     add("--ema", type=float, default=0.99, help="decay of the evaluated average of G's weights, 0 = G "
         "itself (default: 0.99)")
     add("--blocks", type=int, default=4, help="residual blocks in G (default: 4; paper 15)")
@@ -80,10 +81,12 @@ def get_args(argv=None):
     add("--judge-attr", default=None, help="attribute to judge (default: --bias, else -Male)")
     add("--judge-steps", type=int, default=1000, help="training steps of the CNN judge (default: 1000)")
     args = p.parse_args(glue_negated(sys.argv[1:] if argv is None else argv, ("--bias", "--judge-attr")))
-    args.lambda_adv = args.lambda_adv if args.lambda_adv is not None else 0.2 if args.task == "sr" else 0.001
+    sr = args.task == "sr"  # the sr defaults below were chosen on the validation faces (docs/face.md)
+    args.lambda_adv = args.lambda_adv if args.lambda_adv is not None else 0.2 if sr else 0.001
+    args.d_pool = args.d_pool or (2 if sr else 1)
+    args.d_lr = args.d_lr if args.d_lr is not None else 1e-3 if sr else args.lr
     args.judge_attr = args.judge_attr or args.bias or "-Male"
     args.d_channels = args.d_channels if args.d_channels is not None else max(1, args.channels // 2)
-    args.d_lr = args.d_lr if args.d_lr is not None else args.lr
     common.check_args(args, ("max_images", "blocks", "judge_steps"), ("d_channels", "test_size"))
     for bad, msg in ((args.size < 32 or args.size & args.size - 1, f"--size {args.size}: expected 2^k >= 32"),
                      (args.task == "sr" and (args.scale not in (2, 4, 8) or args.size // args.scale < 4),
@@ -91,8 +94,8 @@ def get_args(argv=None):
                      (args.channels < 2, f"--channels {args.channels}: expected an integer >= 2"),
                      (not 0 <= args.jitter <= 0.2, f"--jitter {args.jitter}: expected 0 to 0.2"),
                      (not 0 <= args.ema < 1, f"--ema {args.ema}: expected 0 <= decay < 1"),
-                     (not (math.isfinite(args.d_lr) and args.d_lr > 0), f"--d-lr {args.d_lr}: expected a finite "
-                      "number > 0"),
+                     (not (math.isfinite(args.d_lr) and args.d_lr > 0),
+                      f"--d-lr {args.d_lr}: expected a finite number > 0"),
                      (args.bias and args.memory, "--bias and --memory: expected one of them")):
         if bad:
             raise InputError(msg)
@@ -435,8 +438,8 @@ def smooth_fill(x, mask, iters=200):
     return y
 
 def make_judges(args, data):
-    """{name: judge} for --judge: the ONNX age/gender models (+ the mouth rule) of tools/face_builtin.py and/or
-    the CNN judge of tools/face_cnn_judge.py (trained once on held-out labelled faces, cached in $AIGN_CACHE).
+    """{name: judge} for --judge: the ONNX age/gender models (+ the mouth rule) of tools/face_builtin.py
+    and/or the CNN judge of tools/face_cnn_judge.py (trained once on held-out labelled faces, cached).
     Built without touching the run's RNG."""
     judges = {}
     if args.judge in ("onnx", "both"):
@@ -568,8 +571,8 @@ def train(args, dist, data, nets, opts, state, run_dir):
             if dist.main:  # the checkpoint first: an evaluation that fails loses no training
                 common.save_checkpoint(os.path.join(run_dir, "ckpt.pt"), script=SCRIPT, step=done, args=args,
                                        nets=nets, opts=opts, data_rng=gen, wall_s=wall_s, samples=samples)
-            record = {"step": done,
-                      **{k: dist.mean(v / n) for k, v in sums.items()}, "wall_s": round(wall_s, 2)}
+            record = {"step": done, **{k: dist.mean(v / n) for k, v in sums.items()},
+                      "wall_s": round(wall_s, 2)}
             if dist.main:  # the validation faces (val_*): settings are chosen on these, never on test faces
                 m = val.evaluate(nets["G_ema"], nets["D"], run_dir, done)
                 record.update({f"val_{k}": v for k, v in m.items()})
@@ -618,15 +621,13 @@ def main(argv=None):
     data = load_data(args, dist)
     if args.judge == "auto":  # both on the built-in faces (cnn without onnxruntime), cnn on labels, else none
         onnx = args.data is None and importlib.util.find_spec("onnxruntime") is not None
-        cnn = data["judge_data"] is not None and os.path.isfile(os.path.join(HERE, "tools", "face_cnn_judge.py"))
+        cnn = data["judge_data"] is not None and os.path.isfile(os.path.join(HERE, "tools/face_cnn_judge.py"))
         args.judge = "both" if onnx and cnn else "onnx" if onnx else "cnn" if cnn else "none"
     data["valset"] = test = None
     if dist.main:  # the judges are built (or trained) before restore_training restores the RNG state
         judges = make_judges(args, data)
-        data["valset"] = EvalSet(args, data["val"], data["val_labels"], judges, data["mem"], dist.device,
-                                 figures=False)
-        test = EvalSet(args, data["test"], data["test_labels"], judges, data["mem"], dist.device,
-                       figures=True)
+        data["valset"], test = (EvalSet(args, data[k], data[f"{k}_labels"], judges, data["mem"], dist.device,
+                                        figures=k == "test") for k in ("val", "test"))
         common.log(f"judge: {args.judge} on {args.judge_attr}; test baseline: "
                    + common.format_record(test.base_metrics))
     info = {"task": args.task, "bias": args.bias, "memory": args.memory, "paired_frac": args.paired_frac,

@@ -3,6 +3,7 @@
     python3 tools/face_bench.py                          # seeds 0 1 2, built-in faces, into bench/faces/
     python3 tools/face_bench.py --seeds 0 -- --steps 800  # flags after `--` go to every training run
     python3 tools/face_bench.py --only sr-female sr-male   # some runs only (the table shows what exists)
+    python3 tools/face_bench.py --table                    # the table and grids of the finished runs only
     python3 tools/face_bench.py --throughput [-- --task inpaint ...]   # train_step timing -> OUT/bench.json
 
 For each pair the same model is trained on the same generator inputs with opposite memories and judged
@@ -65,6 +66,10 @@ def get_args(argv=None):
     p.add_argument("--only", nargs="*", default=None, help=f"run only these (default: all: {' '.join(RUNS)})")
     p.add_argument("--val", action="store_true",
                    help="only print the contrast table of the runs' last validation records (default: off)")
+    p.add_argument("--label", default=None,
+                   help="--val: a first column naming the setting (default: none)")
+    p.add_argument("--table", action="store_true",
+                   help="only write the table and grids of the finished runs, launch nothing (default: off)")
     p.add_argument("--throughput", action="store_true",
                    help="only time face_aign.train_step (flags after `--`) into OUT/bench.json (default: off)")
     p.add_argument("extra", nargs=argparse.REMAINDER,
@@ -116,7 +121,8 @@ def load(args, val=False):
             path = os.path.join(args.out, f"{name}-s{s}", "results.json")
             if val and os.path.exists(os.path.join(os.path.dirname(path), "metrics.jsonl")):
                 last = json.loads(open(os.path.join(os.path.dirname(path), "metrics.jsonl")).read().splitlines()[-1])
-                out.setdefault(name, {})[s] = {k[4:]: v for k, v in last.items() if k.startswith("val_")}
+                out.setdefault(name, {})[s] = {**{k[4:]: v for k, v in last.items() if k.startswith("val_")},
+                                               "loss_d_train": last.get("loss_d")}
             elif os.path.exists(path) and not val:
                 wall = os.path.join(os.path.dirname(path), "bench_wall.json")
                 r = json.load(open(path))
@@ -265,10 +271,16 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     if args.throughput:
         return throughput(args)
-    if args.val:  # what settings are chosen on: the validation faces
-        res = load(args, val=True)
-        return print(markdown(CONTRAST_HEAD, contrast_rows(res, sorted({s for rs in res.values() for s in rs}))))
-    failed = launch(args)
+    if args.val:  # what settings are chosen on: the validation faces; D's loss and accuracy per run
+        res, lab = load(args, val=True), [args.label] if args.label else []
+        rows = [lab + r for r in contrast_rows(res, sorted({s for rs in res.values() for s in rs}))]
+        d_rows = [lab + [n, s, f"{r['loss_d_train']:.3f}", f"{r['d_acc_mem']:.3f}", f"{r['d_acc_out']:.3f}",
+                         f"{r['psnr_lr']:.2f}"] for n, rs in res.items() for s, r in sorted(rs.items())]
+        head = ["setting"] * bool(lab)
+        return print(markdown(head + CONTRAST_HEAD, rows) + "\n\n" + markdown(head + [
+            "run", "seed", "D loss (last interval)", "D accuracy on memory", "D accuracy on outputs", "LR PSNR (dB)"],
+            d_rows))
+    failed = [] if args.table else launch(args)
     md = table(args)
     grids(args)
     if md:
