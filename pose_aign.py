@@ -79,7 +79,6 @@ H36M_DISTORTION = np.array("""
 """.split(), np.float32).astype(np.float64).reshape(4, 5)                         # (camera, k1 k2 k3 p1 p2)
 H36M_INTRINSICS = H36M_CAMERAS[:16].reshape(4, 4)                                  # (camera, fx fy cx cy)
 H36M_EXTRINSICS = dict(zip(H36M_TRAIN + H36M_TEST, H36M_CAMERAS[16:].reshape(7, 4, 7)))  # (camera, q t)
-H36M_3D = "VideoPose3D's 3D joints in metres: all 32, (N, 32, 3), or the 17 kept"
 NPZ_LAYOUT = ("poses_2d (N,17,2) pixels, camera (4,) or (N,4) = fx fy cx cy; optional distortion (5,) or "
               "(N,5) = k1 k2 k3 p1 p2 (VideoPose3D's lens model), poses_3d (N,17,3) metres in camera "
               "coordinates, subject/action (N,) strings; H36M-17 joint order")
@@ -91,8 +90,8 @@ MEMORY_LAYOUT = "an npz with poses_3d (N,17,3) metres, H36M-17 order (BVH -> npz
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     common.add_common_args(p, steps=3000, batch_size=256, lr=2e-4, eval_every=1000)
-    p.add_argument("--memory", default=None, help=f"unpaired 3D memory, {MEMORY_LAYOUT} (default: a folder's "
-                   "memory.npz, Human3.6M's training subjects; a single --data npz needs it)")
+    p.add_argument("--memory", help=f"unpaired 3D memory, {MEMORY_LAYOUT} (default: a folder's memory.npz, "
+                   "Human3.6M's training subjects; a single --data npz needs it)")
     p.add_argument("--keypoints", default="gt", help="Human3.6M 2D: data_2d_h36m_<this>.npz (default: gt)")
     p.add_argument("--paired-frac", type=float, default=0.0, help="fraction of training frames (the first "
                    "ones: whole sequences) whose 3D pose is used as paired supervision (default: 0)")
@@ -105,19 +104,20 @@ def get_args(argv=None):
                    help="renderer's camera model (default: perspective)")
     p.add_argument("--tilt-prior", choices=["elevation", "none"], default="elevation",
                    help="elevation: D also sees the body's up direction in the camera frame, memory poses "
-                   "being shown to it through cameras of random yaw and --elevation; none: D judges the "
-                   "pose in its own body frame only (default: elevation)")
+                   "shown through cameras of random yaw and --elevation; none: the body-frame pose only "
+                   "(default: elevation)")
     p.add_argument("--elevation", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                    help="camera elevations (degrees above the horizontal, drawn uniformly) of --tilt-prior "
                    "(default: Human3.6M's training cameras' range for Human3.6M data, else -10 40)")
     p.add_argument("--hidden", type=int, default=512, help="width of G's residual MLP (default: 512)")
     p.add_argument("--blocks", type=int, default=2, help="residual blocks in G (default: 2)")
-    p.add_argument("--keypoint-order", choices=["h36m", "coco"], default=None,
-                   help="joint order of --predict input (default: the file's 'layout', else h36m)")
+    p.add_argument("--keypoint-order", choices=["h36m", "coco"], help="joint order of --predict input "
+                   "(default: the file's 'layout', else h36m)")
     args = p.parse_args(argv)
     common.check_args(args, nonneg_ints=("blocks",), positive_ints=("hidden",))
     if args.elevation is not None and not -90 <= args.elevation[0] <= args.elevation[1] <= 90:
-        raise InputError(f"--elevation {args.elevation[0]:g} {args.elevation[1]:g}: expected -90 <= LO <= HI <= 90")
+        lo, hi = args.elevation
+        raise InputError(f"--elevation {lo:g} {hi:g}: expected -90 <= LO <= HI <= 90")
     return args
 
 
@@ -125,17 +125,16 @@ def get_args(argv=None):
 # Data
 # Every source ends as the same split dicts: {"x2d": (N,17,2) pixels, NaN = missing joint; "cam": (N,4)
 # fx fy cx cy; "dist": (N,5) k1 k2 k3 p1 p2 or None (a pinhole); "y3d": (N,17,3) metres in camera
-# coordinates or None; "action": (N,) str}, plus the
-# memory (M,17,3) of 3D poses in any world frame (its up direction is estimated from the poses).
+# coordinates or None; "action": (N,) str}, plus the memory (M,17,3) of 3D poses in any world frame.
 def make_split(path, x2d, cam, y3d=None, action=None, what=NPZ_LAYOUT, dist=None):
     """Every loader's arrays, checked: shapes, one N, finite positive focal lengths and distortion;
     NaN (not inf) = a gap."""
-    common.check_array(np.nan_to_num(x2d) if x2d.dtype.kind == "f" else x2d, path, "poses_2d",
-                       (None, NJ, 2), what)                                   # the shape (NaN, inf: below)
-    x2d = x2d.astype(np.float32)
+    common.check_array(np.nan_to_num(x2d) if x2d.dtype.kind == "f" else x2d, path, "poses_2d", (None, NJ, 2),
+                       what)                                                   # the shape (NaN, inf: below)
+    x2d, n = x2d.astype(np.float32), len(x2d)
     cam = common.check_array(cam, path, "camera", (4,) if cam.ndim == 1 else (None, 4), what)
+    cam = np.broadcast_to(cam, (n, 4)) if cam.ndim == 1 else cam
     y3d = None if y3d is None else common.check_array(y3d, path, "poses_3d", (None, NJ, 3), what)
-    n, cam = len(x2d), np.broadcast_to(cam, (len(x2d), 4)) if cam.ndim == 1 else cam
     if dist is not None:
         dist = common.check_array(dist, path, "distortion", (5,) if np.ndim(dist) == 1 else (None, 5), what)
         dist = np.broadcast_to(dist, (n, 5)) if dist.ndim == 1 else dist
@@ -154,7 +153,7 @@ def make_split(path, x2d, cam, y3d=None, action=None, what=NPZ_LAYOUT, dist=None
                          f"{dead[0]}; drop them or mark only the missing joints as NaN")
     action = np.array(["all"] * n) if action is None else np.asarray(action).astype(str)
     return {"x2d": np.ascontiguousarray(x2d), "cam": np.ascontiguousarray(cam), "y3d": y3d, "action": action,
-            "dist": None if dist is None else np.ascontiguousarray(dist)}
+            "dist": dist if dist is None else np.ascontiguousarray(dist)}
 
 def load_pose_npz(path):
     """Generic npz (see NPZ_LAYOUT) -> (split, subject array or None)."""
@@ -228,7 +227,7 @@ def load_h36m(folder, keypoints):
             for action, world in pos3d[s].items():
                 world = as_numbers(world, p3, f"{s}/{action}", "(N, 32, 3) metres", np.float32)
                 world = common.check_array(world[:, H36M_KEEP] if world.shape[1:] == (32, 3) else world, p3,
-                                           f"{s}/{action}", (None, NJ, 3), H36M_3D)     # (N,17,3) metres
+                                           f"{s}/{action}", (None, NJ, 3), "all 32 or the 17 kept joints")
                 memory += [world] if role == "train" else []
                 views = pos2d[s].get(action)
                 if not isinstance(views, (list, tuple, np.ndarray)) or len(views) != 4:
@@ -253,9 +252,8 @@ def load_h36m(folder, keypoints):
 
 def h36m_elevations():
     """The (lowest, highest) elevation (degrees) of Human3.6M's training cameras, from their extrinsics."""
-    up = np.array([quat_to_matrix(e[:4])[2] for s in H36M_TRAIN for e in H36M_EXTRINSICS[s]])  # world z in cam
-    el = np.degrees(np.arcsin(-up[:, 2]))
-    return float(el.min()), float(el.max())
+    el = [np.degrees(np.arcsin(-quat_to_matrix(e[:4])[2, 2])) for s in H36M_TRAIN for e in H36M_EXTRINSICS[s]]
+    return float(min(el)), float(max(el))
 
 def up_direction(memory):
     """The memory's world up (3,): the mean pelvis->thorax direction (most people are upright), snapped
@@ -267,7 +265,6 @@ def up_direction(memory):
 
 def load_data(args, dist):
     """--data (without it the built-in folder, tools/pose_builtin.py) and --memory -> splits and memory."""
-    # (the cache folder is named after the builder's version: issue 13 widened the poses and cameras)
     path = args.data or common.builtin_dataset(__file__, "pose", "pose_builtin", dist)
     name, action_mean, memory, memory_src = os.path.basename(os.path.normpath(path)), False, None, None
     if os.path.isfile(os.path.join(path, "data_3d_h36m.npz")):

@@ -222,6 +222,61 @@ def test_fitted_sampler_fits_cmu_and_keeps_joint_limits():
     assert np.degrees(np.arccos((B.unit(thigh) * B.unit(shin)).sum(-1))).max() <= 150 + 1e-6
 
 
+def test_wide_clips_cover_the_limb_ranges_within_joint_limits():
+    """wide_clip keeps the subject's bones, bends knees and elbows only their way, moves smoothly,
+    reaches overhead, and in a bilateral clip moves the right limbs like the left ones (mirrored)."""
+    cmu = np.load(os.path.join(ROOT, "data", "cmu_h36m17.npz"))
+    real = cmu["poses_3d"][cmu["clip"] == "01_01"][::4].astype(np.float64)
+    model, lengths = B.fit_sampler(real), B.bone_lengths(real)
+    clips = [B.wide_clip(model, 250, lengths, np.random.default_rng(s)) for s in range(8)]
+    for clip in clips:
+        np.testing.assert_allclose(np.linalg.norm(clip[:, 1:] - clip[:, P.PARENTS[1:]], axis=-1),
+                                   np.broadcast_to(lengths[1:], (250, 16)), rtol=1e-9)
+        assert np.linalg.norm(np.diff(clip, axis=0), axis=-1).max() < 0.15           # metres per frame
+        for a, b, c in ((1, 2, 3), (4, 5, 6), (11, 12, 13), (14, 15, 16)):
+            u, v = B.unit(clip[:, b] - clip[:, a]), B.unit(clip[:, c] - clip[:, b])
+            assert np.degrees(np.arccos(np.clip((u * v).sum(-1), -1, 1))).max() <= 150 + 1e-6
+    poses = np.concatenate(clips)
+    assert (np.maximum(poses[:, 13, 1], poses[:, 16, 1]) > poses[:, 10, 1]).mean() > 0.1  # wrist over head
+    B.BILATERAL, saved = 1.0, B.BILATERAL
+    try:
+        clip = B.wide_clip(model, 250, lengths, np.random.default_rng(0))
+    finally:
+        B.BILATERAL = saved
+    # in the body frame (x = right -> left hip), mirroring the right arm's direction gives the left one's
+    c = P.canonicalise(torch.as_tensor(clip)).numpy()
+    left, right = B.unit(c[:, 12] - c[:, 11]), B.unit(c[:, 15] - c[:, 14]) * np.array([-1, 1, 1])
+    assert np.degrees(np.arccos(np.clip((left * right).sum(-1), -1, 1))).mean() < 40
+
+
+def test_builtin_wide_clips_come_after_and_leave_the_rest_unchanged(tmp_path):
+    B.build(str(tmp_path / "a"), seed=5)
+    B.build(str(tmp_path / "b"), seed=5, wide=1)
+    for role in ("val", "test"):
+        a, b = np.load(tmp_path / "a" / f"{role}.npz"), np.load(tmp_path / "b" / f"{role}.npz")
+        n = len(a["poses_2d"])
+        np.testing.assert_array_equal(b["poses_2d"][:n], a["poses_2d"])
+        assert set(b["action"][n:]) == {"wide"}
+    assert len(np.load(tmp_path / "b" / "memory.npz")["poses_3d"]) == len(
+        np.load(tmp_path / "a" / "memory.npz")["poses_3d"]) + 3 * 250
+
+
+def test_error_decomposition_tool_hand_cases():
+    """tools/pose_errors.py: a pose tilted by 10 deg about the camera x-axis is fixed by the tilt alone
+    (10 deg found, yaw and roll 0); a pose 0.9x too small by the scale alone (N-MPJPE 0, size 0.9)."""
+    from tools import pose_errors as PE
+    gt, _ = random_poses(4)
+    gt = torch.as_tensor(gt - gt[:, :1])
+    t = torch.full((len(gt),), np.radians(10.0), dtype=torch.float64)
+    cols = PE.decompose(gt @ PE.axis_rotation(0, -t).transpose(1, 2), gt)
+    np.testing.assert_allclose(np.degrees(cols["tilt"]), 10.0, atol=1e-6)
+    np.testing.assert_allclose(np.degrees(cols["yaw"]) + np.degrees(cols["roll"]), 0.0, atol=1e-6)
+    assert cols["tilt only"].max() < 1e-6 and cols["yaw only"].min() > 1 and cols["R"].max() < 1e-6
+    cols = PE.decompose(0.9 * gt, gt)
+    assert cols["N-MPJPE"].max() < 1e-6 and cols["MPJPE"].min() > 1 and cols["P-MPJPE"].max() < 1e-3
+    np.testing.assert_allclose(cols["size"], 0.9)
+
+
 def test_builtin_roles_are_disjoint(tmp_path):
     B.build(str(tmp_path), seed=5)
     z = {r: np.load(tmp_path / f"{r}.npz") for r in ("train", "val", "test")}

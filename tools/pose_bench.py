@@ -3,6 +3,7 @@
     python3 tools/pose_bench.py                      # the ablations x 3 seeds -> bench/pose/table.md
     python3 tools/pose_bench.py --curve              # label efficiency -> bench/pose_curve/curve.md + .png
     python3 tools/pose_bench.py --curve --steps 1000 # the same curve at fewer steps (say so beside it)
+    python3 tools/pose_bench.py --curve --fractions 0.05 0.1 --seeds 0   # some of its runs (resumable)
     python3 tools/pose_bench.py --throughput [-- --device cuda --batch-size 1024]   # -> bench.json
 
 Each run is `python3 pose_aign.py <flags> --seed S --out <OUT>/<config>-s<S>`; a finished run
@@ -159,11 +160,12 @@ def plot(path, series, xs, size=(300, 460)):
 def curve(args, t0):
     rows = ["| paired | supervised-only P-MPJPE | AIGN + pairs P-MPJPE | ratio | supervised-only CMU | AIGN + pairs "
             "CMU | val ratio | wall s / run (sup, AIGN) |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    xs, series = [], {"sup": ([], []), "aign": ([], [])}
+    xs, series, n_runs = [], {"sup": ([], []), "aign": ([], [])}, 0
     for f in FRACTIONS:
         sup, aign = load(args, f"supervised-only {100 * f:g}%"), load(args, f"AIGN + pairs {100 * f:g}%")
         if not sup or not aign:
             continue
+        n_runs += len(sup) + len(aign)
         m = {k: np.mean([r["p_mpjpe"] for r in rs]) for k, rs in (("sup", sup), ("aign", aign))}
         val = np.mean([r["val_synth_p_mpjpe"] for r in aign]) / np.mean([r["val_synth_p_mpjpe"] for r in sup])
         rows.append(f"| {100 * f:g}% | {cell(sup, 'p_mpjpe')} | {cell(aign, 'p_mpjpe')} | {m['aign'] / m['sup']:.2f} | "
@@ -175,7 +177,7 @@ def curve(args, t0):
             series[k][1].append(float(np.std([r["p_mpjpe"] for r in rs])))
     text = ("\n".join(rows) + "\n\nP-MPJPE on the whole built-in test split (synthetic + CMU frames); ratio = AIGN / "
             "supervised (means); val ratio: the same on the validation split's synthetic frames."
-            + note(args, len(CURVE) * len(args.seeds), t0))
+            + note(args, n_runs, t0))
     if len(xs) >= 2:
         plot(os.path.join(args.out, "curve.png"), [((0.1, 0.3, 0.8), *series["sup"]),
                                                     ((0.85, 0.1, 0.1), *series["aign"])], np.array(xs))
@@ -228,6 +230,8 @@ def main():
     p.add_argument("--out", default=None, help="folder of the runs (default: bench/pose, bench/pose_curve)")
     p.add_argument("--curve", action="store_true", help="the label-efficiency curve: supervised-only vs AIGN + "
                    "pairs at paired fractions 1, 2, 5, 10, 100%% -> OUT/curve.md + curve.png (default: off)")
+    p.add_argument("--fractions", type=float, nargs="+", default=None, help="--curve: run only these paired "
+                   "fractions (e.g. 0.05 0.1; the table shows every fraction whose runs exist; default: all)")
     p.add_argument("--configs", nargs="+", default=None, help="run only these settings of the ablation table, "
                    "by slug (e.g. aign-unpaired-default; default: all)")
     p.add_argument("--table-only", action="store_true", help="only collect the finished runs (default: off)")
@@ -240,7 +244,8 @@ def main():
     if args.throughput:
         return throughput(args)
     t0 = time.time()
-    configs = CURVE if args.curve else [c for c in CONFIGS if args.configs is None or slug(c[0]) in args.configs]
+    configs = ([c for c in CURVE if args.fractions is None or float(c[1][-1]) in args.fractions] if args.curve
+               else [c for c in CONFIGS if args.configs is None or slug(c[0]) in args.configs])
     if not args.table_only:
         jobs = [(cfg, s) for s in args.seeds for cfg in configs]
         with ThreadPoolExecutor(args.jobs) as pool:

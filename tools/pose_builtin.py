@@ -3,10 +3,11 @@ seen by random perspective cameras, written as a generic folder (train/val/test/
 pose_aign.py then reads with its ordinary folder loader. pose_aign.py calls build() through
 common.builtin_dataset on first use (about 1 s); to write a copy somewhere else:
 
-    python3 tools/pose_builtin.py OUT_DIR
+    python3 tools/pose_builtin.py OUT_DIR [--wide N]     # N clips per subject across the joint-angle space
 
 It never imports pose_aign.py: the few skeleton constants it needs are copied here.
 """
+import argparse
 import os
 import sys
 
@@ -28,6 +29,7 @@ REST_DIRS = np.array([[0, 0, 0], [-1, 0, 0], [0, -1, 0], [0, -1, 0], [1, 0, 0], 
                       [0, -1, 0], [-1, -0.15, 0], [0, -1, 0], [0, -1, 0]], dtype=np.float64)
 REST_DIRS[1:] /= np.linalg.norm(REST_DIRS[1:], axis=1, keepdims=True)
 MOTIONS = ["walk", "run", "sit", "squat", "wave", "bend", "reach"]
+WIDE = 0  # default clips per subject from wide_clip (the anatomical joint-angle space; build(wide=...))
 
 
 def bone_lengths(poses):
@@ -167,6 +169,12 @@ def unit(v):
     return v / np.linalg.norm(v, axis=-1, keepdims=True).clip(1e-9)
 
 
+def shortest_rotvec(a, b):
+    """Rest direction a (3,), unit targets b (N,3) -> (N,3) axis-angle of the shortest rotation a -> b."""
+    axis = np.cross(a, b)
+    return unit(axis) * np.arctan2(np.linalg.norm(axis, axis=-1), b @ a)[:, None]
+
+
 def fit_rest(poses):
     """Rest directions (17,3) of the fitted sampler: the chains of REST_DIRS, and the rigid pelvis and
     thorax shapes of the real poses (median directions in the pelvis / thorax frame)."""
@@ -192,9 +200,7 @@ def inverse_kinematics(poses, rest):
         if len(CHILDREN[j]) > 1:
             local = kabsch(rest[CHILDREN[j]], seen)
         else:  # the shortest rotation (no twist) taking the rest direction to the seen one
-            a, b = rest[CHILDREN[j][0]], seen[:, 0]
-            axis, ang = np.cross(a, b), np.arctan2(np.linalg.norm(np.cross(a, b), axis=-1), b @ a)
-            local = rotvec_matrix(unit(axis) * ang[:, None])
+            local = rotvec_matrix(shortest_rotvec(rest[CHILDREN[j][0]], seen[:, 0]))
         rot[j] = R_par @ local
         if j == 0:  # keep the tilt, drop the heading: R0 = Ry(yaw) T
             yaw = np.degrees(np.arctan2(local[:, 0, 2], local[:, 2, 2]))
@@ -238,15 +244,14 @@ def smooth_noise(T, dims, rng, lo=0.05, hi=0.6, waves=3):
     return np.sqrt(2.0 / waves) * np.sin(2 * np.pi * f * t + ph).sum(-1)
 
 
-def sample_clip(model, T, lengths, rng, widen=1.5, lying=False):
-    """One smooth clip (T,17,3) from the fitted mixture: drifting from one cluster's mean to another's,
-    correlated wobble widened `widen` times, joint limits enforced; lying: the body tipped 60-100 deg
-    about a horizontal axis (on the back, front or side)."""
-    k0, k1 = rng.choice(len(model["mu"]), 2, p=model["weight"])
-    w = np.clip((np.arange(T) / 25.0 - rng.uniform(0, T / 25.0)) / 2.0 + 0.5, 0, 1)[:, None]   # (T,1)
-    w = w * w * (3 - 2 * w)                                                                  # smoothstep
-    x = (1 - w) * model["mu"][k0] + w * model["mu"][k1] + widen * smooth_noise(T, 36, rng) @ model["chol"][k0].T
-    rv = x.reshape(T, len(ROTATED), 3)
+def drift(T, rng):
+    """(T,1) weights 0 -> 1: a smooth (2 s) change at a random time of the clip."""
+    w = np.clip((np.arange(T) / 25.0 - rng.uniform(0, T / 25.0)) / 2.0 + 0.5, 0, 1)[:, None]
+    return w * w * (3 - 2 * w)                                                               # smoothstep
+
+
+def within_limits(rv):
+    """(T,12,3) local rotations -> the same with hinges on their one axis and range, others capped."""
     for i, j in enumerate(ROTATED):
         if j in HINGES:  # one axis only, within the hinge's range
             lo, hi = np.radians(HINGES[j])
@@ -254,11 +259,70 @@ def sample_clip(model, T, lengths, rng, widen=1.5, lying=False):
         elif j in LIMITS:
             a = np.linalg.norm(rv[:, i], axis=-1, keepdims=True)
             rv[:, i] *= np.minimum(1.0, np.radians(LIMITS[j]) / np.maximum(a, 1e-9))
+    return rv
+
+
+def sample_clip(model, T, lengths, rng, widen=1.5, lying=False):
+    """One smooth clip (T,17,3) from the fitted mixture: drifting from one cluster's mean to another's,
+    correlated wobble widened `widen` times, joint limits enforced; lying: the body tipped 60-100 deg
+    about a horizontal axis (on the back, front or side)."""
+    k0, k1 = rng.choice(len(model["mu"]), 2, p=model["weight"])
+    w = drift(T, rng)
+    x = (1 - w) * model["mu"][k0] + w * model["mu"][k1] + widen * smooth_noise(T, 36, rng) @ model["chol"][k0].T
+    rv = within_limits(x.reshape(T, len(ROTATED), 3))
     if lying:
         axis = rng.uniform(0, 2 * np.pi)
         rv[:, 0] = np.radians(rng.uniform(60, 100)) * np.array([np.cos(axis), 0, np.sin(axis)]) + 0.05 * smooth_noise(T, 3, rng)
     yaw = rng.uniform(0, 360) + 30 * smooth_noise(T, 1, rng)[:, 0]
     return forward_kinematics(rv, model["rest"], lengths, yaw)
+
+
+# The limbs' anatomical ranges for wide_clip, degrees: (joint, its side: +1 left, -1 right, elevation of the
+# bone from hanging down (lo, hi), azimuth from forward towards its own side (lo, hi)); arms reach from
+# across the chest to behind the shoulder line and up overhead, legs forward, sideways and a little back.
+# Pairs (left, right): in a clip with bilateral limbs the right one takes the left one's targets +- 15 deg.
+LIMB_RANGES = [(11, 1, (0, 175), (-30, 120)), (14, -1, (0, 175), (-30, 120)),
+               (4, 1, (0, 110), (-20, 70)), (1, -1, (0, 110), (-20, 70))]
+BACK_LEG = (0, 30)                                 # elevation of a leg swung back (azimuth 150-210), 1 in 5
+BILATERAL = 0.5                                    # the share of wide clips whose limbs move in pairs
+KEYS = 5                                           # targets per limb and clip (one every 2.5 s)
+
+
+def keyframe_weights(T, K):
+    """(T, K) weights blending K keyframes spread evenly over T frames, smoothstep between neighbours."""
+    x = np.clip(np.linspace(0, K - 1, T)[:, None] - np.arange(K)[None], -1, 1)                # (T,K)
+    w = 1 - np.abs(x)
+    return np.clip(w, 0, 1) ** 2 * (3 - 2 * np.clip(w, 0, 1))
+
+
+def wide_clip(model, T, lengths, rng, widen=1.5, keys=KEYS):
+    """A clip across the limbs' anatomical joint-angle space (LIMB_RANGES, elbows and knees 0-150 deg):
+    each limb moves smoothly through `keys` uniformly drawn targets (in BILATERAL of the clips the two
+    arms and the two legs alike, as in hanging, jumping or sitting with legs out); the trunk comes from
+    a fitted mixture component; every joint carries its correlated wobble (widened), limits enforced."""
+    k = rng.choice(len(model["mu"]), p=model["weight"])
+    wobble = widen * smooth_noise(T, 36, rng) @ model["chol"][k].T                          # (T,36)
+    rv = (model["mu"][k] + wobble).reshape(T, len(ROTATED), 3)
+    wobble = wobble.reshape(T, len(ROTATED), 3)
+    bilateral, w = rng.random() < BILATERAL, keyframe_weights(T, keys)                       # (T,keys)
+    w = w / w.sum(1, keepdims=True)
+    for n, (joint, side, elev, azim) in enumerate(LIMB_RANGES):
+        child = CHILDREN[joint][0]
+        lo, hi = np.radians(HINGES[child])                                                  # the elbow / knee
+        if n % 2 == 0 or not bilateral:  # the left limb, or an independent right one: new targets
+            back = (joint in (1, 4)) & (rng.random(keys) < 0.2)                             # (keys,)
+            e = np.where(back, rng.uniform(*BACK_LEG, keys), rng.uniform(*elev, keys))
+            a = np.where(back, rng.uniform(150, 210, keys), rng.uniform(*azim, keys))
+            h = rng.uniform(lo, hi, keys)
+        else:  # the right limb of a bilateral clip: the left one's targets, a little off
+            off = rng.uniform(-15, 15, (3, keys))
+            e, a, h = e + off[0], a + off[1], h + np.radians(off[2])
+        el, az = np.radians(w @ e), np.radians(w @ a)                                       # (T,)
+        target = np.stack([side * np.sin(el) * np.sin(az), -np.cos(el), np.sin(el) * np.cos(az)], -1)  # (T,3)
+        rv[:, ROTATED.index(joint)] = shortest_rotvec(model["rest"][child], target) + wobble[:, ROTATED.index(joint)]
+        rv[:, ROTATED.index(child), 0] = w @ h + wobble[:, ROTATED.index(child), 0]
+    yaw = rng.uniform(0, 360) + 30 * smooth_noise(T, 1, rng)[:, 0]
+    return forward_kinematics(within_limits(rv), model["rest"], lengths, yaw)
 
 
 def random_cameras(n, rng):
@@ -281,13 +345,28 @@ def project_np(p_cam, cam):
     return p_cam[..., :2] / p_cam[..., 2:3] * cam[:, None, :2] + cam[:, None, 2:]
 
 
-def build(folder, seed=1234):
+def seen(world, subj, act, rng, T=250):
+    """World poses (N,17,3) of clips of T frames seen by one random camera per clip -> camera-frame 3D
+    (N,17,3), 2D pixels (N,17,2), intrinsics (N,4)."""
+    R, root, cam = random_cameras(len(world), rng)
+    # one camera per clip: reuse the clip's first draw for all its frames
+    clip_id = np.concatenate([[0], np.cumsum((subj[1:] != subj[:-1]) | (act[1:] != act[:-1])
+                                             | (np.arange(1, len(act)) % T == 0))])
+    first = np.searchsorted(clip_id, clip_id)
+    R, root, cam = R[first], root[first], cam[first]
+    pc = np.einsum("nij,nkj->nki", R, world - world[:, :1]) + root[:, None]
+    return pc, project_np(pc, cam), cam
+
+
+def build(folder, seed=1234, wide=WIDE):
     """Write the built-in dataset: train/val/test.npz (2D + cameras + 3D + subject/action) and
-    memory.npz (3D only). Each synthetic subject has its own bones and 12 clips of 250 frames: the 7
-    scripted motions (MOTIONS), 4 from the sampler fitted to the real clip 01_01 ('fitted') and 1
-    lying on the floor ('lying'). Disjoint roles: S1-S6 give the 2D inputs, S7-S9 the
-    memory, S10 validation, S11-S12 test; the real CMU poses: clip 01_01 memory, the first 40% of clip
-    01_03 validation, the rest of it test (action 'cmu')."""
+    memory.npz (3D only). Each synthetic subject has its own bones and clips of 250 frames: the 7
+    scripted motions (MOTIONS), 4 from the sampler fitted to the real clip 01_01 ('fitted'), 1
+    lying on the floor ('lying') and `wide` across the limbs' joint-angle ranges ('wide'; drawn from
+    their own random stream after the others, so the rest of the data is as before they existed).
+    Disjoint roles: S1-S6 give the 2D inputs, S7-S9 the memory, S10 validation, S11-S12 test; the
+    real CMU poses: clip 01_01 memory, the first 40% of clip 01_03 validation, the rest of it test
+    (action 'cmu')."""
     cmu = common.load_npz(os.path.join(ROOT, "data", "cmu_h36m17.npz"), ["poses_3d", "clip"],
                           "the shipped CMU poses (rebuild with tools/bvh_to_memory.py, see its docstring)")
     lengths0 = bone_lengths(cmu["poses_3d"])
@@ -295,44 +374,45 @@ def build(folder, seed=1234):
     cut = int(0.4 * len(real["01_03"]))
     real = {"memory": real["01_01"], "val": real["01_03"][:cut], "test": real["01_03"][cut:]}
     model = fit_sampler(real["memory"])
-    rng = np.random.default_rng(seed)
+    rng, rng_wide = np.random.default_rng(seed), np.random.default_rng(seed + 1)
     roles = {"train": range(1, 7), "memory": range(7, 10), "val": [10], "test": [11, 12]}
     sym = [0, 4, 5, 6, 1, 2, 3, 7, 8, 9, 10, 14, 15, 16, 11, 12, 13]  # left <-> right twin of each bone
     out, T = {}, 250
     for role, subjects in roles.items():
-        poses, subj, act = [], [], []
+        parts = {"base": ([], [], []), "wide": ([], [], [])}                      # poses, subject, action
         for s in subjects:
             jitter = rng.normal(1.0, 0.04, NJ)
             lengths = lengths0 * rng.uniform(0.88, 1.12) * (jitter + jitter[sym]) / 2  # symmetric body
             clips = [(k, synth_pose_fk(synth_motion(k, T, rng), lengths, rng.uniform(0, 360))) for k in MOTIONS]
             clips += [("fitted", sample_clip(model, T, lengths, rng)) for _ in range(4)]
             clips += [("lying", sample_clip(model, T, lengths, rng, lying=True))]
+            clips += [("wide", wide_clip(model, T, lengths, rng_wide)) for _ in range(wide)]
             for kind, pose in clips:
+                poses, subj, act = parts["wide" if kind == "wide" else "base"]
                 poses.append(pose); subj += [f"S{s}"] * T; act += [kind] * T
         if role != "train":
+            poses, subj, act = parts["base"]
             poses.append(real[role]); subj += ["CMU01"] * len(real[role]); act += ["cmu"] * len(real[role])
-        out[role] = (np.concatenate(poses).astype(np.float32), np.array(subj), np.array(act))
+        out[role] = {k: (np.concatenate(p).astype(np.float32), np.array(sj), np.array(a))
+                     for k, (p, sj, a) in parts.items() if p}
     os.makedirs(folder, exist_ok=True)
-    np.savez_compressed(os.path.join(folder, "memory.npz"), poses_3d=out["memory"][0])
+    np.savez_compressed(os.path.join(folder, "memory.npz"),
+                        poses_3d=np.concatenate([p[0] for p in out["memory"].values()]))
     for role in ("train", "val", "test"):
-        world, subj, act = out[role]
         views = 2 if role == "train" else 1  # each clip is seen by its own random camera(s)
-        x2d, cams, p3d, S, A = [], [], [], [], []
-        for _ in range(views):
-            R, root, cam = random_cameras(len(world), rng)
-            # one camera per 250-frame clip: reuse the clip's first draw for all its frames
-            clip_id = np.concatenate([[0], np.cumsum((subj[1:] != subj[:-1]) | (act[1:] != act[:-1])
-                                                     | (np.arange(1, len(act)) % T == 0))])
-            first = np.searchsorted(clip_id, clip_id)
-            R, root, cam = R[first], root[first], cam[first]
-            pc = np.einsum("nij,nkj->nki", R, world - world[:, :1]) + root[:, None]
-            x2d.append(project_np(pc, cam)); cams.append(cam); p3d.append(pc); S.append(subj); A.append(act)
-        np.savez_compressed(os.path.join(folder, f"{role}.npz"), poses_2d=np.concatenate(x2d).astype(np.float32),
-                            camera=np.concatenate(cams).astype(np.float32),
-                            poses_3d=np.concatenate(p3d).astype(np.float32),
-                            subject=np.concatenate(S), action=np.concatenate(A))
+        rows = [(seen(*part, rng if k == "base" else rng_wide), part[1], part[2])
+                for _ in range(views) for k, part in out[role].items()]
+        cat = lambda f: np.concatenate([f(r) for r in rows])  # noqa: E731
+        np.savez_compressed(os.path.join(folder, f"{role}.npz"), poses_2d=cat(lambda r: r[0][1]).astype(np.float32),
+                            camera=cat(lambda r: r[0][2]).astype(np.float32),
+                            poses_3d=cat(lambda r: r[0][0]).astype(np.float32),
+                            subject=cat(lambda r: r[1]), action=cat(lambda r: r[2]))
 
 
 if __name__ == "__main__":
-    build(sys.argv[1])
-    print(f"wrote {sys.argv[1]}")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("out_dir", help="folder to write train/val/test/memory.npz into")
+    ap.add_argument("--wide", type=int, default=WIDE, help=f"wide_clip clips per subject (default: {WIDE})")
+    a = ap.parse_args()
+    build(a.out_dir, wide=a.wide)
+    print(f"wrote {a.out_dir}")
