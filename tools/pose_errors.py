@@ -10,8 +10,9 @@ For each run's checkpoint, on one split (default: the validation split; the buil
   rotation, camera axes x right, y down, z forward: R = Rz(roll) Ry(yaw) Rx(tilt)), the mean
   absolute angles (degrees), the signed error of the body's elevation (pelvis->thorax in the camera's
   y-z plane), the share of bones whose depth order is flipped (|true depth step| > 5 cm), and the
-  scale: predicted / true bone-length sum (mean and std). With --coverage also, on the real CMU
-  frames, P-MPJPE by quartile of each frame's distance to the nearest training pose (body frame) and
+  scale: predicted / true bone-length sum (mean and std), and MPJPE after scaling each prediction to
+  the memory's median bone lengths (least squares; a fix that was tried, not one the script applies).
+  With --coverage also, on the real CMU frames, P-MPJPE by quartile of each frame's distance to the nearest training pose (body frame) and
   of the highest wrist's height above the head.
 It only evaluates (no training); choose settings on the validation split, report test only as a
 diagnosis after the choices are fixed.
@@ -29,7 +30,8 @@ import pose_aign as P  # noqa: E402
 
 torch = P.torch
 COLS = ["action", "n", "MPJPE", "N-MPJPE", "R", "R+s", "P-MPJPE", "MPJPE/P", "tilt only", "yaw only",
-        "roll only", "abs tilt/yaw/roll deg", "elevation err deg", "depth flips %", "size pred/true"]
+        "roll only", "abs tilt/yaw/roll deg", "elevation err deg", "depth flips %", "size pred/true",
+        "MPJPE, memory bones"]
 
 
 def rotation_about_root(pred, gt):
@@ -46,8 +48,9 @@ def axis_rotation(axis, rad):
     return torch.stack(m[axis], -1).view(-1, 3, 3)
 
 
-def decompose(pred, gt):
-    """Per-frame columns (dict of (N,) arrays) for pred, gt (N,17,3) root-relative metres, float64."""
+def decompose(pred, gt, bones=None):
+    """Per-frame columns (dict of (N,) arrays) for pred, gt (N,17,3) root-relative metres, float64;
+    bones (16,): reference bone lengths (the memory's medians) for the 'memory bones' column."""
     err = lambda q: 1000 * (q - gt).norm(dim=-1).mean(-1)  # noqa: E731
     s = (pred * gt).sum((1, 2)) / pred.pow(2).sum((1, 2)).clamp_min(1e-12)
     R = rotation_about_root(pred, gt)
@@ -69,6 +72,9 @@ def decompose(pred, gt):
                 "elevation": up(pred) - up(gt),
                 "flips": 100 * ((torch.sign(dz_p) != torch.sign(dz_g)) & big).sum(1) / big.sum(1).clamp_min(1),
                 "size": size(pred) / size(gt)})
+    if bones is not None:  # each prediction scaled so that its bone lengths best match `bones` (least squares)
+        lp = (pred[:, 1:] - pred[:, par]).norm(dim=-1)                                  # (N,16)
+        out["bones"] = err(((lp * bones).sum(-1) / lp.pow(2).sum(-1).clamp_min(1e-12))[:, None, None] * pred)
     return {k: v.numpy() for k, v in out.items()}
 
 
@@ -82,7 +88,8 @@ def table_rows(cols, action):
                     + [f"{m['MPJPE'] / m['P-MPJPE']:.2f}"] + [f"{m[k]:.1f}" for k in ("tilt only", "yaw only",
                                                                                        "roll only")]
                     + ["/".join(f"{d:.1f}" for d in deg), f"{np.degrees(m['elevation']):+.1f}",
-                       f"{m['flips']:.1f}", f"{m['size']:.3f} ± {cols['size'][r].std():.3f}"])
+                       f"{m['flips']:.1f}", f"{m['size']:.3f} ± {cols['size'][r].std():.3f}",
+                       f"{m['bones']:.1f}" if "bones" in m else "-"])
     return rows
 
 
@@ -125,9 +132,12 @@ def main():
         if split is None or split["y3d"] is None:
             raise SystemExit(f"error: {run}: the data have no {args.split} split with poses_3d")
         pred = P.predict(G, split["x2d"], split["cam"], a.camera, torch.device("cpu"), split["dist"])[0]
-        cols = decompose(pred.double(), torch.as_tensor(split["y3d"] - split["y3d"][:, :1]).double())
+        mem = None if data["memory"] is None else torch.as_tensor(data["memory"]).double()
+        bones = None if mem is None else (mem[:, 1:] - mem[:, P.PARENTS[1:]]).norm(dim=-1).median(0).values
+        cols = decompose(pred.double(), torch.as_tensor(split["y3d"] - split["y3d"][:, :1]).double(), bones)
         text += [f"\n{run} (step {state['step']}), {args.split} split:\n", "| " + " | ".join(COLS) + " |",
-                 "|" + " --- |" * len(COLS)] + ["| " + " | ".join(r) + " |" for r in table_rows(cols, split["action"])]
+                 "|" + " --- |" * len(COLS)]
+        text += ["| " + " | ".join(r) + " |" for r in table_rows(cols, split["action"])]
         if args.coverage:
             text += [""] + coverage(split, data["train"], pred, cols["P-MPJPE"])
     text = "\n".join(text) + f"\n\nCommand: `python3 tools/pose_errors.py {' '.join(sys.argv[1:])}`\n"
