@@ -5,13 +5,13 @@ a face with the mouth/nose hidden (--task inpaint) to a face; P = k x k average 
     L_G = lambda_rec ||P(G(x)) - x||^2 + lambda_adv adv(D(G(x))) [+ lambda_sup ||G(x) - y||^2 on paired x]
 D tells G(x) from a memory of faces; opposite memories on the same inputs should give opposite faces,
 judged by an ONNX judge and a CNN judge G never sees. Results card (built-in 64x64 DCGAN faces v2,
-500 balanced test faces, seed 0, 400 steps, 1 CPU thread; tools/face_bench.py; docs/face.md):
+500 balanced test faces, 400 steps, 1 CPU thread; seeds 0-2; tools/face_bench.py; docs/face.md):
     memory A vs memory B (same inputs)  judged A (onnx / cnn)  judged B (onnx / cnn)  A - B (points)
-    female vs male (sr x4)              0.494 / 0.614          0.360 / 0.488          +13.4 / +12.6
-    old vs young (sr x4)                0.672 / 0.422          0.516 / 0.302          +15.6 / +12.0
-    open vs closed mouth (inpaint)      0.002 / 0.390          0.000 / 0.044           +0.2 / +34.6
-    LR PSNR 37.1-39.1 dB (sr). Unbiased sr: HR 27.37 dB (bicubic 27.53, paired bound 28.91, posterior-
-    sampler estimate 25.90), LR 40.39 dB. Default run: ~3 min on 1 thread (86 s training, 148 images/s).
+    female vs male (sr x4)              0.555 / 0.615          0.339 / 0.467          +21.7 / +14.8
+    old vs young (sr x4)                0.513 / 0.434          0.445 / 0.335           +6.8 / +9.9
+    open vs closed mouth (inpaint)      0.010 / 0.346          0.001 / 0.040           +0.9 / +30.6
+    LR PSNR 35.2-39.6 dB (sr). sr's D (2x2-pooled faces, lr 1e-3) was chosen on the validation faces.
+    Unbiased sr (seed 0): HR 27.31 dB (bicubic 27.53), LR 39.31 dB. Default run ~2.5 min, 1 thread.
 """
 import argparse
 import copy

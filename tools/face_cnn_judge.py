@@ -63,7 +63,8 @@ def train(images, labels, size, steps):
         x = to_float(images[idx])  # (64, 3, S, S)
         x = torch.where(torch.rand(64, 1, 1, 1, generator=g) < 0.5, x.flip(-1), x)
         k = ks[torch.randint(len(ks), (), generator=g)]
-        blur = F.interpolate(F.avg_pool2d(x, k), scale_factor=k, mode="bicubic", align_corners=False).clamp(-1, 1)
+        blur = F.interpolate(F.avg_pool2d(x, k), scale_factor=k, mode="bicubic", align_corners=False)
+        blur = blur.clamp(-1, 1)  # bicubic of k x k pooling
         x = torch.where(torch.rand(64, 1, 1, 1, generator=g) < 0.5, blur, x)
         loss = F.binary_cross_entropy_with_logits(judge(u8_of(x)), labels[idx].float())
         common.optimiser_step(opt, loss)  # rank 0 only: no all-reduce
