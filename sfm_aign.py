@@ -3,17 +3,17 @@
 From frames t-1, t, t+1 a DepthNet predicts the depth of frame t and a PoseNet the camera motions;
 a hand-written, parameter-free renderer (inverse warp) rebuilds frame t from its neighbours, and two
 discriminators compare the predicted depth maps and motions with an *unpaired* memory of real ones
-(other sequences). The photometric loss alone cannot fix the metric scale; the memory does.
+(other sequences; by default only depth is judged). Photometric loss alone cannot fix the metric scale;
+the memory does.
 
-Results card (built-in procedural streets, 3 test sequences, 48x160, 2000 steps of 8 triplets, CPU;
-abs_rel unscaled / median-scaled, prediction resized as depth (as disparity since issue 12: <= 0.0003
-apart); details, commands, hardware: docs/sfm.md):
-    seeds 0-2, old G-then-D order (9ba0a00): photometric only 0.887 / 0.322, ATE 0.105 m; supervised only
-    on 5% evenly spread pairs 0.268 / 0.272; AIGN + 5% 0.265 / 0.278. AIGN (default, D step first),
-    seeds 0-2: 0.350 / 0.372, ATE 0.046 m (seed 0: 0.338 / 0.360 at 1 thread; 0.327 / 0.349, 188 s at 2).
-    Label-efficiency curve (labels as stretches, 500-step runs, seeds 0-2): AIGN + pairs beats
-    supervised only by 11% at 1% labels, 6% at 2%, and trails at 5-100% (tools/sfm_bench.py --curve).
-The memory recovers metric scale; it does not yet help depth structure or a few labels consistently.
+Results card (built-in procedural streets, 3 test sequences, 48x160, 2000 steps of 8 triplets, CPU, 1 thread;
+abs_rel unscaled / median-scaled, prediction resized as disparity; commands, hardware: docs/sfm.md):
+    seeds 0-2: AIGN (default: the depth memory, --adv-on depth, chosen on the built-in val/ split)
+    0.302 / 0.313, scale GT/pred 1.03, ATE 0.056 m (seed 0: 0.318 / 0.316, 270 s of training);
+    photometric only 0.887 / 0.315, ATE 0.104 m. The memory recovers metric scale and now ties
+    photometric-only's structure (val: 0.322 vs 0.342 median-scaled).
+    Label-efficiency curve (labels as stretches, 500-step runs, seeds 0-2, the earlier --adv-on both):
+    AIGN + pairs beats supervised only by 11% at 1% labels, 6% at 2%, and trails at 5-100%.
 
     python3 sfm_aign.py                      # unpaired AIGN on the built-in procedural streets
     python3 sfm_aign.py --lambda-adv 0       # photometric-only baseline (scale-ambiguous)
@@ -60,7 +60,8 @@ def get_args(argv=None):
     add("--lambda-rec", type=float, default=1.0, help="weight of the photometric reconstruction (default: 1)")
     add("--lambda-smooth", type=float, default=1e-3, help="disparity smoothness weight (default: 0.001)")
     add("--lambda-adv", type=float, default=0.01, help="adversarial weight, 0 = photometric (default: 0.01)")
-    add("--adv-on", choices=["both", "depth", "motion"], default="both", help="memories used (default: both)")
+    add("--adv-on", choices=["both", "depth", "motion"], default="depth",
+        help="memories the discriminators judge (default: depth, chosen on the built-in val/ split)")
     add("--adv-warmup", type=int, default=500, help="ramp --lambda-adv up from 0 over N steps (default: 500)")
     add("--d-input", choices=["log", "normalised"], default="log", help="what the depth discriminator sees: "
         "log-depth, or log-depth minus its per-image mean (scale-free) (default: log)")
@@ -107,20 +108,17 @@ def read_image(path, hw, dtype=np.uint8):
     if hw is None:
         return img
     x = torch.from_numpy(np.ascontiguousarray(img[..., :3])).permute(2, 0, 1)[None].float()  # (1,3,h,w)
-    if x.shape[-2] >= hw[0] and x.shape[-1] >= hw[1]:
-        x = F.interpolate(x, size=hw, mode="area")
-    else:
-        x = F.interpolate(x, size=hw, mode="bilinear", align_corners=False)
+    shrink = x.shape[-2] >= hw[0] and x.shape[-1] >= hw[1]
+    x = F.interpolate(x, size=hw, mode="area" if shrink else "bilinear")
     return x[0].round().clamp(0, 255).to(torch.uint8), img.shape[:2]
 
 def read_intrinsics(path, key=None):
     """intrinsics.txt ('fx fy cx cy' or a 3x3 K) -> K (3,3); with key, the left 3x3 of the 3x4 P on the
     KITTI calibration line 'key: ...' ('P_rect_02' in calib_cam_to_cam.txt, 'P2' in calib.txt)."""
+    want = "'fx fy cx cy' or a 3x3 K" if key is None else f"a line '{key}: <12 numbers>' (KITTI calibration)"
     if key is None:
-        want = "'fx fy cx cy' or a 3x3 K"
         v = common.read_numbers(path, want).ravel()
     else:
-        want = f"a line '{key}: <12 numbers>' (KITTI calibration)"
         lines = common.read_text(path, want).splitlines()
         found = [ln.split()[1:] for ln in lines if ln.startswith(key + ":")]
         try:
@@ -589,27 +587,22 @@ def evaluate(nets, seqs, args, device):
             "ate_no_scale": float(np.mean(ates_metric)) if ates else None,
             "depth_frames": len(rows), "ate_snippets": len(ates)}
 
-def summary(res, step):
-    """evaluate's results as one log line."""
-    text, d, m = f"step {step}", res["depth"], res["depth_median_scaled"]
-    if d is not None:
-        text += (f" | abs_rel {d['abs_rel']:.3f} | abs_rel(median-scaled) {m['abs_rel']:.3f} | "
-                 f"a1 {d['a1']:.3f} scale(gt/pred) {res['median_scale']:.2f}")
-    if res["ate"] is not None:
-        text += f" | ATE {res['ate']:.4f} ± {res['ate_std']:.4f} (no scale fit {res['ate_no_scale']:.4f})"
-    return text
+def summary(res, split, step):
+    """evaluate's headline numbers as one log line."""
+    d, m = res["depth"] or {}, res["depth_median_scaled"] or {}
+    return f"{split} step {step}: " + common.format_record(
+        {"abs_rel": d.get("abs_rel"), "abs_rel_median_scaled": m.get("abs_rel"), "a1": d.get("a1"),
+         "scale_gt_pred": res["median_scale"], "ate": res["ate"], "ate_no_scale": res["ate_no_scale"]})
 
 def validate(nets, data, args, device, step):
-    """Periodic metrics on val/ if the data has one (val_*), else on the test split (test_*)."""
+    """Periodic metrics on val/ if the data has one (val_*), else on the test split (test_*), flattened:
+    {"depth": {"abs_rel": x}, "ate": y} -> {"val_depth/abs_rel": x, "val_ate": y}."""
     split = "val" if "val" in data else "test"
     res = evaluate(nets, data[split], args, device)
-    common.log(f"{split}: {summary(res, step)}")
-    flat = {}  # {"depth": {"abs_rel": x}, "ate": y} -> {"test_depth/abs_rel": x, "test_ate": y}
+    common.log(summary(res, split, step))
+    flat = {f"{split}_{k}": v for k, v in res.items() if v is not None and not isinstance(v, dict)}
     for k, v in res.items():
-        if isinstance(v, dict):
-            flat.update({f"{split}_{k}/{m}": x for m, x in v.items()})
-        elif v is not None:
-            flat[f"{split}_{k}"] = v
+        flat.update({f"{split}_{k}/{m}": x for m, x in v.items()} if isinstance(v, dict) else {})
     return flat
 
 def colorize(v):
@@ -671,8 +664,9 @@ def training_set(data, args, device):
     mem_depth = None if args.adv_on == "motion" else data["mem_depth"]
     mem_motion = None if args.adv_on == "depth" else data["mem_motion"]
     if args.lambda_adv > 0 and mem_depth is None and mem_motion is None:
-        raise InputError("--lambda-adv > 0 needs a memory of depth maps and/or poses: pass --memory DIR "
-                         "(or --lambda-adv 0 for the photometric-only baseline)")
+        want = {"both": "depth maps or poses.txt", "depth": "depth maps", "motion": "poses.txt"}[args.adv_on]
+        raise InputError(f"--adv-on {args.adv_on} (--lambda-adv > 0): expected a memory with {want}, found "
+                         "none: pass --memory DIR, another --adv-on, or --lambda-adv 0 (photometric only)")
     K = torch.tensor(np.array([train[k]["K"] for k, _ in where]), dtype=torch.float32)  # (T, 3, 3)
     out = dict(images=torch.cat([s["images"] for s in train]).to(device),
                trip=torch.tensor(trip, device=device), K=K.to(device),
@@ -806,6 +800,13 @@ def predict(args, nets, device, run_dir):
 
 # ----------------------------------------------------------------------------------------------
 # Main
+def report(nets, data, args, dist, run_dir, **extra):
+    """The final test evaluation: results.json (+ extra, with the step or steps), figures, a log line."""
+    res = evaluate(nets, data["test"], args, dist.device)
+    common.write_json(os.path.join(run_dir, "results.json"), {**res, **extra})
+    write_figures(run_dir, nets, data["test"], args, dist.device)
+    common.log(summary(res, "test", extra.get("step", extra.get("steps"))))
+
 def main(argv=None):
     args = get_args(argv)
     dist = common.Dist(args.device)
@@ -825,32 +826,24 @@ def main(argv=None):
     data = load_data(args, dist)
     if args.eval_only:
         if dist.main:
-            res = evaluate(nets, data["test"], args, dist.device)
-            common.write_json(os.path.join(run_dir, "results.json"),
-                              {**res, "eval_only": True, "checkpoint": args.resume, "step": state["step"]})
-            write_figures(run_dir, nets, data["test"], args, dist.device)
-            common.log(f"test: {summary(res, state['step'])}")
+            report(nets, data, args, dist, run_dir, eval_only=True, checkpoint=args.resume,
+                   step=state["step"])
         return
     data.update(training_set(data, args, dist.device))
     if data["mem_motion"] is not None:
         nets["D_motion"].set_memory(data["mem_motion"])
-    G_params = [*nets["depth_net"].parameters(), *nets["pose_net"].parameters()]
-    D_params = [*nets["D_depth"].parameters(), *nets["D_motion"].parameters()]
-    opts = {"G": torch.optim.Adam(G_params, lr=args.lr),
-            "D": torch.optim.Adam(D_params, lr=args.lr_d or args.lr, betas=(0.5, 0.999))}
+    opts = {"G": torch.optim.Adam([*nets["depth_net"].parameters(), *nets["pose_net"].parameters()],
+                                  lr=args.lr),
+            "D": torch.optim.Adam([*nets["D_depth"].parameters(), *nets["D_motion"].parameters()],
+                                  lr=args.lr_d or args.lr, betas=(0.5, 0.999))}
     n_mem = [0 if data[k] is None else len(data[k]) for k in ("mem_depth", "mem_motion")]
     n = {k: len(data.get(k, [])) for k in ("train", "val", "test", "trip", "paired")}
     common.log(f"train: {n['train']} sequences, {n['trip']} triplets ({n['paired']} paired); "
                f"val: {n['val']}, test: {n['test']} sequences; memory: {n_mem[0]} depth maps, "
                f"{n_mem[1]} motions; {dist.world} process(es) on {dist.device}", dist)
     stats = train(args, dist, data, nets, opts, state, run_dir)
-    if stats is None or not dist.main:
-        return
-    res = evaluate(nets, data["test"], args, dist.device)
-    common.write_json(os.path.join(run_dir, "results.json"),
-                      {**res, **stats, "world": dist.world, "device": str(dist.device)})
-    write_figures(run_dir, nets, data["test"], args, dist.device)
-    common.log(f"test: {summary(res, stats['steps'])}")
+    if stats is not None and dist.main:
+        report(nets, data, args, dist, run_dir, **stats, world=dist.world, device=str(dist.device))
 
 
 if __name__ == "__main__":

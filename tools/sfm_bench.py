@@ -19,7 +19,8 @@ abs_rel from 0, one light line every 0.1; blue supervised only, red AIGN + pairs
 tabulates the final val_* record of each run's metrics.jsonl: the built-in val/ sequences (disjoint
 from train/, memory/ and test/; the split settings are chosen on). Before issue 12 the built-in data
 had no val/ and this mode held out train_08, train_09 instead (data/sfm/validation.md).
---configs NAME ... runs only those rows (of ABLATIONS, PRIORS with --validation, CURVE with --curve).
+--configs NAME ... runs (and tabulates) only those rows: of ABLATIONS and PRIORS (either mode; the mode
+picks the split of the table), or of CURVE with --curve.
 
 Each run is a plain `python3 sfm_aign.py ...` with its own run folder under --out; the table is
 printed and written to OUT/table.md (with the hardware and the wall time per run).
@@ -43,7 +44,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ABLATIONS = [  # (name, description, flags)
     ("photo", "photometric only (SfMLearner/Monodepth-style)", ["--lambda-adv", "0"]),
     ("sup5", "supervised only, 5% paired", ["--lambda-rec", "0", "--lambda-adv", "0", "--paired-frac", "0.05"]),
-    ("aign", "AIGN (unpaired memory)", []),
+    ("aign", "AIGN (unpaired memory; the default: depth memory)", []),
     ("aign_sup5", "AIGN + 5% paired", ["--paired-frac", "0.05"]),
 ]
 
@@ -174,8 +175,8 @@ def run_all(args, ablations):
 
 def fmt(values, digits=3):
     values = [v for v in values if v is not None]
-    if not values:
-        return "–"
+    if len(values) < 2:  # one run: no spread to show
+        return f"{values[0]:.{digits}f}" if values else "–"
     return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"
 
 
@@ -207,8 +208,11 @@ def load_runs(args, name):
     return res
 
 
-def rows_of(args, rows):
-    """The rows --configs names (all without it)."""
+def rows_of(args, curve=False):
+    """The rows --configs names (all without it): CURVE, or ABLATIONS and PRIORS (PRIORS first with
+    --validation; a name in both lists, e.g. photo, is the same run)."""
+    rows = CURVE if curve else PRIORS + ABLATIONS if args.validation else ABLATIONS + PRIORS
+    rows = [r for k, r in enumerate(rows) if r[0] not in [q[0] for q in rows[:k]]]
     return [r for r in rows if not args.configs or r[0] in args.configs]
 
 
@@ -217,7 +221,7 @@ def table(args):
              "| scale gt/pred | ATE (m) | ATE no scale fit (m) | wall s / run | runs |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     hardware = None
-    for name, desc, _ in rows_of(args, PRIORS if args.validation else ABLATIONS):
+    for name, desc, _ in rows_of(args):
         res = load_runs(args, name)
         for seed in args.seeds:
             vpath = os.path.join(args.out, f"{name}-s{seed}", "versions.json")
@@ -340,7 +344,7 @@ def main():
         os.makedirs(args.out, exist_ok=True)
         return busy(args)
     if not args.table_only:
-        run_all(args, rows_of(args, CURVE if args.curve else PRIORS if args.validation else ABLATIONS))
+        run_all(args, rows_of(args, args.curve))
     (curve if args.curve else table)(args)
 
 
