@@ -268,12 +268,9 @@ def load_data(args, dist):
         data = dict.fromkeys(("train", "test"), load_sequences(root, hw))
     if args.gt_depth:
         attach_gt_depth(data["test"], args.gt_depth)
-    memory = args.memory
-    if not memory and os.path.isdir(os.path.join(root, "memory")):
-        memory = os.path.join(root, "memory")
-    data["mem_depth"], data["mem_motion"] = None, None
-    if memory:
-        data["mem_depth"], data["mem_motion"] = load_memory(memory, hw, args.max_depth)
+    memory = args.memory or os.path.join(root, "memory")  # the data's own memory/ unless --memory is given
+    found = args.memory or os.path.isdir(memory)
+    data["mem_depth"], data["mem_motion"] = load_memory(memory, hw, args.max_depth) if found else (None, None)
     return data
 
 
