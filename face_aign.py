@@ -170,7 +170,7 @@ def load_data(args, dist):
     common.log(f"faces: {len(data['inputs'])} generator inputs, {len(data['mem'])} memory "
                f"({args.memory or args.bias or 'all faces'}), {len(data['val'])} validation, "
                f"{len(data['test'])} test", dist)
-    return {**data, "root": root}
+    return data
 
 def load_faces(args, root, show):
     """Read --data (CelebA layout or a plain folder) and --memory as uint8 (N, 3, S, S) aligned faces.
@@ -446,8 +446,7 @@ def make_judges(args, data):
         judges["onnx"] = common.load_tool(__file__, "face_builtin", "--judge onnx needs it").OnnxJudge()
     if args.judge in ("cnn", "both"):
         tool = common.load_tool(__file__, "face_cnn_judge", "--judge cnn needs it")
-        judges["cnn"] = tool.cnn_judge(*data["judge_data"], args.judge_attr, args.size, args.judge_steps,
-                                       data["root"])
+        judges["cnn"] = tool.cnn_judge(*data["judge_data"], args.judge_attr, args.size, args.judge_steps)
     return judges
 
 def u8_of(y):

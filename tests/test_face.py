@@ -507,13 +507,15 @@ def test_cnn_judge_is_trained_once_and_reused(tmp_path, monkeypatch):
     args = fa.get_args(["--size", "32", "--judge-steps", "3", "--judge", "cnn"])
     g = torch.Generator().manual_seed(0)
     images, labels = torch.randint(0, 256, (8, 3, 32, 32), generator=g, dtype=torch.uint8), torch.arange(8) % 2 == 0
-    data = {"judge_data": (images, labels), "root": str(tmp_path)}
+    data = {"judge_data": (images, labels)}
     state = torch.random.get_rng_state()
     a = fa.make_judges(args, data)["cnn"]
     assert torch.equal(torch.random.get_rng_state(), state)  # the run's RNG is untouched
     assert len(os.listdir(tmp_path / "cache" / "faces_judges")) == 1
-    b = load_tool("face_cnn_judge").cnn_judge(images, labels, "-Male", 32, 3, str(tmp_path))  # cached, not retrained
+    b = load_tool("face_cnn_judge").cnn_judge(images, labels, "-Male", 32, 3)  # cached, not retrained
     assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+    load_tool("face_cnn_judge").cnn_judge(images, ~labels, "-Male", 32, 3)  # other labels: a judge of its own
+    assert len(os.listdir(tmp_path / "cache" / "faces_judges")) == 2
     assert a(images).shape == (8,) and a.has(images, "-Male").dtype == torch.bool
 
 

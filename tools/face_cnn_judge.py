@@ -71,10 +71,13 @@ def train(images, labels, size, steps):
     return judge.eval()
 
 
-def cnn_judge(images, labels, attr, size, steps, root):
-    """The judge of `attr` for the dataset at `root`: from $AIGN_CACHE/faces_judges, else trained and kept."""
-    key = f"{os.path.abspath(root)}|{attr}|{size}|{steps}|{len(images)}|v2"
-    path = os.path.join(common.cache_dir("faces_judges"), hashlib.sha1(key.encode()).hexdigest()[:16] + ".pt")
+def cnn_judge(images, labels, attr, size, steps):
+    """The judge of `attr` trained on these faces and labels: from $AIGN_CACHE/faces_judges (keyed by their
+    content, so edited data or a changed training recipe never reuse a stale judge), else trained and kept."""
+    key = hashlib.sha1(f"{attr}|{size}|{steps}|v3".encode())
+    for part in (images.contiguous().numpy(), labels.to(torch.uint8).numpy(), open(__file__, "rb").read()):
+        key.update(part.tobytes() if hasattr(part, "tobytes") else part)
+    path = os.path.join(common.cache_dir("faces_judges"), key.hexdigest()[:16] + ".pt")
     if os.path.isfile(path):
         with torch.random.fork_rng():
             judge = CNNJudge(size)
