@@ -37,6 +37,8 @@ def run_main(main):
     """Call ``main()``; an InputError becomes one line on stderr and exit status 2."""
     try:
         main()
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()  # a finished run: no rank tears its process group down while another still talks
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         _remove_unused_run_dirs()
