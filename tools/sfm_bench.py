@@ -300,8 +300,8 @@ def curve(args):
             series[k][0].append(float(np.mean([r["depth"]["abs_rel"] for r in rs])))
             series[k][1].append(float(np.std([r["depth"]["abs_rel"] for r in rs])))
     text = "\n".join(lines) + f"\n\nseeds {' '.join(map(str, args.seeds))}; gain = 1 - AIGN / supervised (means)."
-    vpath = os.path.join(args.out, f"sup{FRACTIONS[0]:g}-s{args.seeds[0]}", "versions.json")
-    if os.path.exists(vpath):
+    vpath = os.path.join(args.out, f"sup{xs[0]:g}-s{args.seeds[0]}", "versions.json") if xs else ""
+    if os.path.exists(vpath):  # the first fraction in the table (not always 1%)
         with open(vpath) as f:
             v = json.load(f)
         text += f" Hardware: {v.get('cuda') or v['processor']}, {v['cpu_threads']} thread(s), torch {v['torch']}."
