@@ -664,7 +664,8 @@ def cache_dir(name):
     return path
 
 
-def _tool_file(script_file, name):
+def tool_file(script_file, name):
+    """tools/<name>.py beside the script (a copied script may not have it)."""
     return os.path.join(os.path.dirname(os.path.abspath(script_file)), "tools", name + ".py")
 
 
@@ -672,7 +673,7 @@ def load_tool(script_file, name, hint):
     """Import tools/<name>.py from beside the script (the repository's data builders and optional
     instruments, which a copied script may lack): the module, or one line ending in `hint`."""
     import importlib.util
-    tool = _tool_file(script_file, name)
+    tool = tool_file(script_file, name)
     if not os.path.isfile(tool):
         raise InputError(f"{tool} is not here: {hint}")
     spec = importlib.util.spec_from_file_location(name, tool)
@@ -684,7 +685,7 @@ def load_tool(script_file, name, hint):
 def builtin_path(script_file, name, builder):
     """$AIGN_CACHE/<name>/builtin-<first 12 hex of sha256 of tools/<builder>.py>: a changed builder
     builds a fresh dataset instead of reusing a stale one (None when the builder is not here)."""
-    tool = _tool_file(script_file, builder)
+    tool = tool_file(script_file, builder)
     if not os.path.isfile(tool):
         return None
     with open(tool, "rb") as f:

@@ -32,7 +32,6 @@ import common
 from common import InputError
 
 SCRIPT, NETS = "face_aign", ("G", "D", "G_ema")
-HERE = os.path.dirname(os.path.abspath(__file__))
 # fixed by a checkpoint (--resume, --eval-only, --predict): the networks and the memory
 ARCH = ("task", "size", "scale", "region", "channels", "d_channels", "d_norm", "d_pool", "blocks", "gan",
         "bias", "memory", "paired_frac")
@@ -620,7 +619,7 @@ def main(argv=None):
     data = load_data(args, dist)
     if args.judge == "auto":  # both on the built-in faces (cnn without onnxruntime), cnn on labels, else none
         onnx = args.data is None and importlib.util.find_spec("onnxruntime") is not None
-        cnn = data["judge_data"] is not None and os.path.isfile(os.path.join(HERE, "tools/face_cnn_judge.py"))
+        cnn = data["judge_data"] is not None and os.path.isfile(common.tool_file(__file__, "face_cnn_judge"))
         args.judge = "both" if onnx and cnn else "onnx" if onnx else "cnn" if cnn else "none"
     data["valset"] = test = None
     if dist.main:  # the judges are built (or trained) before restore_training restores the RNG state
