@@ -598,8 +598,7 @@ def validate(nets, data, args, device, step):
     res = evaluate(nets, data[split], args, device)
     common.log(summary(res, split, step))
     flat = {f"{split}_{k}": v for k, v in res.items() if v is not None and not isinstance(v, dict)}
-    for k, v in res.items():
-        flat.update({f"{split}_{k}/{m}": x for m, x in v.items()} if isinstance(v, dict) else {})
+    flat.update({f"{split}_{k}/{m}": x for k, v in res.items() if isinstance(v, dict) for m, x in v.items()})
     return flat
 
 def colorize(v):
