@@ -20,6 +20,7 @@ abs_rel unscaled / median-scaled, prediction resized as disparity; commands, har
     python3 sfm_aign.py --data DIR --memory MEM       # your sequences (layouts: --help)
 """
 import argparse
+import functools
 import glob
 import math
 import os
@@ -186,13 +187,12 @@ def make_sequence(name, paths, K, poses_path, hw, depth_dir=None):
         if s != sizes[0]:
             raise InputError(f"{p}: expected the sequence's image size {sizes[0]} (as {paths[0]}), found {s}")
     depth = {}  # frame index -> its GT file (.npy before .png)
-    if depth_dir:
-        for i, p in enumerate(paths):
-            stem = os.path.join(depth_dir, os.path.splitext(os.path.basename(p))[0])
-            found = [f for f in (stem + ".npy", stem + ".png") if os.path.isfile(f)]
-            if found:
-                depth[i] = found[0]
-                read_depth(found[0], sizes[0])  # checked now, read again when evaluated
+    for i, p in enumerate(paths if depth_dir else []):
+        stem = os.path.join(depth_dir, os.path.splitext(os.path.basename(p))[0])
+        found = [f for f in (stem + ".npy", stem + ".png") if os.path.isfile(f)]
+        if found:
+            depth[i] = found[0]
+            read_depth(found[0], sizes[0])  # checked now, read again when evaluated
     images = torch.stack(frames).contiguous(memory_format=torch.channels_last)  # (N, 3, H, W) uint8, NHWC
     return dict(name=name, images=images, size=sizes[0], depth=depth,
                 poses=read_poses(poses_path, len(paths)) if os.path.exists(poses_path) else None,
@@ -323,11 +323,9 @@ class PatchD(nn.Module):
 
     def __init__(self, normalise=False, ch=(16, 32, 64)):
         super().__init__()
-        self.normalise, layers, cin = normalise, [], 1
-        for c in ch:
-            layers += [nn.Conv2d(cin, c, 4, 2, 1), nn.LeakyReLU(0.2)]
-            cin = c
-        self.net = nn.Sequential(*layers, nn.Conv2d(cin, 1, 3, 1, 1))
+        self.normalise = normalise
+        self.net = nn.Sequential(*[m for cin, c in zip((1,) + ch[:-1], ch) for m in (
+            nn.Conv2d(cin, c, 4, 2, 1), nn.LeakyReLU(0.2))], nn.Conv2d(ch[-1], 1, 3, 1, 1))
 
     def forward(self, depth):  # (B, 1, H, W) metres
         x = torch.log(depth)
@@ -390,16 +388,12 @@ def pose6_to_matrix(p):
     T[..., 3, 3] = 1
     return T
 
-_PIXELS = {}  # (H, W, dtype, device) -> the homogeneous pixel grid, built once per size
-
+@functools.lru_cache(maxsize=None)
 def pixel_grid(H, W, dtype, device):
-    """(3, H*W) rows u, v, 1 of every pixel centre (integer coordinates), row-major."""
-    key = (H, W, dtype, str(device))
-    if key not in _PIXELS:
-        v, u = torch.meshgrid(torch.arange(H, dtype=dtype, device=device),
-                              torch.arange(W, dtype=dtype, device=device), indexing="ij")
-        _PIXELS[key] = torch.stack([u, v, torch.ones_like(u)]).reshape(3, H * W)
-    return _PIXELS[key]
+    """(3, H*W) rows u, v, 1 of every pixel centre (integer coordinates), row-major: built once per size."""
+    v, u = torch.meshgrid(torch.arange(H, dtype=dtype, device=device),
+                          torch.arange(W, dtype=dtype, device=device), indexing="ij")
+    return torch.stack([u, v, torch.ones_like(u)]).reshape(3, H * W)
 
 def inverse_intrinsics(K):
     """K^-1 of (B,3,3) camera matrices [[fx, s, cx], [0, fy, cy], [0, 0, 1]] in closed form."""
@@ -407,6 +401,31 @@ def inverse_intrinsics(K):
     o, one = torch.zeros_like(fx), torch.ones_like(fx)
     return torch.stack([1 / fx, -s / (fx * fy), (s * cy - cx * fy) / (fx * fy), o, 1 / fy, -cy / fy,
                         o, o, one], -1).view(-1, 3, 3)
+
+class Project(torch.autograd.Function):
+    """Depth d (B,HW), M (B,3,3), c (B,3,1), pixels (3,HW) -> (x, y) = (q_x, q_y) / q_z (B,2,HW) with
+    q = d M [u v 1]^T + c, and valid (B,HW): q_z > 0, |x|, |y| <= 1. Hand-written backward (fewer passes than
+    autograd's): g_q = (g_x, g_y, -(g_x x + g_y y)) / q_z, g_d = sum_k g_q,k (M [u v 1]^T)_k,
+    g_M = d g_q [u v 1], g_c = the sum of g_q over pixels."""
+
+    @staticmethod
+    def forward(ctx, d, M, c, pix):
+        p = M @ pix  # (B, 3, HW): the rotated rays
+        q = torch.addcmul(c, d[:, None], p)  # (B, 3, HW)
+        z = q[:, 2:].clamp(min=1e-6)
+        xy = q[:, :2] / z  # (B, 2, HW)
+        valid = (q[:, 2] > 1e-6) & (xy.abs().amax(1) <= 1)
+        ctx.mark_non_differentiable(valid)
+        ctx.save_for_backward(d, p, xy, z, q[:, 2:] >= 1e-6, pix)
+        return xy, valid
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g, _):  # g (B, 2, HW), a strided view of grid_sample's (B, H, W, 2)
+        d, p, xy, z, unclamped, pix = ctx.saved_tensors
+        g_xy = g.contiguous() / z
+        g_q = torch.cat([g_xy, -(g_xy * xy).sum(1, keepdim=True) * unclamped], 1)  # (B, 3, HW)
+        return (g_q * p).sum(1), (g_q * d[:, None]) @ pix.T, g_q.sum(2, keepdim=True), None
 
 def inverse_warp(source, depth, pose6, K):
     """Rebuild the target frame from a source frame.
@@ -420,14 +439,11 @@ def inverse_warp(source, depth, pose6, K):
     N = K.new_tensor([[2 / (W - 1), 0, -1], [0, 2 / (H - 1), -1], [0, 0, 1]])
     NK = N @ K  # (B, 3, 3)
     M = NK @ axis_angle_to_matrix(pose6[:, :3]) @ inverse_intrinsics(K)  # (B, 3, 3)
-    proj = torch.addcmul(NK @ pose6[:, 3:, None], depth.reshape(B, 1, H * W),
-                         M @ pixel_grid(H, W, depth.dtype, depth.device))  # (B, 3, HW)
-    z = proj[:, 2:]
-    grid = (proj[:, :2] / z.clamp(min=1e-6)).transpose(1, 2).reshape(B, H, W, 2)  # source pixels in [-1, 1]
+    xy, valid = Project.apply(depth.reshape(B, H * W), M, NK @ pose6[:, 3:, None],
+                              pixel_grid(H, W, depth.dtype, depth.device))  # (B, 2, HW), (B, HW)
+    grid = xy.transpose(1, 2).reshape(B, H, W, 2)  # source pixels in [-1, 1]
     warped = F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-    with torch.no_grad():
-        valid = (z.reshape(B, 1, H, W) > 1e-6) & (grid.abs().amax(-1)[:, None] <= 1)
-    return warped, valid.to(source.dtype)
+    return warped, valid.view(B, 1, H, W).to(source.dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -558,9 +574,8 @@ def evaluate(nets, seqs, args, device):
         for i in sorted(s["depth"]):
             gt = torch.from_numpy(gt_depth(s, i))
             pred = resize_as_disparity(depth[i:i + 1], gt.shape)
-            m = (gt > 1e-3) & (gt < args.eval_cap)
-            if args.eval_crop == "garg":
-                m &= garg_crop(gt.shape)
+            crop = garg_crop(gt.shape) if args.eval_crop == "garg" else True
+            m = (gt > 1e-3) & (gt < args.eval_cap) & crop
             if m.sum() == 0:
                 continue
             p, g = pred[m], gt[m]
@@ -647,16 +662,20 @@ def write_figures(run_dir, nets, test, args, device, n=4, size=320):
 
 # ----------------------------------------------------------------------------------------------
 # Training
+def optimisers(nets, args):
+    """Adam for DepthNet + PoseNet and for the two discriminators (betas 0.5, 0.999)."""
+    G = [*nets["depth_net"].parameters(), *nets["pose_net"].parameters()]
+    return {"G": torch.optim.Adam(G, lr=args.lr),
+            "D": torch.optim.Adam([*nets["D_depth"].parameters(), *nets["D_motion"].parameters()],
+                                  lr=args.lr_d or args.lr, betas=(0.5, 0.999))}
+
 def training_set(data, args, device):
     """On the device: the training frames, their triplets (target t, sources t-1, t+1) with K, the memory
     in use and the paired subset (stretches of consecutive triplets whose GT depth and motions are used)."""
     train, hw = data["train"], (args.height, args.width)
-    trip, where, start = [], [], 0  # frame indices (target, source t-1, source t+1); (sequence, t)
-    for k, s in enumerate(train):
-        for t in range(1, len(s["images"]) - 1):
-            trip.append([start + t, start + t - 1, start + t + 1])
-            where.append((k, t))
-        start += len(s["images"])
+    where = [(k, t) for k, s in enumerate(train) for t in range(1, len(s["images"]) - 1)]  # (sequence, t)
+    start = np.cumsum([0] + [len(s["images"]) for s in train]).tolist()  # each sequence's first frame
+    trip = [[start[k] + t, start[k] + t - 1, start[k] + t + 1] for k, t in where]  # target, t-1, t+1
     mem_depth = None if args.adv_on == "motion" else data["mem_depth"]
     mem_motion = None if args.adv_on == "depth" else data["mem_motion"]
     if args.lambda_adv > 0 and mem_depth is None and mem_motion is None:
@@ -828,15 +847,12 @@ def main(argv=None):
     data.update(training_set(data, args, dist.device))
     if data["mem_motion"] is not None:
         nets["D_motion"].set_memory(data["mem_motion"])
-    opts = {"G": torch.optim.Adam([*nets["depth_net"].parameters(), *nets["pose_net"].parameters()],
-                                  lr=args.lr),
-            "D": torch.optim.Adam([*nets["D_depth"].parameters(), *nets["D_motion"].parameters()],
-                                  lr=args.lr_d or args.lr, betas=(0.5, 0.999))}
-    n_mem = [0 if data[k] is None else len(data[k]) for k in ("mem_depth", "mem_motion")]
-    n = {k: len(data.get(k, [])) for k in ("train", "val", "test", "trip", "paired")}
-    common.log(f"train: {n['train']} sequences, {n['trip']} triplets ({n['paired']} paired); "
-               f"val: {n['val']}, test: {n['test']} sequences; memory: {n_mem[0]} depth maps, "
-               f"{n_mem[1]} motions; {dist.world} process(es) on {dist.device}", dist)
+    n = {k: len(data.get(k) if data.get(k) is not None else []) for k in
+         ("train", "val", "test", "trip", "paired", "mem_depth", "mem_motion")}
+    common.log(f"train: {n['train']} sequences, {n['trip']} triplets ({n['paired']} paired); val: "
+               f"{n['val']}, test: {n['test']} sequences; memory: {n['mem_depth']} depth maps, "
+               f"{n['mem_motion']} motions; {dist.world} process(es) on {dist.device}", dist)
+    opts = optimisers(nets, args)
     stats = train(args, dist, data, nets, opts, state, run_dir)
     if stats is not None and dist.main:
         report(nets, data, args, dist, run_dir, **stats, world=dist.world, device=str(dist.device))

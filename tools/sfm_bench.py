@@ -83,9 +83,7 @@ def throughput(args):
     nets = S.build_nets(a, dev)
     if data["mem_motion"] is not None:
         nets["D_motion"].set_memory(data["mem_motion"])
-    opts = {"G": torch.optim.Adam([*nets["depth_net"].parameters(), *nets["pose_net"].parameters()], lr=a.lr),
-            "D": torch.optim.Adam([*nets["D_depth"].parameters(), *nets["D_motion"].parameters()],
-                                  lr=a.lr_d or a.lr, betas=(0.5, 0.999))}
+    opts = S.optimisers(nets, a)
     src = torch.rand(B, 3, H, W, device=dev)
     depth = (5 + 10 * torch.rand(B, 1, H, W, device=dev)).requires_grad_(True)
     pose = (0.05 * torch.randn(B, 6, device=dev)).requires_grad_(True)
