@@ -5,13 +5,11 @@ G lifts 2D keypoints to 3D, learnt from 2D observations plus an *unpaired* memor
 with P a parameter-free perspective camera (plus the data's lens distortion) and D telling memory poses
 from predicted ones, also by how the body stands relative to the camera (--tilt-prior).
 
-Results card (built-in test split, mm, seeds 0-2, 3000 steps; commands, hardware: docs/pose.md):
-AIGN unpaired (default): P-MPJPE 45.4 ± 0.1 on the synthetic subjects, 84.2 ± 1.9 on the held-out real
-CMU stretch; MPJPE 80 ± 2 = 1.62x P-MPJPE 49 ± 0 (1.64x before the tilt prior, on older data); camera
-check gt_reproj_px 0.00002. Label efficiency (3000 steps, seeds 0-2): AIGN + pairs 0.54-0.72x
-supervised-only at 1-10% labels, 0.99x at 100% (docs/pose.md). Default: 239 s, 1 thread.
-MPJPE - P-MPJPE on test (31 mm; tools/pose_errors.py): root rotation 12-15 mm (mostly tilt), scale 10-13
-(unobservable from these 2D inputs), centroid 4. Wider built-in poses (pose_builtin --wide): not adopted.
+Results card (built-in test split, mm, seeds 0-2, 3000 steps, 1 thread; commands, hardware: docs/pose.md):
+--lift-frame camera (the default until the ray frame): P-MPJPE 45.4 ± 0.1 on the synthetic subjects,
+84.2 ± 1.9 on the held-out real CMU stretch; MPJPE 80 ± 2 = 1.62x P-MPJPE 49 ± 0. --lift-frame ray (default,
+chosen on validation, seed 0: val MPJPE / P-MPJPE 55.9 / 41.8 vs 59.2 / 43.1): 3-seed test numbers to follow.
+Label efficiency (camera frame, seeds 0-2): AIGN + pairs 0.54-0.72x supervised-only at 1-10% labels.
 
 Usage:
     python3 pose_aign.py                                     # unpaired AIGN on the built-in data
@@ -41,7 +39,6 @@ JOINTS = ["pelvis", "r_hip", "r_knee", "r_ankle", "l_hip", "l_knee", "l_ankle", 
           "neck_nose", "head", "l_shoulder", "l_elbow", "l_wrist", "r_shoulder", "r_elbow", "r_wrist"]
 PARENTS = [-1, 0, 1, 2, 0, 4, 5, 0, 7, 8, 9, 8, 11, 12, 8, 14, 15]
 NJ = 17
-LEFT, RIGHT = [4, 5, 6, 11, 12, 13], [1, 2, 3, 14, 15, 16]
 # COCO-17 (detector order) -> H36M-17, for --predict: each H36M joint is the mean of these COCO joints.
 COCO_TO_H36M = [[11, 12], [12], [14], [16], [11], [13], [15], [5, 6, 11, 12], [5, 6], [0], [1, 2, 3, 4],
                 [5], [7], [9], [6], [8], [10]]
@@ -105,6 +102,9 @@ def get_args(argv=None):
                    help="adversarial loss: non-saturating BCE (paper), least squares, WGAN-GP (default: bce)")
     p.add_argument("--camera", choices=["perspective", "weak"], default="perspective",
                    help="renderer's camera model (default: perspective)")
+    p.add_argument("--lift-frame", choices=["ray", "camera"], default="ray", help="ray: G lifts in a "
+                   "virtual camera turned to look at the person, its pose rotated back; camera: in the "
+                   "camera's frame (default: ray)")
     p.add_argument("--tilt-prior", choices=["elevation", "none"], default="elevation",
                    help="elevation: D also sees the body's up direction in the camera frame, memory poses "
                    "shown through cameras of random yaw and --elevation; none: the body-frame pose only "
@@ -134,15 +134,15 @@ def make_split(path, x2d, cam, y3d=None, action=None, what=NPZ_LAYOUT, dist=None
     NaN (not inf) = a gap."""
     common.check_array(np.nan_to_num(x2d) if x2d.dtype.kind == "f" else x2d, path, "poses_2d", (None, NJ, 2),
                        what)                                                   # the shape (NaN, inf: below)
-    x2d, n = x2d.astype(np.float32), len(x2d)
-    cam = common.check_array(cam, path, "camera", (4,) if cam.ndim == 1 else (None, 4), what)
-    cam = np.broadcast_to(cam, (n, 4)) if cam.ndim == 1 else cam
+    x2d, n = np.ascontiguousarray(x2d, np.float32), len(x2d)
+
+    def per_frame(a, key, k):  # (k,) for every frame or (N,k) -> (N,k)
+        a = common.check_array(a, path, key, (k,) if np.ndim(a) == 1 else (None, k), what)
+        return np.ascontiguousarray(np.broadcast_to(a, (n, k)) if a.ndim == 1 else a)
+    cam, dist = per_frame(cam, "camera", 4), None if dist is None else per_frame(dist, "distortion", 5)
     y3d = None if y3d is None else common.check_array(y3d, path, "poses_3d", (None, NJ, 3), what)
-    if dist is not None:
-        dist = common.check_array(dist, path, "distortion", (5,) if np.ndim(dist) == 1 else (None, 5), what)
-        dist = np.broadcast_to(dist, (n, 5)) if dist.ndim == 1 else dist
-    lengths = [len(cam)] + [len(a) for a in (y3d, dist) if a is not None]
-    if any(k != n for k in lengths) or (action is not None and np.shape(action) != (n,)):
+    if any(len(a) != n for a in (cam, y3d, dist) if a is not None) or (action is not None and
+                                                                     np.shape(action) != (n,)):
         raise InputError(f"{path}: arrays disagree on the number of frames N ({what})")
     if not np.all(cam[:, :2] > 0):
         raise InputError(f"{path}: camera focal lengths must be finite and positive (fx fy cx cy); found "
@@ -155,8 +155,7 @@ def make_split(path, x2d, cam, y3d=None, action=None, what=NPZ_LAYOUT, dist=None
         raise InputError(f"{path}: {len(dead)} frame(s) have no valid 2D joint (all NaN), e.g. frame "
                          f"{dead[0]}; drop them or mark only the missing joints as NaN")
     action = np.array(["all"] * n) if action is None else np.asarray(action).astype(str)
-    return {"x2d": np.ascontiguousarray(x2d), "cam": np.ascontiguousarray(cam), "y3d": y3d, "action": action,
-            "dist": dist if dist is None else np.ascontiguousarray(dist)}
+    return {"x2d": x2d, "cam": cam, "y3d": y3d, "action": action, "dist": dist}
 
 def load_pose_npz(path):
     """Generic npz (see NPZ_LAYOUT) -> (split, subject array or None)."""
@@ -297,28 +296,44 @@ def load_data(args, dist):
 
 # ----------------------------------------------------------------------------------------------
 # Networks
-def normalise_2d(x2d, cam, dist=None):
+def ray_rotation(c):
+    """(B,2) normalised image points -> (B,3,3) rotations R (shortest arc) taking the ray (c, 1) to the
+    optical axis: R is the camera -> virtual camera that looks straight at c (Rodrigues, v = r x z)."""
+    r = F.normalize(torch.cat([c, torch.ones_like(c[:, :1])], 1), dim=1)          # (B,3) unit rays
+    z = torch.zeros_like(r[:, 0])
+    V = torch.stack([z, z, -r[:, 0], z, z, -r[:, 1], r[:, 0], r[:, 1], z], 1).view(-1, 3, 3)   # [v]x
+    return torch.eye(3, dtype=c.dtype, device=c.device) + V + V @ V / (1 + r[:, 2, None, None])
+
+def normalise_2d(x2d, cam, dist=None, ray=False):
     """Pixels -> the generator's scale-free input.
     x2d (B,17,2) pixels with NaN for missing joints, cam (B,4), dist (B,5) or None -> (inp (B,53),
     xn (B,17,2) observed normalised camera coordinates (x-cx)/fx, vis (B,17) bool, scale (B,) RMS 2D
-    size of the person). G sees the undistorted coordinates (a pinhole view of the person)."""
+    size of the person, rot (B,3,3) or None). G sees the undistorted coordinates (a pinhole view of the
+    person); with ray=True as a virtual camera rotated by rot to look straight at the person's centre
+    sees them (G's pose is then in that camera's frame: pose @ rot is the real camera's)."""
     vis = torch.isfinite(x2d).all(-1)                                             # (B,17)
     xn = torch.where(vis[..., None], (x2d - cam[:, None, 2:]) / cam[:, None, :2], 0.0)
     xu = xn if dist is None else undistort(xn, dist)                              # (B,17,2) pinhole
     w = vis.float()
     mean = (xu * w[..., None]).sum(1) / w.sum(1, keepdim=True)                    # (B,2)
     centre = torch.where(vis[:, :1], xu[:, 0], mean)                              # pelvis if seen
-    d = (xu - centre[:, None]) * w[..., None]                                     # (B,17,2)
+    rot = ray_rotation(centre) if ray else None
+    if ray:  # the rays (x, y, 1) in the virtual camera, projected again; the centre lands on (0, 0)
+        h = torch.cat([xu, torch.ones_like(xu[..., :1])], -1) @ rot.transpose(1, 2)   # (B,17,3)
+        d = h[..., :2] / h[..., 2:] * w[..., None]                                # (B,17,2)
+    else:
+        d = (xu - centre[:, None]) * w[..., None]                                 # (B,17,2)
     scale = ((d ** 2).sum((1, 2)) / w.sum(1)).sqrt().clamp_min(1e-6)              # (B,)
     inp = torch.cat([(d / scale[:, None, None]).flatten(1), w, centre], 1)        # (B, 17*2+17+2)
-    return inp, xn, vis, scale
+    return inp, xn, vis, scale, rot
 
 class Generator(nn.Module):
     """Residual MLP lifter (Martinez et al. 2017 style) with a 2D skip connection: the x, y of each
     joint are the observed normalised 2D coordinates times a predicted size (metres) plus a learned
     correction, and the depth of each joint is predicted. At initialisation the pose already
     reprojects onto its input, so learning is about depth and size, which is exactly what the
-    renderer cannot tell and the memory must. Output: root-relative 3D joints in metres."""
+    renderer cannot tell and the memory must. Output: root-relative 3D joints in metres, in the camera's
+    frame (rot (B,3,3) from normalise_2d: G's pose is in the virtual camera's frame, rotated back)."""
 
     def __init__(self, hidden=512, blocks=2):
         super().__init__()
@@ -328,7 +343,7 @@ class Generator(nn.Module):
                                     for _ in range(blocks))
         self.out = nn.Linear(hidden, NJ * 3 + 1)
 
-    def forward(self, inp):                                                       # (B, 53)
+    def forward(self, inp, rot=None):                                             # (B, 53)
         h = F.leaky_relu(self.inp(inp), 0.2)
         for block in self.blocks:
             h = h + block(h)
@@ -338,7 +353,8 @@ class Generator(nn.Module):
         xy = size * d2 + 0.1 * o[:, :NJ * 2].view(-1, NJ, 2)                      # (B,17,2)
         z = o[:, NJ * 2:NJ * 3, None]                                             # (B,17,1) depth
         pose = torch.cat([xy, z], -1)
-        return pose - pose[:, :1]                                                 # (B,17,3), root at 0
+        pose = pose - pose[:, :1]                                                 # (B,17,3), root at 0
+        return pose if rot is None else pose @ rot
 
 def canonicalise(pose):
     """Rotate a pose into its own body frame (x: right->left hip, y: pelvis->thorax, z = x cross y)
@@ -381,22 +397,26 @@ def build_nets(args, device):
 # ----------------------------------------------------------------------------------------------
 # Renderer
 # P places the root-relative pose in front of the camera, projects it and applies the lens distortion.
-def distort(xy, dist):
-    """VideoPose3D's Human3.6M lens model on normalised coordinates: xy (B,J,2) = (X/Z, Y/Z), clamped
-    to [-1, 1]; dist (B,5) = k1 k2 k3 p1 p2 -> xy (1 + k1 r^2 + k2 r^4 + k3 r^6 + p.xy) + p r^2."""
-    xy = xy.clamp(-1, 1)
+def lens_terms(xy, dist):
+    """For xy (B,J,2), dist (B,5) = k1 k2 k3 p1 p2: r^2 (B,J,1), the radial factor 1 + k1 r^2 + k2 r^4 +
+    k3 r^6 plus the tangential p.xy (B,J,1), and p (B,1,2)."""
     k, p = dist[:, None, :3], dist[:, None, 3:]                                   # (B,1,3), (B,1,2)
     r2 = xy.pow(2).sum(-1, keepdim=True)                                          # (B,J,1)
     radial = 1 + (k * torch.cat([r2, r2 ** 2, r2 ** 3], -1)).sum(-1, keepdim=True)
-    return xy * (radial + (p * xy).sum(-1, keepdim=True)) + p * r2
+    return r2, radial + (p * xy).sum(-1, keepdim=True), p
+
+def distort(xy, dist):
+    """VideoPose3D's Human3.6M lens model on normalised coordinates: xy (B,J,2) = (X/Z, Y/Z), clamped
+    to [-1, 1]; dist (B,5) = k1 k2 k3 p1 p2 -> xy (1 + k1 r^2 + k2 r^4 + k3 r^6 + p.xy) + p r^2."""
+    r2, factor, p = lens_terms(xy.clamp(-1, 1), dist)
+    return xy.clamp(-1, 1) * factor + p * r2
 
 def undistort(xd, dist, iters=20):
     """The inverse of distort by fixed-point iteration, for observations (B,J,2) (no gradient)."""
-    k, p, xu = dist[:, None, :3], dist[:, None, 3:], xd
+    xu = xd
     for _ in range(iters):  # xd = xu (radial + p.xu) + p r^2  ->  xu = (xd - p r^2) / (radial + p.xu)
-        r2 = xu.pow(2).sum(-1, keepdim=True)
-        radial = 1 + (k * torch.cat([r2, r2 ** 2, r2 ** 3], -1)).sum(-1, keepdim=True)
-        xu = (xd - p * r2) / (radial + (p * xu).sum(-1, keepdim=True))
+        r2, factor, p = lens_terms(xu, dist)
+        xu = (xd - p * r2) / factor
     return xu
 
 def through_cameras(poses, up, yaw, elevation):
@@ -501,28 +521,26 @@ def pixel_error(proj, x2d, cam):
     return float(err[torch.isfinite(err)].mean())
 
 @torch.no_grad()
-def predict(G, x2d, cam, camera, device, dist=None, batch=4096):
-    """(N,17,2) pixels, (N,4), (N,5) or None -> root-relative poses (N,17,3), placed camera-frame
-    poses (N,17,3) and their rendering P(G(x)) in normalised coordinates (N,17,2)."""
+def predict(G, split, args, device, batch=4096):
+    """A split's x2d (N,17,2) pixels, cam (N,4), dist (N,5) or None -> root-relative poses (N,17,3),
+    placed camera-frame poses (N,17,3) and their rendering P(G(x)) in normalised coordinates (N,17,2)."""
     G.eval()
-    rel, placed, proj = [], [], []
-    for i in range(0, len(x2d), batch):
-        xb, cb = (torch.as_tensor(a[i:i + batch], device=device) for a in (x2d, cam))   # (b,17,2), (b,4)
-        db = None if dist is None else torch.as_tensor(dist[i:i + batch], device=device)  # (b,5)
-        inp, xn, vis, _ = normalise_2d(xb, cb, db)
-        pose = G(inp)
-        pr, t = place_and_project(pose, xn, vis, camera, db)
-        rel.append(pose.cpu())
-        placed.append((pose + t[:, None]).cpu())
-        proj.append(pr.cpu())
+    out = []
+    for i in range(0, len(split["x2d"]), batch):
+        xb, cb, db = (None if split[k] is None else torch.as_tensor(split[k][i:i + batch], device=device)
+                      for k in ("x2d", "cam", "dist"))                        # (b,17,2), (b,4), (b,5)
+        inp, xn, vis, _, rot = normalise_2d(xb, cb, db, args.lift_frame == "ray")
+        pose = G(inp, rot)
+        pr, t = place_and_project(pose, xn, vis, args.camera, db)
+        out.append((pose.cpu(), (pose + t[:, None]).cpu(), pr.cpu()))
     G.train()
-    return torch.cat(rel), torch.cat(placed), torch.cat(proj)
+    return tuple(torch.cat(o) for o in zip(*out))
 
-def evaluate(G, split, camera, device, action_mean):
+def evaluate(G, split, args, device, action_mean):
     """Metrics of G on a split with 3D ground truth: overall and per action, plus the cameras' check
     gt_reproj_px (the renderer's projection of the ground-truth 3D vs the given 2D, pixels) and
     reproj_px (the same for the placed predictions)."""
-    pred, _, proj = predict(G, split["x2d"], split["cam"], camera, device, split["dist"])
+    pred, _, proj = predict(G, split, args, device)
     gt = torch.as_tensor(split["y3d"] - split["y3d"][:, :1])                                # root-relative
     x2d, cam, y3d = (torch.as_tensor(split[k]) for k in ("x2d", "cam", "y3d"))
     xy = y3d[..., :2] / y3d[..., 2:]                                                 # (N,17,2) pinhole
@@ -541,54 +559,22 @@ def validate(G, data, args, device):
     """The metrics logged during training: val_* on the validation split, test_* if there is none."""
     tag = "val" if data["val"] is not None else "test"
     split = data[tag]
-    m = evaluate(G, split, args.camera, device, data["action_mean"]) if split["y3d"] is not None else {}
+    m = evaluate(G, split, args, device, data["action_mean"]) if split["y3d"] is not None else {}
     return {f"{tag}_{k}": v for k, v in m.items() if k != "per_action"}
 
-COLOURS = {"l": (40, 100, 230), "r": (225, 60, 40), "c": (70, 70, 70)}  # left limbs, right limbs, spine
+def figures():
+    """tools/pose_figures.py (samples.png, turntable.gif, predictions.png), or None in a copied script."""
+    tool = common.tool_file(__file__, "pose_figures")
+    return common.load_tool(__file__, "pose_figures", "") if os.path.isfile(tool) else None
 
-def draw_skeleton(canvas, pts, alpha=1.0, radius=1):
-    """Rasterise a skeleton, pts (17,2) pixels, into canvas (H,W,3) uint8 in place: discs along each bone."""
-    H, W, _ = canvas.shape
-    r = range(-radius, radius + 1)
-    disc = np.array([(dx, dy) for dy in r for dx in r if dx * dx + dy * dy <= radius * radius + 1])  # (k,2)
-    for j in (j for j in range(1, NJ) if np.isfinite(pts[[PARENTS[j], j]]).all()):
-        a, b = pts[PARENTS[j]], pts[j]
-        seg = a + np.linspace(0, 1, int(np.ceil(np.abs(b - a).max())) * 2 + 2)[:, None] * (b - a)   # (n,2)
-        x, y = np.round(seg[:, None] + disc).astype(int).reshape(-1, 2).T
-        ok = (x >= 0) & (x < W) & (y >= 0) & (y < H)
-        colour = np.array(COLOURS["l" if j in LEFT else "r" if j in RIGHT else "c"], float)
-        canvas[y[ok], x[ok]] = (alpha * colour + (1 - alpha) * canvas[y[ok], x[ok]]).astype(np.uint8)
-    return canvas
-
-def view3d(pose, size=160, yaw=0.0, extent=2.2, ghost=None):
-    """A pose (17,3) seen orthographically, turned `yaw` degrees about the camera's y (90: from the side)."""
-    c, s = np.cos(np.radians(yaw)), np.sin(np.radians(yaw))
-    canvas = np.full((size, size, 3), 255, np.uint8)
-    canvas[size - 1, :] = canvas[:, 0] = 200
-    for p, alpha in ((ghost, 0.3), (pose, 1.0)):
-        if p is not None:
-            q = (p - p[0]) @ np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]]).T                     # (17,3)
-            draw_skeleton(canvas, q[:, :2] * size / extent + size / 2, alpha, radius=1 if alpha < 1 else 2)
-    return canvas
-
-def view2d(x2d, size=160):
-    """The 2D input (17,2), fitted into the panel."""
-    lo, hi = np.nanmin(x2d, 0), np.nanmax(x2d, 0)
-    pts = (x2d - (lo + hi) / 2) * 0.8 * size / max((hi - lo).max(), 1e-6) + size / 2
-    return draw_skeleton(np.full((size, size, 3), 255, np.uint8), pts, radius=2)
-
-def save_figures(G, split, camera, device, out_dir, n=6):
-    """samples.png: fixed test samples, one per row: input 2D | prediction (camera, side) | ground truth
-    (camera, side); turntable.gif: the first prediction turning around, the ground truth as a ghost."""
+def save_figures(G, split, args, device, out_dir, n=6):
+    """samples.png (fixed test samples: input 2D | prediction | ground truth) and turntable.gif."""
+    if figures() is None:
+        return common.log("figures skipped: tools/pose_figures.py is not beside the script")
     idx = np.linspace(0, len(split["x2d"]) - 1, n).astype(int)
-    lens = None if split["dist"] is None else split["dist"][idx]
-    pred = predict(G, split["x2d"][idx], split["cam"][idx], camera, device, lens)[0].numpy()  # (n,17,3)
-    gt = split["y3d"][idx] - split["y3d"][idx][:, :1] if split["y3d"] is not None else [None] * n
-    rows = [[view2d(split["x2d"][i]), view3d(p), view3d(p, yaw=90)]
-            + ([view3d(g), view3d(g, yaw=90)] if g is not None else []) for i, p, g in zip(idx, pred, gt)]
-    common.write_png(os.path.join(out_dir, "samples.png"), common.image_grid(rows))
-    frames = [view3d(pred[0], size=256, yaw=yaw, ghost=gt[0]) for yaw in range(0, 360, 10)]
-    common.write_gif(os.path.join(out_dir, "turntable.gif"), frames, fps=12)
+    sub = {k: split[k] if split[k] is None else split[k][idx] for k in ("x2d", "cam", "dist", "y3d")}
+    gt = None if sub["y3d"] is None else sub["y3d"] - sub["y3d"][:, :1]                  # (n,17,3)
+    figures().samples(out_dir, sub["x2d"], predict(G, sub, args, device)[0].numpy(), gt)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -644,16 +630,17 @@ def train_step(nets, opts, batch, args, dist, step):
     """One D step, then one G step. Returns the losses (0 where a term is switched off)."""
     G, D, nu = nets["G"], nets["D"], batch["n_unpaired"]
     lens = None if batch["dist"] is None else batch["dist"][:nu]              # the lens distortion, if any
-    inp, xn, vis, scale = normalise_2d(batch["x2d"], batch["cam"], batch["dist"])  # G's input, observations
+    inp, xn, vis, scale, rot = normalise_2d(batch["x2d"], batch["cam"], batch["dist"],  # G's input,
+                                            args.lift_frame == "ray")                 # the observations
     losses = dict.fromkeys(("loss_d", "loss_rec", "loss_adv", "loss_sup"), 0.0)
     if args.lambda_adv > 0:
         with torch.no_grad():
-            fake = G(inp[:nu])                                                # (B,17,3)
+            fake = G(inp[:nu], None if rot is None else rot[:nu])            # (B,17,3)
         # D learns to tell memory poses (real) from predictions (fake)
         loss_d = d_loss(D, batch["real"], fake, args.gan)
         common.optimiser_step(opts["D"], loss_d, dist, D)                    # plumbing: the D update
         losses["loss_d"] = loss_d.item()
-    pose = G(inp)                                                             # (nu+Bp,17,3) root-relative
+    pose = G(inp, rot)                                                        # (nu+Bp,17,3) root-relative
     loss_g = pose.new_zeros(())
     if nu:
         # (i) renderer: P(G(x)) must reproduce the observed 2D keypoints
@@ -738,22 +725,21 @@ def load_keypoints(path, order):
 def run_predict(args, dist, G, run_dir):
     """Lift --predict's keypoints: predictions.npz/.json (camera-frame poses) and predictions.png."""
     split = load_keypoints(args.predict, args.keypoint_order)
-    rel, placed = (p.numpy() for p in predict(G, split["x2d"], split["cam"], args.camera, dist.device,
-                                              split["dist"])[:2])
+    rel, placed = (p.numpy() for p in predict(G, split, args, dist.device)[:2])
     np.savez(os.path.join(run_dir, "predictions.npz"), poses_3d=placed, poses_3d_root_relative=rel,
              camera=split["cam"])
     common.write_json(os.path.join(run_dir, "predictions.json"), {
         "joints": JOINTS, "units": "metres, camera coordinates (x right, y down, z forward)",
         "poses_3d": placed.round(4).tolist()})
-    common.write_png(os.path.join(run_dir, "predictions.png"), common.image_grid(
-        [[view2d(x), view3d(r), view3d(r, yaw=90)] for x, r in zip(split["x2d"][:4], rel)]))
+    if figures() is not None:
+        figures().predictions(os.path.join(run_dir, "predictions.png"), split["x2d"][:4], rel[:4])
     common.log(f"wrote {len(rel)} poses to {run_dir}/predictions.npz and .json", dist)
 
 
 # ----------------------------------------------------------------------------------------------
 # Main
 SCRIPT = "pose_aign"
-ARCH = ("hidden", "blocks", "camera", "tilt_prior")    # args a checkpoint fixes: nets' shapes, the renderer
+ARCH = ("hidden", "blocks", "camera", "tilt_prior", "lift_frame")    # args a checkpoint fixes
 
 def main(argv=None):
     args = get_args(argv)
@@ -785,11 +771,11 @@ def main(argv=None):
     test = data["test"]
     results = {"dataset": data["name"], "split": "test", "n_test": len(test["x2d"]), **stats}
     if test["y3d"] is not None:
-        results.update(evaluate(nets["G"], test, args.camera, dist.device, data["action_mean"]))
+        results.update(evaluate(nets["G"], test, args, dist.device, data["action_mean"]))
     common.log(" ".join(f"test {k} {results[k]:.1f} mm" for k in ("mpjpe", "p_mpjpe", "n_mpjpe")
                         if k in results) or "test split has no poses_3d: metrics skipped", dist)
     common.write_json(os.path.join(run_dir, "results.json"), results)
-    save_figures(nets["G"], test, args.camera, dist.device, run_dir)
+    save_figures(nets["G"], test, args, dist.device, run_dir)
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ def test_renderer_reproduces_ground_truth_projection():
     rendered keypoints coincide with the observed ones (perspective camera)."""
     pc, cam = random_poses(8)
     x2d = B.project_np(pc, cam)
-    inp, xn, vis, scale = P.normalise_2d(torch.tensor(x2d), torch.tensor(cam))
+    inp, xn, vis, scale, _ = P.normalise_2d(torch.tensor(x2d), torch.tensor(cam))
     proj, t = P.place_and_project(torch.tensor(pc - pc[:, :1]), xn, vis)
     np.testing.assert_allclose(t.numpy(), pc[:, 0], rtol=1e-4)                   # (1e-6 ridge)
     pixels = proj.numpy() * cam[:, None, :2] + cam[:, None, 2:]                      # fx x + cx, fy y + cy
@@ -141,7 +141,7 @@ def test_renderer_with_distortion_reproduces_h36m_projection_and_gradchecks():
     pc, cam = random_poses(4)
     dist = h36m_lens(len(pc))
     x2d = naive_h36m_project(pc, cam, dist)
-    inp, xn, vis, _ = P.normalise_2d(torch.tensor(x2d), torch.tensor(cam), torch.tensor(dist))
+    inp, xn, vis, _, _ = P.normalise_2d(torch.tensor(x2d), torch.tensor(cam), torch.tensor(dist))
     proj, t = P.place_and_project(torch.tensor(pc - pc[:, :1]), xn, vis, dist=torch.tensor(dist))
     np.testing.assert_allclose(t.numpy(), pc[:, 0], rtol=1e-4)
     np.testing.assert_allclose(proj.numpy() * cam[:, None, :2] + cam[:, None, 2:], x2d, atol=0.05)
@@ -157,10 +157,40 @@ def test_renderer_with_distortion_reproduces_h36m_projection_and_gradchecks():
 def test_generator_output_is_root_relative_and_reprojects_at_init():
     G = P.Generator(hidden=32, blocks=1)
     pc, cam = random_poses(3)
-    inp, xn, vis, scale = P.normalise_2d(torch.tensor(B.project_np(pc, cam), dtype=torch.float32),
+    inp, xn, vis, scale, _ = P.normalise_2d(torch.tensor(B.project_np(pc, cam), dtype=torch.float32),
                                          torch.tensor(cam, dtype=torch.float32))
     pose = G(inp)
     assert pose.shape == (len(pc), 17, 3) and torch.all(pose[:, 0] == 0)
+
+
+def test_ray_frame_virtual_camera_sees_the_person_on_its_axis():
+    """--lift-frame ray: the rotation (built independently here from yaw then pitch angles, up to a roll
+    about the axis) takes the pelvis ray to the optical axis; G's input is the pose as that virtual camera
+    sees it, and G's pose is rotated back into the camera's frame."""
+    pc, cam = random_poses(3)
+    pc[:, :, 0] += 1.5  # far off the image centre
+    x2d = B.project_np(pc, cam)
+    inp, xn, vis, scale, rot = P.normalise_2d(torch.tensor(x2d), torch.tensor(cam), ray=True)
+    rot = rot.numpy()
+    np.testing.assert_allclose(rot @ rot.transpose(0, 2, 1), np.broadcast_to(np.eye(3), rot.shape), atol=1e-12)
+    assert np.allclose(np.linalg.det(rot), 1)
+    pv = pc @ rot.transpose(0, 2, 1)                                        # the camera frame -> virtual
+    np.testing.assert_allclose(pv[:, 0, :2], 0, atol=1e-9)                  # the pelvis on the virtual axis
+    d = inp[:, :P.NJ * 2].view(-1, P.NJ, 2).numpy() * scale.numpy()[:, None, None]
+    np.testing.assert_allclose(d, pv[..., :2] / pv[..., 2:], atol=1e-9)     # the virtual camera's image
+    for b in range(len(pc)):  # naive: yaw about y, then pitch about x, puts the ray on the axis too
+        r = pc[b, 0] / np.linalg.norm(pc[b, 0])
+        yaw, pitch = np.arctan2(r[0], r[2]), np.arcsin(r[1])
+        naive = (B.euler_matrix("X", np.array([np.degrees(pitch)]))[0]
+                 @ B.euler_matrix("Y", np.array([-np.degrees(yaw)]))[0])
+        np.testing.assert_allclose(naive @ r, [0, 0, 1], atol=1e-9)
+        roll = rot[b] @ naive.T                                             # a rotation about the axis only
+        np.testing.assert_allclose(roll[2], [0, 0, 1], atol=1e-9)
+    G = P.Generator(hidden=32, blocks=1).double()
+    R = torch.tensor(rot)
+    assert torch.allclose(G(inp, R), G(inp) @ R) and torch.all(G(inp, R)[:, 0] == 0)
+    cam_inp = P.normalise_2d(torch.tensor(x2d), torch.tensor(cam))           # --lift-frame camera
+    assert cam_inp[4] is None and not torch.allclose(cam_inp[0], inp)
 
 
 def test_canonicalise_removes_rotation_but_keeps_mirroring():
@@ -275,6 +305,13 @@ def test_error_decomposition_tool_hand_cases():
     cols = PE.decompose(0.9 * gt, gt)
     assert cols["N-MPJPE"].max() < 1e-6 and cols["MPJPE"].min() > 1 and cols["P-MPJPE"].max() < 1e-3
     np.testing.assert_allclose(cols["size"], 0.9)
+    # the oracle columns: the true bones as the 'memory' size: ideal rotation + that size recovers the pose
+    bones = (gt[0, 1:] - gt[0, P.PARENTS[1:]]).norm(dim=-1)                      # one body: all frames alike
+    cols = PE.decompose(0.9 * gt @ PE.axis_rotation(0, -t).transpose(1, 2), gt, bones)
+    assert cols["R bones"].max() < 1e-6 and cols["truth bones"].max() < 1e-6 and cols["bones"].min() > 1
+    cols = PE.decompose(gt, gt, 1.1 * bones)                                       # a memory 10% too big
+    np.testing.assert_allclose(cols["truth bones"], cols["R bones"], atol=1e-9)
+    assert cols["truth bones"].min() > 1
 
 
 def test_builtin_roles_are_disjoint(tmp_path):

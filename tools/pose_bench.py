@@ -34,6 +34,7 @@ CONFIGS = [  # (name, flags): the ablations of the issue, all on the built-in da
     ("supervised-only, 5% paired", SUP + ["--paired-frac", "0.05"]),
     ("reprojection-only (no prior)", ["--lambda-adv", "0"]),
     ("AIGN, unpaired, no tilt prior", ["--tilt-prior", "none"]),
+    ("AIGN, unpaired, camera-frame lift", ["--lift-frame", "camera"]),
     ("AIGN, unpaired (default)", []),
     ("AIGN + 5% paired", ["--paired-frac", "0.05"]),
     ("supervised, 100% paired (bound)", SUP + ["--paired-frac", "1"]),
@@ -55,13 +56,14 @@ def breakdown(out, device):
     torch = P.torch
     state = common.load_checkpoint(os.path.join(out, "ckpt.pt"), P.SCRIPT, nets=("G", "D"))
     a = P.get_args(["--device", device])
+    state["args"].setdefault("lift_frame", "camera")  # checkpoints from before --lift-frame
     common.arch_from_checkpoint(a, state, P.ARCH, out)
     G = P.build_nets(a, torch.device(device))["G"]
     common.load_weights(G, state["nets"]["G"], out, "G")
     data, res = P.load_data(a, common.Dist(device)), {}
     for role in ("val", "test"):
         split = data[role]
-        pred, _, _ = P.predict(G, split["x2d"], split["cam"], a.camera, torch.device(device), split["dist"])
+        pred, _, _ = P.predict(G, split, a, torch.device(device))
         gt = torch.as_tensor(split["y3d"] - split["y3d"][:, :1])
         errs = {"mpjpe": P.mpjpe(pred, gt), "p_mpjpe": P.p_mpjpe(pred, gt)}
         for part, rows in (("synth", split["action"] != "cmu"), ("cmu", split["action"] == "cmu")):

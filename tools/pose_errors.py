@@ -11,7 +11,10 @@ For each run's checkpoint, on one split (default: the validation split; the buil
   absolute angles (degrees), the signed error of the body's elevation (pelvis->thorax in the camera's
   y-z plane), the share of bones whose depth order is flipped (|true depth step| > 5 cm), and the
   scale: predicted / true bone-length sum (mean and std), and MPJPE after scaling each prediction to
-  the memory's median bone lengths (least squares; a fix that was tried, not one the script applies).
+  the memory's median bone lengths (least squares; a fix that was tried, not one the script applies),
+  the same after the best rotation too (R, memory bones: ideal rotation with the best size estimate
+  the data allow, the memory's), and the ground truth itself scaled to the memory's bones (what a
+  perfect pose of unknown size would still score).
   With --coverage also, on the real CMU frames, P-MPJPE by quartile of each frame's distance to the nearest training pose (body frame) and
   of the highest wrist's height above the head.
 It only evaluates (no training); choose settings on the validation split, report test only as a
@@ -31,7 +34,7 @@ import pose_aign as P  # noqa: E402
 torch = P.torch
 COLS = ["action", "n", "MPJPE", "N-MPJPE", "R", "R+s", "P-MPJPE", "MPJPE/P", "tilt only", "yaw only",
         "roll only", "abs tilt/yaw/roll deg", "elevation err deg", "depth flips %", "size pred/true",
-        "MPJPE, memory bones"]
+        "MPJPE, memory bones", "R, memory bones", "truth, memory bones"]
 
 
 def rotation_about_root(pred, gt):
@@ -72,9 +75,11 @@ def decompose(pred, gt, bones=None):
                 "elevation": up(pred) - up(gt),
                 "flips": 100 * ((torch.sign(dz_p) != torch.sign(dz_g)) & big).sum(1) / big.sum(1).clamp_min(1),
                 "size": size(pred) / size(gt)})
-    if bones is not None:  # each prediction scaled so that its bone lengths best match `bones` (least squares)
-        lp = (pred[:, 1:] - pred[:, par]).norm(dim=-1)                                  # (N,16)
-        out["bones"] = err(((lp * bones).sum(-1) / lp.pow(2).sum(-1).clamp_min(1e-12))[:, None, None] * pred)
+    if bones is not None:  # each pose scaled so that its bone lengths best match `bones` (least squares)
+        k = lambda q: (lambda lq: (lq * bones).sum(-1) / lq.pow(2).sum(-1).clamp_min(1e-12))(  # noqa: E731
+            (q[:, 1:] - q[:, par]).norm(dim=-1))[:, None, None]                         # (N,1,1)
+        out.update({"bones": err(k(pred) * pred), "R bones": err(k(pred) * rs.transpose(1, 2)),
+                    "truth bones": err(k(gt) * gt)})
     return {k: v.numpy() for k, v in out.items()}
 
 
@@ -89,7 +94,7 @@ def table_rows(cols, action):
                                                                                        "roll only")]
                     + ["/".join(f"{d:.1f}" for d in deg), f"{np.degrees(m['elevation']):+.1f}",
                        f"{m['flips']:.1f}", f"{m['size']:.3f} ± {cols['size'][r].std():.3f}",
-                       f"{m['bones']:.1f}" if "bones" in m else "-"])
+                       *[f"{m[k]:.1f}" if k in m else "-" for k in ("bones", "R bones", "truth bones")]])
     return rows
 
 
@@ -124,6 +129,7 @@ def main():
         path = os.path.join(run, "ckpt.pt")
         state = common.load_checkpoint(path, P.SCRIPT, nets=("G", "D"))
         a = P.get_args(["--device", "cpu"] + (["--data", args.data] if args.data else []))
+        state["args"].setdefault("lift_frame", "camera")  # checkpoints from before --lift-frame
         common.arch_from_checkpoint(a, state, P.ARCH, path)
         G = P.build_nets(a, torch.device("cpu"))["G"]
         common.load_weights(G, state["nets"]["G"], path, "G")
@@ -131,7 +137,7 @@ def main():
         split = data[args.split]
         if split is None or split["y3d"] is None:
             raise SystemExit(f"error: {run}: the data have no {args.split} split with poses_3d")
-        pred = P.predict(G, split["x2d"], split["cam"], a.camera, torch.device("cpu"), split["dist"])[0]
+        pred = P.predict(G, split, a, torch.device("cpu"))[0]
         mem = None if data["memory"] is None else torch.as_tensor(data["memory"]).double()
         bones = None if mem is None else (mem[:, 1:] - mem[:, P.PARENTS[1:]]).norm(dim=-1).median(0).values
         cols = decompose(pred.double(), torch.as_tensor(split["y3d"] - split["y3d"][:, :1]).double(), bones)
