@@ -10,10 +10,12 @@ Results card (built-in procedural streets, 3 test sequences, 48x160, 2000 steps 
 abs_rel unscaled / median-scaled, prediction resized as disparity; commands, hardware: docs/sfm.md):
     seeds 0-2: AIGN (default: the depth memory, --adv-on depth, chosen on the built-in val/ split)
     0.302 / 0.313, scale GT/pred 1.03, ATE 0.056 m (seed 0: 0.318 / 0.316, 270 s of training);
-    photometric only 0.887 / 0.315, ATE 0.104 m. The memory recovers metric scale and now ties
+    photometric only 0.887 / 0.315, ATE 0.104 m. The memory recovers metric scale and ties
     photometric-only's structure (val: 0.322 vs 0.342 median-scaled).
-    5% labels (stretches; 2000 steps, seeds 0-2): AIGN + pairs 0.467 vs supervised only 0.712 (+34%).
-    500-step curve (the earlier --adv-on both): +11% at 1% labels, +6% at 2%, trails at 5-100%.
+    5% labels (stretches; seeds 0-2): AIGN + pairs 0.467 vs supervised only 0.712 (+34%); the 1-100%
+    curve at this length: README (tools/sfm_bench.py --curve).
+    Speed (1 thread, tools/sfm_bench.py --throughput): renderer forward + backward on 16 frames 6-7 ms
+    (~120-150x a plain copy; grid_sample alone ~30x), a training step ~145 ms = ~49% of the matmul peak.
 
     python3 sfm_aign.py                      # unpaired AIGN on the built-in procedural streets
     python3 sfm_aign.py --lambda-adv 0       # photometric-only baseline (scale-ambiguous)
@@ -416,16 +418,19 @@ class Project(torch.autograd.Function):
         xy = q[:, :2] / z  # (B, 2, HW)
         valid = (q[:, 2] > 1e-6) & (xy.abs().amax(1) <= 1)
         ctx.mark_non_differentiable(valid)
-        ctx.save_for_backward(d, p, xy, z, q[:, 2:] >= 1e-6, pix)
+        ctx.save_for_backward(d, p, xy, z, q[:, 2] < 1e-6, pix)
         return xy, valid
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g, _):  # g (B, 2, HW), a strided view of grid_sample's (B, H, W, 2)
-        d, p, xy, z, unclamped, pix = ctx.saved_tensors
-        g_xy = g.contiguous() / z
-        g_q = torch.cat([g_xy, -(g_xy * xy).sum(1, keepdim=True) * unclamped], 1)  # (B, 3, HW)
-        return (g_q * p).sum(1), (g_q * d[:, None]) @ pix.T, g_q.sum(2, keepdim=True), None
+        d, p, xy, z, clamped, pix = ctx.saved_tensors
+        g_q = g.new_empty(len(d), 3, d.shape[1])  # (B, 3, HW), filled in place: fewer passes over memory
+        torch.div(g, z, out=g_q[:, :2])
+        g_z = torch.mul(g_q[:, 0], xy[:, 0], out=g_q[:, 2]).addcmul_(g_q[:, 1], xy[:, 1])
+        g_z.masked_fill_(clamped, 0).neg_()  # no gradient through q_z where it was clamped
+        g_d = (g_q[:, 0] * p[:, 0]).addcmul_(g_q[:, 1], p[:, 1]).addcmul_(g_q[:, 2], p[:, 2])
+        return g_d, (g_q * d[:, None]) @ pix.T, g_q.sum(2, keepdim=True), None
 
 def inverse_warp(source, depth, pose6, K):
     """Rebuild the target frame from a source frame.
@@ -676,17 +681,16 @@ def training_set(data, args, device):
     where = [(k, t) for k, s in enumerate(train) for t in range(1, len(s["images"]) - 1)]  # (sequence, t)
     start = np.cumsum([0] + [len(s["images"]) for s in train]).tolist()  # each sequence's first frame
     trip = [[start[k] + t, start[k] + t - 1, start[k] + t + 1] for k, t in where]  # target, t-1, t+1
-    mem_depth = None if args.adv_on == "motion" else data["mem_depth"]
-    mem_motion = None if args.adv_on == "depth" else data["mem_motion"]
-    if args.lambda_adv > 0 and mem_depth is None and mem_motion is None:
+    off = {"mem_depth": "motion", "mem_motion": "depth"}  # the memory --adv-on leaves out
+    mem = {k: None if args.adv_on == off[k] else data[k] for k in off}
+    if args.lambda_adv > 0 and mem["mem_depth"] is None and mem["mem_motion"] is None:
         want = {"both": "depth maps or poses.txt", "depth": "depth maps", "motion": "poses.txt"}[args.adv_on]
         raise InputError(f"--adv-on {args.adv_on} (--lambda-adv > 0): expected a memory with {want}, found "
                          "none: pass --memory DIR, another --adv-on, or --lambda-adv 0 (photometric only)")
     K = torch.tensor(np.array([train[k]["K"] for k, _ in where]), dtype=torch.float32)  # (T, 3, 3)
-    out = dict(images=torch.cat([s["images"] for s in train]).to(device),
-               trip=torch.tensor(trip, device=device), K=K.to(device),
-               mem_depth=None if mem_depth is None else mem_depth.to(device),
-               mem_motion=None if mem_motion is None else mem_motion.to(device))
+    out = {k: None if m is None else m.to(device) for k, m in mem.items()}
+    out.update(images=torch.cat([s["images"] for s in train]).to(device), K=K.to(device),
+               trip=torch.tensor(trip, device=device))
     if args.paired_frac == 0 or args.lambda_sup == 0:
         if args.lambda_rec == 0 and args.lambda_adv == 0:
             raise InputError("nothing to train: --lambda-rec and --lambda-adv are 0 and no frames are paired")

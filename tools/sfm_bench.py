@@ -27,9 +27,10 @@ printed and written to OUT/table.md (with the hardware and the wall time per run
 
 --throughput imports sfm_aign and times it from outside (what `sfm_aign.py --bench` printed before):
 the renderer's forward + backward on 2x batch frames (Mpix/s, ms) beside a plain copy of the same
-tensors, and train_step (training frames/s, ms per step, GFLOP per step, fraction of the measured
-fp32 matmul peak), on the data and flags given after `--` (default: the built-in data), into
-OUT/bench.json (default OUT: bench/sfm_throughput).
+tensors and beside grid_sample's forward + backward alone (the renderer's floor), and train_step
+(training frames/s, ms per step, GFLOP per step, fraction of the measured fp32 matmul peak), on the
+data and flags given after `--` (default: the built-in data), into OUT/bench.json (default OUT:
+bench/sfm_throughput).
 """
 import argparse
 import json
@@ -71,6 +72,7 @@ def throughput(args):
     """Time the renderer and train_step of sfm_aign from outside, on its own data pipeline."""
     sys.path.insert(0, ROOT)
     import torch
+    import torch.nn.functional as F
     import common
     import sfm_aign as S
     from tools import bench_util
@@ -90,6 +92,8 @@ def throughput(args):
     K = torch.tensor(data["K"][0].tolist(), device=dev).expand(B, 3, 3)
     t_warp = bench_util.time_per_call(lambda: S.inverse_warp(src, depth, pose, K)[0].sum().backward(), dev)
     t_copy = bench_util.time_per_call(lambda: (src.clone(), depth.detach().clone()), dev)
+    grid = (2 * torch.rand(B, H, W, 2, device=dev) - 1).requires_grad_(True)  # sampling alone: the floor
+    t_gs = bench_util.time_per_call(lambda: F.grid_sample(src, grid, align_corners=True).sum().backward(), dev)
     gen = torch.Generator().manual_seed(a.seed)
 
     def step():
@@ -97,7 +101,7 @@ def throughput(args):
     t_step = bench_util.time_per_call(step, dev, reps=5)
     flops, peak = bench_util.count_flops(step), bench_util.matmul_peak(dev)
     out = {"renderer_mpix_per_s": B * H * W / t_warp / 1e6, "renderer_ms": 1e3 * t_warp,
-           "copy_ms": 1e3 * t_copy, "renderer_over_copy": t_warp / t_copy,
+           "copy_ms": 1e3 * t_copy, "renderer_over_copy": t_warp / t_copy, "grid_sample_over_copy": t_gs / t_copy,
            "train_frames_per_s": a.batch_size * dist.world / t_step, "step_ms": 1e3 * t_step,
            "step_gflop": flops / 1e9, "matmul_peak_gflops": peak / 1e9, "fraction_of_peak": flops / t_step / peak,
            "batch": a.batch_size, "size": [H, W], "device": str(dev), "threads": torch.get_num_threads()}
