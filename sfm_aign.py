@@ -26,6 +26,7 @@ import functools
 import glob
 import math
 import os
+import sys
 import time
 
 import numpy as np
@@ -633,38 +634,6 @@ def depth_color(d, args):
     v = np.log(args.max_depth / np.maximum(d, 1e-3)) / np.log(args.max_depth / args.min_depth)
     return np.where(d[..., None] > 0, colorize(v), 0.0)
 
-@torch.no_grad()
-def write_figures(run_dir, nets, test, args, device, n=4, size=320):
-    """depth_grid.png: n frames of the first test sequence with GT depth, one a row: frame | predicted depth
-    | GT | warped next frame | photometric error; trajectory.png: top view (x right, z up) of the first
-    test sequence with poses, GT in black, the chained predictions (no scale fit) in red."""
-    seq, rows, hw = next((s for s in test if s["depth"]), test[0]), [], (args.height, args.width)
-    K = torch.as_tensor(seq["K"], dtype=torch.float32, device=device)[None]
-    for i in np.linspace(1, len(seq["images"]) - 2, n).round().astype(int):
-        prev, tgt, nxt = (seq["images"][j:j + 1].to(device).float() / 255 for j in (i - 1, i, i + 1))
-        depth = nets["depth_net"](tgt)  # (1, 1, H, W)
-        warped, valid = inverse_warp(nxt, depth, nets["pose_net"](prev, tgt, nxt)[:, 1], K)
-        err = (photometric_error(warped, tgt) * valid)[0, 0].cpu().numpy()
-        gt = gt_depth(seq, i, hw)[0].numpy() if i in seq["depth"] else np.zeros(hw)
-        rows.append([tgt[0].cpu(), depth_color(depth[0, 0].cpu().numpy(), args), depth_color(gt, args),
-                     (warped * valid)[0].cpu(), colorize(err / 0.5)])
-    common.write_png(os.path.join(run_dir, "depth_grid.png"), common.image_grid(rows))
-    seq = next((s for s in test if s["poses"] is not None), None)
-    if seq is None:
-        return
-    paths = [(np.linalg.inv(seq["poses"][0]) @ seq["poses"])[:, :3, 3],  # (N, 3) each: GT, predicted
-             predict_sequence(nets, seq["images"], device)[1][:, :3, 3].numpy()]
-    pts = np.concatenate(paths)[:, [0, 2]]
-    centre, span = (pts.min(0) + pts.max(0)) / 2, max(np.ptp(pts, 0).max(), 1e-6)  # one scale for x, z
-    img = np.ones((size, size, 3))
-    for xyz, color in zip(paths, ((0, 0, 0), (0.85, 0.1, 0.1))):
-        t = np.linspace(0, len(xyz) - 1, 8 * size)  # dense samples along the path: a line of 3x3 dots
-        q = np.stack([np.interp(t, np.arange(len(xyz)), xyz[:, c]) for c in (0, 2)], 1)
-        for x, y in ((q - centre) / span * (size - 32) + size / 2).round().astype(int):
-            img[size - 2 - y:size + 1 - y, x - 1:x + 2] = color
-    common.write_png(os.path.join(run_dir, "trajectory.png"), img)
-
-
 # ----------------------------------------------------------------------------------------------
 # Training
 def optimisers(nets, args):
@@ -820,10 +789,13 @@ def predict(args, nets, device, run_dir):
 # ----------------------------------------------------------------------------------------------
 # Main
 def report(nets, data, args, dist, run_dir, **extra):
-    """The final test evaluation: results.json (+ extra, with the step or steps), figures, a log line."""
+    """The final test evaluation: results.json (+ extra, with the step or steps), the figures of
+    tools/sfm_figures.py (depth_grid.png, trajectory.png), a log line."""
     res = evaluate(nets, data["test"], args, dist.device)
     common.write_json(os.path.join(run_dir, "results.json"), {**res, **extra})
-    write_figures(run_dir, nets, data["test"], args, dist.device)
+    if os.path.isfile(common.tool_file(__file__, "sfm_figures")):  # diagnostics; a copied script has none
+        figures = common.load_tool(__file__, "sfm_figures", "")
+        figures.write_figures(sys.modules[__name__], run_dir, nets, data["test"], args, dist.device)
     common.log(summary(res, "test", extra.get("step", extra.get("steps"))))
 
 def main(argv=None):
