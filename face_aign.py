@@ -33,8 +33,8 @@ from common import InputError
 
 SCRIPT, NETS = "face_aign", ("G", "D", "G_ema")
 # fixed by a checkpoint (--resume, --eval-only, --predict): the networks and the memory
-ARCH = ("task", "size", "scale", "region", "channels", "d_channels", "d_norm", "d_pool", "blocks", "gan",
-        "bias", "memory", "paired_frac")
+ARCH = ("task", "size", "scale", "region", "channels", "d_channels", "d_norm", "d_pool", "d_region", "blocks",
+        "gan", "bias", "memory", "paired_frac")
 IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # Boxes hidden by the inpainting mask, as fractions (y0, y1, x0, x1) of an aligned square face
 # crop; they cover the mouth/nose of both CelebA center crops and the built-in DCGAN faces.
@@ -44,9 +44,11 @@ BOXES = {"mouth": (0.66, 0.90, 0.30, 0.70), "nose": (0.46, 0.70, 0.38, 0.62)}
 # ----------------------------------------------------------------------------------------------
 # Args
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    common.add_common_args(p, steps=400, batch_size=32, lr=2e-4, eval_every=200)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], conflict_handler="resolve")  # --steps:
+    common.add_common_args(p, steps=400, batch_size=32, lr=2e-4, eval_every=200)  # replaced by its own below
     add = p.add_argument
+    add("--steps", type=int, default=None, help="total training steps, counted from step 0 also when "
+        "resuming (default: 1200 sr, chosen on the validation faces; 400 inpaint)")
     add("--task", choices=["sr", "inpaint"], default="sr", help="sr or inpaint (default: sr)")
     add("--size", type=int, default=64, help="high-res face size, 32/64/128 (default: 64)")
     add("--scale", type=int, default=4, help="sr downsampling factor, 2/4/8 (default: 4)")
@@ -57,19 +59,19 @@ def get_args(argv=None):
     add("--paired-frac", type=float, default=0.0, help="fraction of G's inputs with truth used (default: 0)")
     add("--lambda-sup", type=float, default=1.0, help="paired supervision weight (default: 1.0)")
     add("--lambda-rec", type=float, default=1.0, help="renderer reconstruction weight (default: 1.0)")
-    add("--lambda-adv", type=float, default=None, help="adversarial weight (default: 0.2 sr, chosen on the "
-        "validation faces (the paper: 0.01); 0.001 inpaint, the paper's, which beat 0.05 on validation)")
+    add("--lambda-adv", type=float, default=0.2, help="adversarial weight (default: 0.2, chosen on the "
+        "validation faces; the paper: 0.01 sr, 0.001 inpaint)")
     add("--gan", choices=["bce", "lsgan", "wgan-gp"], default="bce", help="adversarial loss (default: bce)")
     add("--channels", type=int, default=32, help="G's channels (default: 32)")
     add("--d-channels", type=int, default=None, help="D's first channels (default: --channels/2)")
-    add("--d-norm", choices=["none", "spectral"], default="none",
-        help="D's weight normalisation (default: none)")
+    add("--d-norm", choices=["none", "spectral"], default="none", help="D's weight norm (default: none)")
     add("--d-pool", type=int, default=None, choices=[1, 2, 4], help="D sees the faces k x k average-pooled "
         "(default: 2 sr, chosen on the validation faces; 1 inpaint)")
+    add("--d-region", choices=["face", "hole", "both"], default=None, help="D sees the whole face, the S/2 "
+        "square around the --region box at full resolution, or both (default: both inpaint, face sr)")
     add("--d-lr", type=float, default=None, help="D's learning rate (default: 1e-3 sr, chosen on the "
         "validation faces; --lr inpaint)")
-    add("--ema", type=float, default=0.99, help="decay of the evaluated average of G's weights, 0 = G "
-        "itself (default: 0.99)")
+    add("--ema", type=float, default=0.99, help="decay of G's evaluated weight mean, 0 = G (default: 0.99)")
     add("--blocks", type=int, default=4, help="residual blocks in G (default: 4; paper 15)")
     add("--test-size", type=int, default=500, help="test and validation faces each, balanced on --judge-attr "
         "(default: 500)")
@@ -81,8 +83,9 @@ def get_args(argv=None):
     add("--judge-steps", type=int, default=1000, help="training steps of the CNN judge (default: 1000)")
     args = p.parse_args(glue_negated(sys.argv[1:] if argv is None else argv, ("--bias", "--judge-attr")))
     sr = args.task == "sr"  # the sr defaults below were chosen on the validation faces (docs/face.md)
-    args.lambda_adv = args.lambda_adv if args.lambda_adv is not None else 0.2 if sr else 0.001
+    args.steps = args.steps if args.steps is not None else 1200 if sr else 400
     args.d_pool = args.d_pool or (2 if sr else 1)
+    args.d_region = args.d_region or ("face" if sr else "both")
     args.d_lr = args.d_lr if args.d_lr is not None else 1e-3 if sr else args.lr
     args.judge_attr = args.judge_attr or args.bias or "-Male"
     args.d_channels = args.d_channels if args.d_channels is not None else max(1, args.channels // 2)
@@ -157,18 +160,13 @@ def read_rows(path, allowed, attrs=False):
             raise InputError(f"{path}:{i}: expected {what}, v in {{{', '.join(allowed)}}}; found {r[:4]}")
     return names, [r[0] for r in rows], np.array([r[1:] for r in rows]).reshape(-1, n)
 
-def read_celeba_attrs(path):
-    """list_attr_celeba.txt: count; attribute names; `file v1..vA` rows with v in {1, -1}."""
-    names, files, vals = read_rows(path, ("1", "-1"), attrs=True)
-    return files, names, torch.from_numpy(vals == "1")
-
 def load_data(args, dist):
     """--data, or the built-in faces (built once into $AIGN_CACHE by tools/face_builtin.py)."""
     root = args.data or common.builtin_dataset(__file__, "faces", "face_builtin", dist)
     data = load_faces(args, root, not args.no_progress and dist.main)
-    common.log(f"faces: {len(data['inputs'])} generator inputs, {len(data['mem'])} memory "
-               f"({args.memory or args.bias or 'all faces'}), {len(data['val'])} validation, "
-               f"{len(data['test'])} test", dist)
+    mem = args.memory or args.bias or "all faces"
+    common.log(f"faces: {len(data['inputs'])} generator inputs, {len(data['mem'])} memory ({mem}), "
+               f"{len(data['val'])} validation, {len(data['test'])} test", dist)
     return data
 
 def load_faces(args, root, show):
@@ -180,8 +178,8 @@ def load_faces(args, root, show):
     rng, cut, attrs, partition, labelled = np.random.default_rng(0), args.max_images or None, None, None, {}
     attr_file, part_file = (os.path.join(root, f"list_{f}.txt") for f in ("attr_celeba", "eval_partition"))
     if os.path.isfile(attr_file):  # CelebA layout (also the built-in data)
-        files, names, attrs = read_celeba_attrs(attr_file)
-        files, attrs = files[:cut], attrs[:cut]
+        names, files, vals = read_rows(attr_file, ("1", "-1"), attrs=True)  # a count, names, `file 1 -1 ..`
+        files, attrs = files[:cut], torch.from_numpy(vals[:cut] == "1")
         if os.path.isfile(part_file):  # partition 0 train, 1 validation, 2 test
             _, pf, p = read_rows(part_file, ("0", "1", "2"))
             part = dict(zip(pf, p[:, 0].astype(int)))
@@ -254,9 +252,8 @@ class ResBlock(nn.Module):
         return x + self.body(x)
 
 class SRGenerator(nn.Module):
-    """Paper-style SR net, sized for a CPU: conv + ReLU, residual trunk, conv-BN + long skip, then
-    log2(scale) x (2x upsampling + conv + ReLU) and a conv to RGB. The RGB conv starts at zero and
-    is added to the bicubic upsampling, so training starts from the bicubic baseline."""
+    """Paper-style SR net, sized for a CPU: conv + ReLU, residual trunk, conv-BN + long skip, log2(scale) x
+    (2x upsampling + conv + ReLU), a conv to RGB that starts at zero, added to the bicubic upsampling."""
 
     def __init__(self, scale, width, blocks):
         super().__init__()
@@ -283,9 +280,8 @@ class InpaintGenerator(nn.Module):
     """Encoder (to S/4) + dilated residual blocks + decoder. Input: masked face and mask (4 channels);
     the output fills only the hole: y = m * x + (1 - m) * G(x)."""
 
-    def __init__(self, width, blocks):
+    def __init__(self, w, blocks):
         super().__init__()
-        w = width
         self.net = nn.Sequential(
             nn.Conv2d(4, w // 2, 5, padding=2), nn.ReLU(True),
             nn.Conv2d(w // 2, w, 4, 2, 1), nn.BatchNorm2d(w), nn.ReLU(True),  # S/2
@@ -300,32 +296,48 @@ class InpaintGenerator(nn.Module):
         return self.net(torch.cat([x, m], 1))
 
 class Discriminator(nn.Module):
-    """Strided 5x5 convs (LeakyReLU 0.2) down to 4x4, then a linear logit. No BatchNorm (the
-    paper's D has it): real and fake share one forward pass, and wgan-gp needs per-sample D.
-    --d-norm spectral: every layer spectrally normalised (Miyato et al. 2018). --d-pool k: D sees the
-    face k x k average-pooled (memory and outputs alike), i.e. its content at the judges' resolution
-    rather than pixel-level texture."""
+    """Strided 5x5 convs (LeakyReLU 0.2) down to 4x4, then a linear logit. No BatchNorm (the paper's D has
+    it): real and fake share one forward pass, and wgan-gp needs per-sample D. --d-norm spectral: every layer
+    spectrally normalised (Miyato et al. 2018). --d-pool k: D sees the face k x k average-pooled, i.e. at the
+    judges' resolution, not pixel texture. crop (y0, x0, side): D sees only that square of the face."""
 
-    def __init__(self, size, width, norm="none", pool=1):
+    def __init__(self, size, width, norm="none", pool=1, crop=None):
         super().__init__()
         sn = nn.utils.parametrizations.spectral_norm if norm == "spectral" else (lambda m: m)  # noqa: E731
         layers, c_in, c, self.pool = [], 3, width, pool
-        for _ in range(int(math.log2(size // pool // 4))):
+        self.crop = crop and (slice(crop[0], crop[0] + crop[2]), slice(crop[1], crop[1] + crop[2]))
+        for _ in range(int(math.log2((crop[2] if crop else size) // pool // 4))):
             layers += [sn(nn.Conv2d(c_in, c, 5, 2, 2)), nn.LeakyReLU(0.2, True)]
             c_in, c = c, min(c * 2, 256)
         self.conv = nn.Sequential(*layers)
         self.fc = sn(nn.Linear(c_in * 16, 1))
 
     def forward(self, y):  # (B, 3, S, S) -> (B,) logits
+        y = y[:, :, self.crop[0], self.crop[1]] if self.crop else y  # (B, 3, s, s): only the crop
         y = F.avg_pool2d(y, self.pool) if self.pool > 1 else y  # (B, 3, S/pool, S/pool)
         return self.fc(self.conv(y).flatten(1))[:, 0]
+
+class GlobalLocalD(nn.ModuleList):
+    """--d-region both: face + hole logits = one linear layer on both feature sets (Iizuka et al. 2017)."""
+
+    def forward(self, y):  # (B, 3, S, S) -> (B,) logits
+        return sum(d(y) for d in self)
+
+def hole_crop(size, region):
+    """(y0, x0, side): the S/2 square of the face around the hidden box (it holds the jittered box)."""
+    y0, y1, x0, x1 = BOXES[region]
+    y, x = (min(max(round((a + b) / 2 * size - size / 4), 0), size // 2) for a, b in ((y0, y1), (x0, x1)))
+    return y, x, size // 2
 
 def build_nets(args, device):
     """{"G", "D", "G_ema"}; G has BatchNorm, D has none; G_ema (evaluated and predicted with) averages G."""
     G = (SRGenerator(args.scale, args.channels, args.blocks) if args.task == "sr"
          else InpaintGenerator(args.channels, args.blocks)).to(device)
     G_ema = copy.deepcopy(G).requires_grad_(False)
-    D = Discriminator(args.size, args.d_channels, args.d_norm, args.d_pool)
+    crop = hole_crop(args.size, args.region) if args.d_region != "face" else None
+    D = Discriminator(args.size, args.d_channels, args.d_norm, args.d_pool, crop)
+    if args.d_region == "both":
+        D = GlobalLocalD([Discriminator(args.size, args.d_channels, args.d_norm, args.d_pool), D])
     return {"G": G, "D": D.to(device), "G_ema": G_ema}
 
 @torch.no_grad()
@@ -358,10 +370,8 @@ def box_masks(n, size, region, shifts):
 
 def make_input(args, hr, shifts):
     """Ground-truth faces (B, 3, S, S) in [-1, 1] -> (generator input x, mask or None); x = P(y)."""
-    if args.task == "sr":
-        return render_sr(hr, args.scale), None
-    mask = box_masks(len(hr), args.size, args.region, shifts)
-    return render_inpaint(hr, mask), mask
+    mask = None if args.task == "sr" else box_masks(len(hr), args.size, args.region, shifts)
+    return (render_sr(hr, args.scale) if mask is None else render_inpaint(hr, mask)), mask
 
 def generate(G, args, x, mask):
     """The full prediction G(x): a face (B, 3, S, S); for inpainting only the hole is filled."""
@@ -410,9 +420,8 @@ def sup_loss(raw, hr, paired):
 # ----------------------------------------------------------------------------------------------
 # Evaluation and figures
 def psnr(a, b):
-    """Per-image PSNR in dB of (B, C, H, W) images in [0, 1] (the authors' PSNR used the peak of [-1, 1]
-    images, 6.02 dB too low); identical images give 100 dB."""
-    mse = ((a.double() - b.double()) ** 2).flatten(1).mean(1).clamp_min(1e-10)
+    """Per-image PSNR (dB) of (B, C, H, W) images in [0, 1] (the authors' peak of [-1, 1]: 6.02 dB lower)."""
+    mse = ((a.double() - b.double()) ** 2).flatten(1).mean(1).clamp_min(1e-10)  # identical: 100 dB
     return 10 * torch.log10(1 / mse)
 
 def ssim(a, b):
@@ -437,9 +446,8 @@ def smooth_fill(x, mask, iters=200):
     return y
 
 def make_judges(args, data):
-    """{name: judge} for --judge: the ONNX age/gender models (+ the mouth rule) of tools/face_builtin.py
-    and/or the CNN judge of tools/face_cnn_judge.py (trained once on held-out labelled faces, cached).
-    Built without touching the run's RNG."""
+    """{name: judge} for --judge: the ONNX age/gender models (+ mouth rule) of tools/face_builtin.py and/or
+    the CNN of tools/face_cnn_judge.py (trained once on held-out labelled faces, cached; uses no run RNG)."""
     judges = {}
     if args.judge in ("onnx", "both"):
         judges["onnx"] = common.load_tool(__file__, "face_builtin", "--judge onnx needs it").OnnxJudge()
@@ -486,8 +494,7 @@ class EvalSet:
 
     @torch.no_grad()
     def evaluate(self, G, D, run_dir, step):
-        """G's metrics beside the baseline's, D's accuracy on memory faces and on G's outputs; with figures:
-        samples.png, samples_<step>.png and samples.npz (input | baseline | output | truth on 8 faces)."""
+        """G's metrics beside the baseline's, D's accuracy on memory faces and G's outputs (+ figures)."""
         G.eval()  # BatchNorm with its running statistics
         masks = (self.x[:, :1] if self.mask is None else self.mask).split(128)  # sr: unused placeholders
         y = torch.cat([generate(G, self.args, x, m) for x, m in zip(self.x.split(128), masks)]).clamp(-1, 1)
@@ -501,7 +508,7 @@ class EvalSet:
             self.write_figures(y, run_dir, step)
         return {**self.metrics(y), **acc, **self.base_metrics}
 
-    def write_figures(self, y, run_dir, step):
+    def write_figures(self, y, run_dir, step):  # samples.png, samples_<step>.png, samples.npz on 8 faces
         x = self.x[:8] if self.mask is not None else F.interpolate(self.x[:8], scale_factor=self.args.scale)
         rows = [[(c[i] + 1) / 2 for c in (x, self.base, y, self.hr)] for i in range(min(8, len(y)))]
         for name in ("samples.png", f"samples_{step:06d}.png"):
@@ -555,7 +562,6 @@ def train(args, dist, data, nets, opts, state, run_dir):
         start, wall_s, samples = common.restore_training(state, nets, opts, gen, args.resume)
     metrics = common.MetricsLog(run_dir, start if state is not None else None, enabled=dist.main)
     stop, sums, n = common.StopRequest(), {}, 0
-    val = data["valset"]  # rank 0 only (None elsewhere)
     t0 = time.perf_counter()
     for step in common.progress(start, args.steps, dist, args.no_progress):
         for k, v in train_step(nets, opts, draw_batch(data, gen, args, dist), args, dist, step).items():
@@ -572,7 +578,7 @@ def train(args, dist, data, nets, opts, state, run_dir):
             record = {"step": done, **{k: dist.mean(v / n) for k, v in sums.items()},
                       "wall_s": round(wall_s, 2)}
             if dist.main:  # the validation faces (val_*): settings are chosen on these, never on test faces
-                m = val.evaluate(nets["G_ema"], nets["D"], run_dir, done)
+                m = data["valset"].evaluate(nets["G_ema"], nets["D"], run_dir, done)
                 record.update({f"val_{k}": v for k, v in m.items()})
                 metrics.write(record)
                 common.log(common.format_record(record))

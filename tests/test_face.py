@@ -168,10 +168,10 @@ def test_celeba_loader_splits(celeba):
                         "--test-size", "8"])
     data = fa.load_faces(args, celeba, show=False)
     # identify every face by its pixels to check the splits
-    _, names, attrs = fa.read_celeba_attrs(os.path.join(celeba, "list_attr_celeba.txt"))
+    names, _, attrs = fa.read_rows(os.path.join(celeba, "list_attr_celeba.txt"), ("1", "-1"), attrs=True)
     all_faces = fa.load_images([os.path.join(celeba, "img_align_celeba", f"{i + 1:06d}.jpg") for i in range(60)],
                                32, "x", False)
-    male = {face_key(f): bool(attrs[i, 0]) for i, f in enumerate(all_faces)}
+    male = {face_key(f): attrs[i, 0] == "1" for i, f in enumerate(all_faces)}
     inputs = {face_key(f) for f in data["inputs"]}
     mem = {face_key(f) for f in data["mem"]}
     test = {face_key(f) for f in data["test"]}
@@ -222,7 +222,7 @@ def test_bad_inputs(tmp_path, celeba, cache_root):
     with open(tmp_path / "attr.txt", "w") as f:
         f.write("2\nMale\n000001.jpg 1\n000002.jpg 0\n")
     with pytest.raises(InputError, match=r"attr.txt:4: expected .* v in \{1, -1\}"):
-        fa.read_celeba_attrs(str(tmp_path / "attr.txt"))
+        fa.read_rows(str(tmp_path / "attr.txt"), ("1", "-1"), attrs=True)
     with pytest.raises(InputError, match="requirements-faces.txt"):
         load_tool("face_builtin").package_file("no-such-face-package", "no_such_face_package", "weights.tar")
 
@@ -339,7 +339,8 @@ def test_builtin_builder_and_onnx_judge(tmp_path):
     root = str(tmp_path / "builtin")
     tool = load_tool("face_builtin")
     tool.build(root, 40, show=False)
-    files, names, attrs = fa.read_celeba_attrs(os.path.join(root, "list_attr_celeba.txt"))
+    names, files, vals = fa.read_rows(os.path.join(root, "list_attr_celeba.txt"), ("1", "-1"), attrs=True)
+    attrs = torch.from_numpy(vals == "1")  # (40, 3) bool
     assert names == ["Male", "Young", "Mouth_Slightly_Open"] and len(files) == 40 and attrs.shape == (40, 3)
     part = [ln.split()[1] for ln in open(os.path.join(root, "list_eval_partition.txt"))]
     assert part == ["0"] * 32 + ["1"] * 4 + ["2"] * 4  # train, validation, test
@@ -526,6 +527,27 @@ def test_d_pool_sees_pooled_faces():
     same = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(y, 2), scale_factor=2, mode="nearest")
     assert D(y).shape == (3,) and torch.allclose(D(y), D(same), atol=1e-6)  # detail below 2x2 is not seen
     assert len(fa.Discriminator(32, 4, pool=1).conv) == len(D.conv) + 2  # one stride-2 conv (+ ReLU) fewer
+
+
+@pytest.mark.parametrize("size, region", [(32, "mouth"), (64, "mouth"), (64, "nose"), (128, "nose")])
+def test_region_d_sees_the_hole_and_only_it(size, region):
+    torch.manual_seed(0)
+    j = round(0.03 * size)  # the largest box jitter
+    shifts = torch.tensor([[dy, dx] for dy in (-j, j) for dx in (-j, j)])
+    hidden = (fa.box_masks(4, size, region, shifts) == 0).any(0)[0]  # (S, S) every pixel a jittered box hides
+    y0, x0, s = fa.hole_crop(size, region)
+    inside = torch.zeros(size, size, dtype=torch.bool)
+    inside[y0:y0 + s, x0:x0 + s] = True
+    assert s == size // 2 and hidden.any() and not (hidden & ~inside).any()  # the crop holds every hole
+    argv = ["--task", "inpaint", "--size", str(size), "--region", region, "--d-region"]
+    D, y = fa.build_nets(fa.get_args(argv + ["hole"]), torch.device("cpu"))["D"], torch.randn(2, 3, size, size)
+    assert D(torch.where(inside, y, torch.randn_like(y))).allclose(D(y), atol=1e-6)  # blind outside the crop
+    assert not D(torch.where(inside, torch.randn_like(y), y)).allclose(D(y), atol=1e-3)
+    # both: one logit = the whole face's D + the crop's D (a linear layer on both feature sets)
+    both = fa.build_nets(fa.get_args(argv + ["both"]), torch.device("cpu"))["D"]
+    face, hole = both
+    assert face.crop is None and hole.crop == (slice(y0, y0 + s), slice(x0, x0 + s))
+    assert both(y).allclose(face(y) + hole(y), atol=1e-6)
 
 
 def test_d_accuracy_on_memory_and_outputs():

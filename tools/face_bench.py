@@ -66,6 +66,8 @@ def get_args(argv=None):
     p.add_argument("--only", nargs="*", default=None, help=f"run only these (default: all: {' '.join(RUNS)})")
     p.add_argument("--val", action="store_true",
                    help="only print the contrast table of the runs' last validation records (default: off)")
+    p.add_argument("--step", type=int, default=None,
+                   help="--val: the validation record of this step (default: each run's last)")
     p.add_argument("--label", default=None,
                    help="--val: a first column naming the setting (default: none)")
     p.add_argument("--table", action="store_true",
@@ -114,15 +116,19 @@ def launch(args):
 
 def load(args, val=False):
     """{run name: {seed: results.json + wall_total_s}} of the finished runs (val: the last validation
-    record of metrics.jsonl instead, val_ dropped from its keys)."""
+    record of metrics.jsonl, or that of step --step, instead, val_ dropped from its keys)."""
     out = {}
     for name in RUNS:
         for s in args.seeds:
             path = os.path.join(args.out, f"{name}-s{s}", "results.json")
             if val and os.path.exists(os.path.join(os.path.dirname(path), "metrics.jsonl")):
-                last = json.loads(open(os.path.join(os.path.dirname(path), "metrics.jsonl")).read().splitlines()[-1])
+                recs = [json.loads(ln) for ln in open(os.path.join(os.path.dirname(path), "metrics.jsonl"))]
+                recs = [r for r in recs if args.step in (None, r["step"])]
+                if not recs:
+                    continue
+                last = recs[-1]
                 out.setdefault(name, {})[s] = {**{k[4:]: v for k, v in last.items() if k.startswith("val_")},
-                                               "loss_d_train": last.get("loss_d")}
+                                               "loss_d_train": last.get("loss_d"), "step": last["step"]}
             elif os.path.exists(path) and not val:
                 wall = os.path.join(os.path.dirname(path), "bench_wall.json")
                 r = json.load(open(path))
@@ -274,12 +280,13 @@ def main():
     if args.val:  # what settings are chosen on: the validation faces; D's loss and accuracy per run
         res, lab = load(args, val=True), [args.label] if args.label else []
         rows = [lab + r for r in contrast_rows(res, sorted({s for rs in res.values() for s in rs}))]
-        d_rows = [lab + [n, s, f"{r['loss_d_train']:.3f}", f"{r['d_acc_mem']:.3f}", f"{r['d_acc_out']:.3f}",
+        d_rows = [lab + [n, s, r["step"], *(f"{r.get(f'attr_rate_{j}', float('nan')):.3f}" for j in JUDGES),
+                         f"{r['loss_d_train']:.3f}", f"{r['d_acc_mem']:.3f}", f"{r['d_acc_out']:.3f}",
                          f"{r['psnr_lr']:.2f}"] for n, rs in res.items() for s, r in sorted(rs.items())]
         head = ["setting"] * bool(lab)
         return print(markdown(head + CONTRAST_HEAD, rows) + "\n\n" + markdown(head + [
-            "run", "seed", "D loss (last interval)", "D accuracy on memory", "D accuracy on outputs", "LR PSNR (dB)"],
-            d_rows))
+            "run", "seed", "step", "judged rate onnx", "judged rate cnn", "D loss (last interval)",
+            "D accuracy on memory", "D accuracy on outputs", "LR PSNR (dB)"], d_rows))
     failed = [] if args.table else launch(args)
     md = table(args)
     grids(args)
