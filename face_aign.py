@@ -3,16 +3,12 @@
 Tung, Harley, Seto, Fragkiadaki, ICCV 2017, experiment 3. G maps a low-resolution face (--task sr) or
 a face with the mouth/nose hidden (--task inpaint) to a face; P = k x k average pooling, or the mask:
     L_G = lambda_rec ||P(G(x)) - x||^2 + lambda_adv adv(D(G(x))) [+ lambda_sup ||G(x) - y||^2 on paired x]
-D tells G(x) from a memory of faces; opposite memories on the same inputs should give opposite faces,
-judged by an ONNX judge and a CNN judge G never sees. Results card (built-in 64x64 DCGAN faces v2,
-500 balanced test faces, 400 steps, 1 CPU thread; seeds 0-2; tools/face_bench.py; docs/face.md):
-    memory A vs memory B (same inputs)  judged A (onnx / cnn)  judged B (onnx / cnn)  A - B (points)
-    female vs male (sr x4)              0.555 / 0.615          0.339 / 0.467          +21.7 / +14.8
-    old vs young (sr x4)                0.513 / 0.434          0.445 / 0.335           +6.8 / +9.9
-    open vs closed mouth (inpaint)      0.010 / 0.346          0.001 / 0.040           +0.9 / +30.6
-    LR PSNR 35.2-39.6 dB (sr). sr's D (2x2-pooled faces, lr 1e-3) was chosen on the validation faces.
-    Unbiased sr (seed 0): HR 27.31 dB (bicubic 27.53), LR 39.31 dB. Default run ~2.5 min, 1 thread.
-"""
+D tells G(x) from a memory of faces; opposite memories on the same inputs should give opposite faces, judged
+by ONNX models (mouth: a rule on the mouth box) and a CNN that G never sees. Results card (built-in 64x64
+DCGAN faces, 500 balanced test faces, 400 steps, 1 CPU thread; tools/face_bench.py; docs/face.md):
+    memory A - B, judged points (onnx / cnn): female vs male +21.7 / +14.8, old vs young +6.8 / +9.9 (sr x4,
+    seeds 0-2, LR PSNR 35.2-39.6 dB); open vs closed mouth +7.2 / +20.6 (inpaint, D on the face + the hole,
+    seed 0). Settings chosen on the validation faces. Default run, 1 thread: sr ~2.5 min, inpaint ~4 min."""
 import argparse
 import copy
 import glob
@@ -44,11 +40,9 @@ BOXES = {"mouth": (0.66, 0.90, 0.30, 0.70), "nose": (0.46, 0.70, 0.38, 0.62)}
 # ----------------------------------------------------------------------------------------------
 # Args
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], conflict_handler="resolve")  # --steps:
-    common.add_common_args(p, steps=400, batch_size=32, lr=2e-4, eval_every=200)  # replaced by its own below
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    common.add_common_args(p, steps=400, batch_size=32, lr=2e-4, eval_every=200)
     add = p.add_argument
-    add("--steps", type=int, default=None, help="total training steps, counted from step 0 also when "
-        "resuming (default: 1200 sr, chosen on the validation faces; 400 inpaint)")
     add("--task", choices=["sr", "inpaint"], default="sr", help="sr or inpaint (default: sr)")
     add("--size", type=int, default=64, help="high-res face size, 32/64/128 (default: 64)")
     add("--scale", type=int, default=4, help="sr downsampling factor, 2/4/8 (default: 4)")
@@ -83,7 +77,6 @@ def get_args(argv=None):
     add("--judge-steps", type=int, default=1000, help="training steps of the CNN judge (default: 1000)")
     args = p.parse_args(glue_negated(sys.argv[1:] if argv is None else argv, ("--bias", "--judge-attr")))
     sr = args.task == "sr"  # the sr defaults below were chosen on the validation faces (docs/face.md)
-    args.steps = args.steps if args.steps is not None else 1200 if sr else 400
     args.d_pool = args.d_pool or (2 if sr else 1)
     args.d_region = args.d_region or ("face" if sr else "both")
     args.d_lr = args.d_lr if args.d_lr is not None else 1e-3 if sr else args.lr
@@ -164,9 +157,9 @@ def load_data(args, dist):
     """--data, or the built-in faces (built once into $AIGN_CACHE by tools/face_builtin.py)."""
     root = args.data or common.builtin_dataset(__file__, "faces", "face_builtin", dist)
     data = load_faces(args, root, not args.no_progress and dist.main)
-    mem = args.memory or args.bias or "all faces"
-    common.log(f"faces: {len(data['inputs'])} generator inputs, {len(data['mem'])} memory ({mem}), "
-               f"{len(data['val'])} validation, {len(data['test'])} test", dist)
+    common.log(f"faces: {len(data['inputs'])} generator inputs, {len(data['mem'])} memory "
+               f"({args.memory or args.bias or 'all faces'}), {len(data['val'])} validation, "
+               f"{len(data['test'])} test", dist)
     return data
 
 def load_faces(args, root, show):
