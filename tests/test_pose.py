@@ -312,6 +312,12 @@ def test_error_decomposition_tool_hand_cases():
     cols = PE.decompose(gt, gt, 1.1 * bones)                                       # a memory 10% too big
     np.testing.assert_allclose(cols["truth bones"], cols["R bones"], atol=1e-9)
     assert cols["truth bones"].min() > 1
+    # the lean-vs-image-position line: an elevation error of exactly -phi reads slope -1, intercept 0
+    pc, _ = random_poses(20)
+    phi = np.arctan2(pc[:, 0, 1], pc[:, 0, 2])
+    split = {"y3d": pc, "action": np.array(["walk"] * len(pc))}
+    line = PE.off_axis(split, {"elevation": -phi})
+    assert "slope -1.00 deg/deg, intercept +0.00 deg" in line or "slope -1.00 deg/deg, intercept -0.00 deg" in line
 
 
 def test_builtin_roles_are_disjoint(tmp_path):

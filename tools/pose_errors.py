@@ -15,6 +15,8 @@ For each run's checkpoint, on one split (default: the validation split; the buil
   the same after the best rotation too (R, memory bones: ideal rotation with the best size estimate
   the data allow, the memory's), and the ground truth itself scaled to the memory's bones (what a
   perfect pose of unknown size would still score).
+  Then one line: the signed elevation error regressed on the person's angle below the optical axis
+  (an error that follows it means G ignores where in the image the person is: see --lift-frame).
   With --coverage also, on the real CMU frames, P-MPJPE by quartile of each frame's distance to the nearest training pose (body frame) and
   of the highest wrist's height above the head.
 It only evaluates (no training); choose settings on the validation split, report test only as a
@@ -98,6 +100,21 @@ def table_rows(cols, action):
     return rows
 
 
+def off_axis(split, cols):
+    """One line: the signed elevation error against the pelvis's angle below the optical axis (phi =
+    atan(Y/Z) of the true root; > 0: below the image centre), least-squares line, lying clips left out."""
+    phi = np.degrees(np.arctan2(split["y3d"][:, 0, 1], split["y3d"][:, 0, 2]))
+    err, ok = np.degrees(cols["elevation"]), split["action"] != "lying"
+    slope, icpt = np.polyfit(phi[ok], err[ok], 1)
+    g = split["y3d"] - split["y3d"][:, :1]
+    up = np.degrees(np.arctan2(g[:, 8, 2], -g[:, 8, 1]))[ok]  # the true body elevation (as 'elevation err')
+    q = np.digitize(up, np.quantile(up, [0.25, 0.5, 0.75]))
+    return (f"- elevation error vs the pelvis's angle below the optical axis phi (not lying): slope {slope:+.2f} "
+            f"deg/deg, intercept {icpt:+.2f} deg; mean phi {phi.mean():+.2f} deg, mean error {err.mean():+.2f} deg\n"
+            f"- elevation error by quartile of the true body elevation (not lying; mean true -> mean error, deg): "
+            + ", ".join(f"{up[q == b].mean():+.1f} -> {err[ok][q == b].mean():+.1f}" for b in range(4)))
+
+
 def coverage(split, train, pose, p):
     """Markdown lines: P-MPJPE on the real CMU frames by quartile of two pose features."""
     canon = lambda q: P.canonicalise(torch.as_tensor(q - q[:, :1])).numpy()        # noqa: E731
@@ -119,7 +136,7 @@ def coverage(split, train, pose, p):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("runs", nargs="+", help="run folders holding ckpt.pt")
-    ap.add_argument("--split", default="val", choices=["val", "test"], help="split (default: val)")
+    ap.add_argument("--split", default="val", choices=["train", "val", "test"], help="split (default: val)")
     ap.add_argument("--data", default=None, help="--data of pose_aign.py (default: the built-in data)")
     ap.add_argument("--coverage", action="store_true", help="also the CMU-frame coverage lines (default: off)")
     ap.add_argument("--out", default=None, help="also write the markdown here (default: print only)")
@@ -144,6 +161,7 @@ def main():
         text += [f"\n{run} (step {state['step']}), {args.split} split:\n", "| " + " | ".join(COLS) + " |",
                  "|" + " --- |" * len(COLS)]
         text += ["| " + " | ".join(r) + " |" for r in table_rows(cols, split["action"])]
+        text += ["", off_axis(split, cols)]
         if args.coverage:
             text += [""] + coverage(split, data["train"], pred, cols["P-MPJPE"])
     text = "\n".join(text) + f"\n\nCommand: `python3 tools/pose_errors.py {' '.join(sys.argv[1:])}`\n"
