@@ -7,8 +7,8 @@ D tells G(x) from a memory of faces; opposite memories on the same inputs should
 by ONNX models (mouth: a rule on the mouth box) and a CNN that G never sees. Results card (built-in 64x64
 DCGAN faces, 500 balanced test faces, 400 steps, 1 CPU thread; tools/face_bench.py; docs/face.md):
     memory A - B, judged points (onnx / cnn): female vs male +21.7 / +14.8, old vs young +6.8 / +9.9 (sr x4,
-    seeds 0-2, LR PSNR 35.2-39.6 dB); open vs closed mouth +8.4 / +23.3 (inpaint, D on the face + the hole,
-    seeds 0-1). Settings chosen on the validation faces. Default run, 1 thread: sr ~2.5 min, inpaint ~4 min."""
+    seeds 0-2, LR PSNR 35.2-39.6 dB); open vs closed mouth +7.1 / +17.8 (inpaint, D on the face + the hole,
+    seeds 0-2). Settings chosen on the validation faces. Default run, 1 thread: sr ~2.5 min, inpaint ~4 min."""
 import argparse
 import copy
 import glob
