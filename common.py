@@ -10,6 +10,7 @@ runs on a user's data.
 import ast
 import atexit
 import datetime
+import functools
 import hashlib
 import json
 import math
@@ -690,6 +691,13 @@ def load_tool(script_file, name, hint):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@functools.lru_cache(maxsize=None)
+def optional_tool(script_file, name):
+    """tools/<name>.py imported once per run (an optional instrument such as a script's figures), or None
+    when it is not beside the script (a copied script runs without it)."""
+    return load_tool(script_file, name, "") if os.path.isfile(tool_file(script_file, name)) else None
 
 
 def builtin_path(script_file, name, builder):

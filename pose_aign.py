@@ -560,19 +560,16 @@ def validate(G, data, args, device):
     m = evaluate(G, split, args, device, data["action_mean"]) if split["y3d"] is not None else {}
     return {f"{tag}_{k}": v for k, v in m.items() if k != "per_action"}
 
-def figures():
-    """tools/pose_figures.py (samples.png, turntable.gif, predictions.png), or None in a copied script."""
-    tool = common.tool_file(__file__, "pose_figures")
-    return common.load_tool(__file__, "pose_figures", "") if os.path.isfile(tool) else None
-
 def save_figures(G, split, args, device, out_dir, n=6):
-    """samples.png (fixed test samples: input 2D | prediction | ground truth) and turntable.gif."""
-    if figures() is None:
+    """samples.png (fixed test samples: input 2D | prediction | ground truth) and turntable.gif, drawn by
+    tools/pose_figures.py (also predictions.png of --predict), which a copied script may lack."""
+    figures = common.optional_tool(__file__, "pose_figures")
+    if figures is None:
         return common.log("figures skipped: tools/pose_figures.py is not beside the script")
     idx = np.linspace(0, len(split["x2d"]) - 1, n).astype(int)
     sub = {k: split[k] if split[k] is None else split[k][idx] for k in ("x2d", "cam", "dist", "y3d")}
     gt = None if sub["y3d"] is None else sub["y3d"] - sub["y3d"][:, :1]                  # (n,17,3)
-    figures().samples(out_dir, sub["x2d"], predict(G, sub, args, device)[0].numpy(), gt)
+    figures.samples(out_dir, sub["x2d"], predict(G, sub, args, device)[0].numpy(), gt)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -729,8 +726,9 @@ def run_predict(args, dist, G, run_dir):
     common.write_json(os.path.join(run_dir, "predictions.json"), {
         "joints": JOINTS, "units": "metres, camera coordinates (x right, y down, z forward)",
         "poses_3d": placed.round(4).tolist()})
-    if figures() is not None:
-        figures().predictions(os.path.join(run_dir, "predictions.png"), split["x2d"][:4], rel[:4])
+    figures = common.optional_tool(__file__, "pose_figures")
+    if figures is not None:
+        figures.predictions(os.path.join(run_dir, "predictions.png"), split["x2d"][:4], rel[:4])
     common.log(f"wrote {len(rel)} poses to {run_dir}/predictions.npz and .json", dist)
 
 

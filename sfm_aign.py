@@ -793,10 +793,10 @@ def report(nets, data, args, dist, run_dir, **extra):
     tools/sfm_figures.py (depth_grid.png, trajectory.png), a log line."""
     res = evaluate(nets, data["test"], args, dist.device)
     common.write_json(os.path.join(run_dir, "results.json"), {**res, **extra})
-    if not os.path.isfile(common.tool_file(__file__, "sfm_figures")):  # diagnostics; a copied script has none
+    figures = common.optional_tool(__file__, "sfm_figures")  # diagnostics; a copied script has none
+    if figures is None:
         common.log("figures skipped: tools/sfm_figures.py is not beside the script")
     else:
-        figures = common.load_tool(__file__, "sfm_figures", "")
         figures.write_figures(sys.modules[__name__], run_dir, nets, data["test"], args, dist.device)
     common.log(summary(res, "test", extra.get("step", extra.get("steps"))))
 
