@@ -25,12 +25,16 @@ picks the split of the table), or of CURVE with --curve.
 Each run is a plain `python3 sfm_aign.py ...` with its own run folder under --out; the table is
 printed and written to OUT/table.md (with the hardware and the wall time per run).
 
---throughput imports sfm_aign and times it from outside (what `sfm_aign.py --bench` printed before):
-the renderer's forward + backward on 2x batch frames (Mpix/s, ms) beside a plain copy of the same
-tensors and beside grid_sample's forward + backward alone (the renderer's floor), and train_step
-(training frames/s, ms per step, GFLOP per step, fraction of the measured fp32 matmul peak), on the
-data and flags given after `--` (default: the built-in data), into OUT/bench.json (default OUT:
-bench/sfm_throughput).
+--throughput imports sfm_aign and times it from outside (what `sfm_aign.py --bench` printed before),
+after the allocator setting sfm_aign.main makes (keep_freed_memory): the renderer's forward + backward
+on 2x batch frames with a dense upstream gradient (Mpix/s, ms) beside a plain copy of the same tensors
+(copy: its inputs source + depth, as before issue 12's fourth session; copy_io: its inputs and outputs
+source, depth, warped, valid), beside grid_sample's forward + backward alone (the floor), both again
+with cold caches (a 64 MB buffer rewritten before every call), and train_step (training frames/s, ms
+per step, GFLOP per step, fraction of the fp32 matmul peak measured alike), each as wall time and as
+process CPU time (*_cpu: leaves out the time other processes hold the core), plus page faults per
+renderer call and per step, on the data and flags given after `--` (default: the built-in data), into
+OUT/bench.json (default OUT: bench/sfm_throughput).
 """
 import argparse
 import json
@@ -68,14 +72,44 @@ CURVE = [row for f in FRACTIONS for row in (
     (f"aign{f:g}", f"AIGN + {100 * f:g}% paired", ["--paired-frac", str(f)]))]
 
 
+def timed(fn, reps=10, blocks=5, cold=None):
+    """Median over blocks of the per-call time of fn(), as (wall s, process CPU s); CPU time leaves out the
+    time other processes hold the core (the readings to compare on a shared machine). cold: a buffer
+    rewritten before every call (evicts the caches), each call then timed alone."""
+    walls, cpus = [], []
+    fn()
+    for _ in range(blocks):
+        w = c = 0.0
+        for _ in range(reps if cold is not None else 1):
+            if cold is not None:
+                cold.fill_(1.0)
+            w0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(1 if cold is not None else reps):
+                fn()
+            w, c = w + time.perf_counter() - w0, c + time.process_time() - c0
+        walls.append(w / reps)
+        cpus.append(c / reps)
+    return float(np.median(walls)), float(np.median(cpus))
+
+
+def minor_faults():
+    try:
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    except ImportError:  # not a Unix system
+        return 0
+
+
 def throughput(args):
-    """Time the renderer and train_step of sfm_aign from outside, on its own data pipeline."""
+    """Time the renderer and train_step of sfm_aign from outside, on its own data pipeline, after the same
+    allocator setting as sfm_aign.main (keep_freed_memory)."""
     sys.path.insert(0, ROOT)
     import torch
     import torch.nn.functional as F
     import common
     import sfm_aign as S
     from tools import bench_util
+    S.keep_freed_memory()
     a = S.get_args(["--device", args.device, *args.extra])
     dist = common.Dist(a.device)
     dev, B, (H, W) = dist.device, 2 * a.batch_size, (a.height, a.width)
@@ -90,20 +124,54 @@ def throughput(args):
     depth = (5 + 10 * torch.rand(B, 1, H, W, device=dev)).requires_grad_(True)
     pose = (0.05 * torch.randn(B, 6, device=dev)).requires_grad_(True)
     K = torch.tensor(data["K"][0].tolist(), device=dev).expand(B, 3, 3)
-    t_warp = bench_util.time_per_call(lambda: S.inverse_warp(src, depth, pose, K)[0].sum().backward(), dev)
-    t_copy = bench_util.time_per_call(lambda: (src.clone(), depth.detach().clone()), dev)
+    g_out = torch.rand(B, 3, H, W, device=dev)  # a dense upstream gradient, as the loss gives
+    out0 = [t.detach() for t in S.inverse_warp(src, depth, pose, K)]  # (warped, valid): the outputs
+
+    def warp():
+        S.inverse_warp(src, depth, pose, K)[0].backward(g_out)
+        depth.grad = pose.grad = None
     grid = (2 * torch.rand(B, H, W, 2, device=dev) - 1).requires_grad_(True)  # sampling alone: the floor
-    t_gs = bench_util.time_per_call(lambda: F.grid_sample(src, grid, align_corners=True).sum().backward(), dev)
+    flush = torch.empty(16 << 20, device=dev)  # 64 MB, rewritten before each "cold" call
+    f0 = minor_faults()
+    t = {"warp": timed(warp, reps=20)}
+    faults_warp = (minor_faults() - f0) / (20 * 5 + 1)
+    t.update(copy_in=timed(lambda: (src.clone(), depth.detach().clone()), reps=20),
+             copy_io=timed(lambda: [x.clone() for x in (src, depth.detach(), *out0)], reps=20),
+             grid_sample=timed(lambda: F.grid_sample(src, grid, align_corners=True).backward(g_out), reps=20),
+             warp_cold=timed(warp, cold=flush),
+             copy_io_cold=timed(lambda: [x.clone() for x in (src, depth.detach(), *out0)], cold=flush))
     gen = torch.Generator().manual_seed(a.seed)
 
     def step():
         return S.train_step(nets, opts, S.draw_batch(data, gen, a, dist), a, dist, a.steps)
-    t_step = bench_util.time_per_call(step, dev, reps=5)
-    flops, peak = bench_util.count_flops(step), bench_util.matmul_peak(dev)
-    out = {"renderer_mpix_per_s": B * H * W / t_warp / 1e6, "renderer_ms": 1e3 * t_warp,
-           "copy_ms": 1e3 * t_copy, "renderer_over_copy": t_warp / t_copy, "grid_sample_over_copy": t_gs / t_copy,
-           "train_frames_per_s": a.batch_size * dist.world / t_step, "step_ms": 1e3 * t_step,
-           "step_gflop": flops / 1e9, "matmul_peak_gflops": peak / 1e9, "fraction_of_peak": flops / t_step / peak,
+    flops = bench_util.count_flops(step)
+    n = 1024 if dev.type == "cpu" else 4096
+    x, y = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
+    f0 = minor_faults()
+    t["step"] = timed(step, reps=5)
+    faults_step = (minor_faults() - f0) / (5 * 5 + 1)
+
+    def matmul():
+        x @ y
+        common.sync(dev)
+    t["matmul"] = timed(matmul, reps=10)
+    peak = [2 * n ** 3 / s for s in t["matmul"]]  # (wall, CPU) FLOP/s
+    w, c = 0, 1  # the two readings of every timed() pair
+    out = {"renderer_mpix_per_s": B * H * W / t["warp"][w] / 1e6, "renderer_ms": 1e3 * t["warp"][w],
+           "copy_ms": 1e3 * t["copy_in"][w], "renderer_over_copy": t["warp"][w] / t["copy_in"][w],
+           "copy_io_ms": 1e3 * t["copy_io"][w], "renderer_over_copy_io": t["warp"][w] / t["copy_io"][w],
+           "grid_sample_over_copy_io": t["grid_sample"][w] / t["copy_io"][w],
+           "renderer_cold_ms": 1e3 * t["warp_cold"][w], "copy_io_cold_ms": 1e3 * t["copy_io_cold"][w],
+           "renderer_over_copy_io_cold": t["warp_cold"][w] / t["copy_io_cold"][w],
+           "renderer_over_copy_io_cpu": t["warp"][c] / t["copy_io"][c],
+           "renderer_over_copy_cpu": t["warp"][c] / t["copy_in"][c],
+           "grid_sample_over_copy_io_cpu": t["grid_sample"][c] / t["copy_io"][c],
+           "renderer_over_copy_io_cold_cpu": t["warp_cold"][c] / t["copy_io_cold"][c],
+           "page_faults_per_renderer_call": faults_warp, "page_faults_per_step": faults_step,
+           "train_frames_per_s": a.batch_size * dist.world / t["step"][w], "step_ms": 1e3 * t["step"][w],
+           "step_ms_cpu": 1e3 * t["step"][c], "step_gflop": flops / 1e9, "matmul_peak_gflops": peak[w] / 1e9,
+           "matmul_peak_gflops_cpu": peak[c] / 1e9, "fraction_of_peak": flops / t["step"][w] / peak[w],
+           "fraction_of_peak_cpu": flops / t["step"][c] / peak[c],
            "batch": a.batch_size, "size": [H, W], "device": str(dev), "threads": torch.get_num_threads()}
     for k, v in out.items():
         print(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}")

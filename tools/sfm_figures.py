@@ -6,17 +6,34 @@
                      chained predicted motions (no scale fit) in red
 
 sfm_aign.py calls write_figures(sfm_aign module, ...) after its final test evaluation; a copied script
-without tools/ skips them. Depth colours: sfm_aign.depth_color (fixed log scale, bright = near).
+without tools/ skips them. Depth colours: depth_color below (fixed log scale, bright = near).
 """
 import os
 
 import numpy as np
 import torch
 
+CMAP = np.array([[0.0, 0.0, 0.02], [0.23, 0.06, 0.44], [0.55, 0.16, 0.5], [0.87, 0.29, 0.4],
+                 [0.99, 0.6, 0.36], [0.99, 0.99, 0.75]])  # depth colours: dark (far) -> bright (near)
+
+
+def colorize(v):
+    """(H,W) values in [0,1] -> (H,W,3) colours by piecewise-linear interpolation of CMAP."""
+    v = np.clip(np.asarray(v, dtype=np.float64), 0, 1) * (len(CMAP) - 1)
+    i = np.minimum(np.floor(v).astype(int), len(CMAP) - 2)
+    return CMAP[i] * (1 - (v - i)[..., None]) + CMAP[i + 1] * (v - i)[..., None]
+
+
+def depth_color(d, args):
+    """Log-depth colours on a fixed range (comparable across steps and runs); 0 = invalid -> black."""
+    d = np.asarray(d, dtype=np.float64)
+    v = np.log(args.max_depth / np.maximum(d, 1e-3)) / np.log(args.max_depth / args.min_depth)
+    return np.where(d[..., None] > 0, colorize(v), 0.0)
+
 
 @torch.no_grad()
 def write_figures(S, run_dir, nets, test, args, device, n=4, size=320):
-    """S: the calling sfm_aign module (its renderer, losses, colours and common). depth_grid.png: n frames
+    """S: the calling sfm_aign module (its renderer, losses and common). depth_grid.png: n frames
     of the first test sequence with GT depth, one a row: frame | predicted depth | GT | warped next frame |
     photometric error; trajectory.png: top view (x right, z up) of the first test sequence with poses, GT
     in black, the chained predictions (no scale fit) in red."""
@@ -28,8 +45,8 @@ def write_figures(S, run_dir, nets, test, args, device, n=4, size=320):
         warped, valid = S.inverse_warp(nxt, depth, nets["pose_net"](prev, tgt, nxt)[:, 1], K)
         err = (S.photometric_error(warped, tgt) * valid)[0, 0].cpu().numpy()
         gt = S.gt_depth(seq, i, hw)[0].numpy() if i in seq["depth"] else np.zeros(hw)
-        rows.append([tgt[0].cpu(), S.depth_color(depth[0, 0].cpu().numpy(), args), S.depth_color(gt, args),
-                     (warped * valid)[0].cpu(), S.colorize(err / 0.5)])
+        rows.append([tgt[0].cpu(), depth_color(depth[0, 0].cpu().numpy(), args), depth_color(gt, args),
+                     (warped * valid)[0].cpu(), colorize(err / 0.5)])
     S.common.write_png(os.path.join(run_dir, "depth_grid.png"), S.common.image_grid(rows))
     seq = next((s for s in test if s["poses"] is not None), None)
     if seq is None:
