@@ -131,8 +131,7 @@ def get_args(argv=None):
 # fx fy cx cy; "dist": (N,5) k1 k2 k3 p1 p2 or None (a pinhole); "y3d": (N,17,3) metres in camera
 # coordinates or None; "action": (N,) str}, plus the memory (M,17,3) of 3D poses in any world frame.
 def make_split(path, x2d, cam, y3d=None, action=None, what=NPZ_LAYOUT, dist=None):
-    """Every loader's arrays, checked: shapes, one N, finite positive focal lengths and distortion;
-    NaN (not inf) = a gap."""
+    """Every loader's arrays, checked: shapes, one N, finite positive focal lengths, NaN (not inf) = a gap."""
     common.check_array(np.nan_to_num(x2d) if x2d.dtype.kind == "f" else x2d, path, "poses_2d", (None, NJ, 2),
                        what)                                                   # the shape (NaN, inf: below)
     x2d, n = np.ascontiguousarray(x2d, np.float32), len(x2d)
@@ -327,11 +326,10 @@ def normalise_2d(x2d, cam, dist=None, ray=False):
     return inp, xn, vis, scale, rot
 
 class Generator(nn.Module):
-    """Residual MLP lifter (Martinez et al. 2017 style) with a 2D skip connection: each joint's x, y are
-    the observed 2D times a predicted size (metres) plus a learned correction, its depth is predicted. At
-    initialisation the pose already reprojects onto its input, so learning is about depth and size, what
-    the renderer cannot tell and the memory must. Output: root-relative 3D joints in metres, in the camera's
-    frame (with rot (B,3,3) from normalise_2d: G's pose in the virtual camera's frame, rotated back)."""
+    """Residual MLP lifter (Martinez et al. 2017 style) with a 2D skip connection: each joint's x, y are the
+    observed 2D times a predicted size (metres) plus a learned correction, its depth is predicted: at init the
+    pose reprojects onto its input, so learning is about depth and size, which only the memory can tell.
+    Output: root-relative joints (metres), camera frame (with rot from normalise_2d: rotated back to it)."""
 
     def __init__(self, hidden=512, blocks=2):
         super().__init__()
@@ -355,9 +353,8 @@ class Generator(nn.Module):
         return pose if rot is None else pose @ rot
 
 def canonicalise(pose):
-    """Rotate a pose into its own body frame (x: right->left hip, y: pelvis->thorax, z = x cross y)
-    so the discriminator judges the pose, not the camera. A proper rotation: a depth-flipped
-    (mirrored) pose stays mirrored and remains detectable. (B,17,3) -> (B,17,3)."""
+    """(B,17,3) -> (B,17,3) in its own body frame (x: right->left hip, y: pelvis->thorax, z = x cross y): D
+    judges the pose, not the camera. A proper rotation: a depth-flipped (mirrored) pose stays detectable."""
     p = pose - pose[:, :1]
     up = F.normalize(p[:, 8], dim=-1, eps=1e-6)                                   # (B,3)
     h = p[:, 4] - p[:, 1]
@@ -431,12 +428,10 @@ def through_cameras(poses, up, yaw, elevation):
     return (poses - poses[:, :1]) @ (Rx @ Ry @ A).transpose(1, 2)                  # (B,17,3)
 
 def place_and_project(pose, xn, vis, camera="perspective", dist=None):
-    """The AIGN renderer for poses. pose (B,17,3) root-relative metres, xn (B,17,2) observed
-    normalised coordinates, vis (B,17), dist (B,5) or None. The translation t = (tx, ty, tz) that best
-    places the pose is solved in closed form on the undistorted observations (linear least squares
-    over visible joints: x_j (Z_j + tz) = X_j + tx for perspective, x_j tz = X_j + tx for weak
-    perspective), so the renderer has no parameters. Returns projected normalised coordinates
-    (B,17,2), distorted like the observations, and t (B,3)."""
+    """The AIGN renderer for poses (no parameters). pose (B,17,3) root-relative metres, xn (B,17,2) observed
+    normalised coordinates, vis (B,17), dist (B,5) or None. The translation t (B,3) that best places the pose
+    is solved in closed form on the undistorted observations (least squares over visible joints: x_j (Z_j +
+    tz) = X_j + tx; weak perspective: x_j tz = X_j + tx). Returns the projection (B,17,2), distorted, and t."""
     xn = xn if dist is None else undistort(xn, dist)                              # (B,17,2) pinhole
     X, Y, Z = pose.unbind(-1)                                                     # (B,17) each
     zj = Z if camera == "perspective" else torch.zeros_like(Z)
@@ -535,9 +530,8 @@ def predict(G, split, args, device, batch=4096):
     return tuple(torch.cat(o) for o in zip(*out))
 
 def evaluate(G, split, args, device, action_mean):
-    """Metrics of G on a split with 3D ground truth: overall and per action, plus the cameras' check
-    gt_reproj_px (the renderer's projection of the ground-truth 3D vs the given 2D, pixels) and
-    reproj_px (the same for the placed predictions)."""
+    """Metrics of G on a split with 3D truth, overall and per action, plus the cameras' check gt_reproj_px
+    (the renderer on the true 3D vs the given 2D, pixels) and reproj_px (the same for the predictions)."""
     pred, _, proj = predict(G, split, args, device)
     gt = torch.as_tensor(split["y3d"] - split["y3d"][:, :1])                                # root-relative
     x2d, cam, y3d = (torch.as_tensor(split[k]) for k in ("x2d", "cam", "y3d"))
@@ -560,16 +554,12 @@ def validate(G, data, args, device):
     m = evaluate(G, split, args, device, data["action_mean"]) if split["y3d"] is not None else {}
     return {f"{tag}_{k}": v for k, v in m.items() if k != "per_action"}
 
-def save_figures(G, split, args, device, out_dir, n=6):
-    """samples.png (fixed test samples: input 2D | prediction | ground truth) and turntable.gif, drawn by
-    tools/pose_figures.py (also predictions.png of --predict), which a copied script may lack."""
-    figures = common.optional_tool(__file__, "pose_figures")
-    if figures is None:
-        return common.log("figures skipped: tools/pose_figures.py is not beside the script")
-    idx = np.linspace(0, len(split["x2d"]) - 1, n).astype(int)
-    sub = {k: split[k] if split[k] is None else split[k][idx] for k in ("x2d", "cam", "dist", "y3d")}
-    gt = None if sub["y3d"] is None else sub["y3d"] - sub["y3d"][:, :1]                  # (n,17,3)
-    figures.samples(out_dir, sub["x2d"], predict(G, sub, args, device)[0].numpy(), gt)
+def figures():
+    """tools/pose_figures.py (samples.png, turntable.gif, predictions.png), or None in a copied script."""
+    tool = common.optional_tool(__file__, "pose_figures")
+    if tool is None:
+        common.log("figures skipped: tools/pose_figures.py is not beside the script")
+    return tool
 
 
 # ----------------------------------------------------------------------------------------------
@@ -602,12 +592,9 @@ def draw_batch(data, gen, args, dist):
     """The global batch, drawn alike on every rank from `gen`; each rank keeps its slice. Returns
     the 2D rows (unpaired first, then paired) with their cameras, memory poses, paired 3D targets."""
     t, B, nu = data["train_set"], args.batch_size, data["train_set"]["n_unpaired"]
-
-    def draw(n):
-        return torch.randint(n, (B * dist.world,), generator=gen)[dist.rank * B:(dist.rank + 1) * B]
-
-    def uniform(lo, hi):
-        return lo + (hi - lo) * torch.rand(B * dist.world, generator=gen)[dist.rank * B:(dist.rank + 1) * B]
+    mine = slice(dist.rank * B, (dist.rank + 1) * B)                            # this rank's rows
+    draw = lambda n: torch.randint(n, (B * dist.world,), generator=gen)[mine]  # noqa: E731
+    uniform = lambda lo, hi: lo + (hi - lo) * torch.rand(B * dist.world, generator=gen)[mine]  # noqa: E731
 
     iu = draw(len(t["x2d"]))
     im = draw(len(t["memory"])) if t["memory"] is not None else None
@@ -726,9 +713,8 @@ def run_predict(args, dist, G, run_dir):
     common.write_json(os.path.join(run_dir, "predictions.json"), {
         "joints": JOINTS, "units": "metres, camera coordinates (x right, y down, z forward)",
         "poses_3d": placed.round(4).tolist()})
-    figures = common.optional_tool(__file__, "pose_figures")
-    if figures is not None:
-        figures.predictions(os.path.join(run_dir, "predictions.png"), split["x2d"][:4], rel[:4])
+    if figures():
+        figures().predictions(os.path.join(run_dir, "predictions.png"), split["x2d"][:4], rel[:4])
     common.log(f"wrote {len(rel)} poses to {run_dir}/predictions.npz and .json", dist)
 
 
@@ -771,7 +757,8 @@ def main(argv=None):
     common.log(" ".join(f"test {k} {results[k]:.1f} mm" for k in ("mpjpe", "p_mpjpe", "n_mpjpe")
                         if k in results) or "test split has no poses_3d: metrics skipped", dist)
     common.write_json(os.path.join(run_dir, "results.json"), results)
-    save_figures(nets["G"], test, args, dist.device, run_dir)
+    if figures():  # fixed test samples: input 2D | prediction | ground truth
+        figures().samples(run_dir, test, lambda sub: predict(nets["G"], sub, args, dist.device)[0].numpy())
 
 
 if __name__ == "__main__":

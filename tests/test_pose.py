@@ -279,16 +279,33 @@ def test_wide_clips_cover_the_limb_ranges_within_joint_limits():
     assert np.degrees(np.arccos(np.clip((left * right).sum(-1), -1, 1))).mean() < 40
 
 
-def test_builtin_wide_clips_come_after_and_leave_the_rest_unchanged(tmp_path):
-    B.build(str(tmp_path / "a"), seed=5)
-    B.build(str(tmp_path / "b"), seed=5, wide=1)
+@pytest.mark.parametrize("kind", ["wide", "hang"])
+def test_builtin_extra_clips_come_after_and_leave_the_rest_unchanged(tmp_path, kind):
+    B.build(str(tmp_path / "a"), seed=5, wide=0, hang=0)
+    B.build(str(tmp_path / "b"), seed=5, **{"wide": 0, "hang": 0, kind: 1})
     for role in ("val", "test"):
         a, b = np.load(tmp_path / "a" / f"{role}.npz"), np.load(tmp_path / "b" / f"{role}.npz")
         n = len(a["poses_2d"])
         np.testing.assert_array_equal(b["poses_2d"][:n], a["poses_2d"])
-        assert set(b["action"][n:]) == {"wide"}
+        assert set(b["action"][n:]) == {kind}
     assert len(np.load(tmp_path / "b" / "memory.npz")["poses_3d"]) == len(
         np.load(tmp_path / "a" / "memory.npz")["poses_3d"]) + 3 * 250
+
+
+def test_hang_motion_holds_both_arms_overhead_within_joint_limits():
+    """The scripted 'hang' clips: both wrists above the head in nearly every frame, the subject's bones
+    kept, knees and elbows bent at most 150 deg, smooth motion."""
+    lengths = B.bone_lengths(np.load(os.path.join(ROOT, "data", "cmu_h36m17.npz"))["poses_3d"])
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        clip = B.synth_pose_fk(B.synth_motion("hang", 250, rng), lengths, 30.0)       # (250,17,3), Y up
+        np.testing.assert_allclose(np.linalg.norm(clip[:, 1:] - clip[:, P.PARENTS[1:]], axis=-1),
+                                   np.broadcast_to(lengths[1:], (250, 16)), rtol=1e-9)
+        assert (np.minimum(clip[:, 13, 1], clip[:, 16, 1]) > clip[:, 10, 1]).mean() > 0.9
+        assert np.linalg.norm(np.diff(clip, axis=0), axis=-1).max() < 0.15
+        for a, b, c in ((1, 2, 3), (4, 5, 6), (11, 12, 13), (14, 15, 16)):
+            u, v = B.unit(clip[:, b] - clip[:, a]), B.unit(clip[:, c] - clip[:, b])
+            assert np.degrees(np.arccos(np.clip((u * v).sum(-1), -1, 1))).max() <= 150 + 1e-6
 
 
 def test_error_decomposition_tool_hand_cases():

@@ -3,7 +3,8 @@ seen by random perspective cameras, written as a generic folder (train/val/test/
 pose_aign.py then reads with its ordinary folder loader. pose_aign.py calls build() through
 common.builtin_dataset on first use (about 1 s); to write a copy somewhere else:
 
-    python3 tools/pose_builtin.py OUT_DIR [--wide N]     # N clips per subject across the joint-angle space
+    python3 tools/pose_builtin.py OUT_DIR [--wide N] [--hang N]   # N more clips per subject: across the
+                                                                  # joint-angle space / hanging from a bar
 
 It never imports pose_aign.py: the few skeleton constants it needs are copied here.
 """
@@ -30,6 +31,7 @@ REST_DIRS = np.array([[0, 0, 0], [-1, 0, 0], [0, -1, 0], [0, -1, 0], [1, 0, 0], 
 REST_DIRS[1:] /= np.linalg.norm(REST_DIRS[1:], axis=1, keepdims=True)
 MOTIONS = ["walk", "run", "sit", "squat", "wave", "bend", "reach"]
 WIDE = 0  # default clips per subject from wide_clip (the anatomical joint-angle space; build(wide=...))
+HANG = 0  # default clips per subject of the scripted 'hang' motion (build(hang=...))
 
 
 def bone_lengths(poses):
@@ -88,6 +90,15 @@ def synth_motion(kind, T, rng):
         a["spine_flex"], a["spine_side"], a["spine_twist"] = u(-15, 40) * d, u(-20, 20) * d, u(-30, 30) * d
         a["r_hip_flex"] = a["l_hip_flex"] = u(0, 50) * d
         a["r_knee"], a["l_knee"] = u(0, 60) * d, u(0, 60) * d
+    elif kind == "hang":  # from a bar overhead: both arms up, pull-ups, legs hanging or in an L-sit, swinging
+        pull, lsit = 0.5 - 0.5 * c, rng.random() < 0.5
+        for side in "rl":
+            a[f"{side}_sh_flex"], a[f"{side}_sh_abd"] = u(150, 178) + u(0, 10) * s, z + u(-5, 30)
+            a[f"{side}_elbow"] = u(0, 30) + u(0, 90) * pull
+            a[f"{side}_hip_flex"] = (u(60, 100) if lsit else u(0, 25)) + u(5, 25) * s
+            a[f"{side}_knee"] = (u(0, 25) if lsit else u(0, 90)) + slow(10)
+            a[f"{side}_hip_abd"] = z + u(0, 25)
+        a["spine_flex"] = u(-15, 15) + u(0, 10) * s
     elif kind == "bend":
         d = 0.5 - 0.5 * c
         a["spine_flex"] = u(50, 95) * d
@@ -358,12 +369,13 @@ def seen(world, subj, act, rng, T=250):
     return pc, project_np(pc, cam), cam
 
 
-def build(folder, seed=1234, wide=WIDE):
+def build(folder, seed=1234, wide=WIDE, hang=HANG):
     """Write the built-in dataset: train/val/test.npz (2D + cameras + 3D + subject/action) and
     memory.npz (3D only). Each synthetic subject has its own bones and clips of 250 frames: the 7
     scripted motions (MOTIONS), 4 from the sampler fitted to the real clip 01_01 ('fitted'), 1
-    lying on the floor ('lying') and `wide` across the limbs' joint-angle ranges ('wide'; drawn from
-    their own random stream after the others, so the rest of the data is as before they existed).
+    lying on the floor ('lying'), `wide` across the limbs' joint-angle ranges ('wide') and `hang` hanging
+    from a bar ('hang'); these two each from their own random stream after the others, so the rest of
+    the data is as before they existed.
     Disjoint roles: S1-S6 give the 2D inputs, S7-S9 the memory, S10 validation, S11-S12 test; the
     real CMU poses: clip 01_01 memory, the first 40% of clip 01_03 validation, the rest of it test
     (action 'cmu')."""
@@ -374,12 +386,13 @@ def build(folder, seed=1234, wide=WIDE):
     cut = int(0.4 * len(real["01_03"]))
     real = {"memory": real["01_01"], "val": real["01_03"][:cut], "test": real["01_03"][cut:]}
     model = fit_sampler(real["memory"])
-    rng, rng_wide = np.random.default_rng(seed), np.random.default_rng(seed + 1)
+    rng, rng_wide, rng_hang = (np.random.default_rng(seed + i) for i in range(3))
+    streams = {"base": rng, "wide": rng_wide, "hang": rng_hang}
     roles = {"train": range(1, 7), "memory": range(7, 10), "val": [10], "test": [11, 12]}
     sym = [0, 4, 5, 6, 1, 2, 3, 7, 8, 9, 10, 14, 15, 16, 11, 12, 13]  # left <-> right twin of each bone
     out, T = {}, 250
     for role, subjects in roles.items():
-        parts = {"base": ([], [], []), "wide": ([], [], [])}                      # poses, subject, action
+        parts = {k: ([], [], []) for k in streams}                                 # poses, subject, action
         for s in subjects:
             jitter = rng.normal(1.0, 0.04, NJ)
             lengths = lengths0 * rng.uniform(0.88, 1.12) * (jitter + jitter[sym]) / 2  # symmetric body
@@ -387,8 +400,10 @@ def build(folder, seed=1234, wide=WIDE):
             clips += [("fitted", sample_clip(model, T, lengths, rng)) for _ in range(4)]
             clips += [("lying", sample_clip(model, T, lengths, rng, lying=True))]
             clips += [("wide", wide_clip(model, T, lengths, rng_wide)) for _ in range(wide)]
+            clips += [("hang", synth_pose_fk(synth_motion("hang", T, rng_hang), lengths, rng_hang.uniform(0, 360)))
+                      for _ in range(hang)]
             for kind, pose in clips:
-                poses, subj, act = parts["wide" if kind == "wide" else "base"]
+                poses, subj, act = parts[kind if kind in streams else "base"]
                 poses.append(pose); subj += [f"S{s}"] * T; act += [kind] * T
         if role != "train":
             poses, subj, act = parts["base"]
@@ -400,7 +415,7 @@ def build(folder, seed=1234, wide=WIDE):
                         poses_3d=np.concatenate([p[0] for p in out["memory"].values()]))
     for role in ("train", "val", "test"):
         views = 2 if role == "train" else 1  # each clip is seen by its own random camera(s)
-        rows = [(seen(*part, rng if k == "base" else rng_wide), part[1], part[2])
+        rows = [(seen(*part, streams[k]), part[1], part[2])
                 for _ in range(views) for k, part in out[role].items()]
         cat = lambda f: np.concatenate([f(r) for r in rows])  # noqa: E731
         np.savez_compressed(os.path.join(folder, f"{role}.npz"), poses_2d=cat(lambda r: r[0][1]).astype(np.float32),
@@ -413,6 +428,7 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("out_dir", help="folder to write train/val/test/memory.npz into")
     ap.add_argument("--wide", type=int, default=WIDE, help=f"wide_clip clips per subject (default: {WIDE})")
+    ap.add_argument("--hang", type=int, default=HANG, help=f"'hang' clips per subject (default: {HANG})")
     a = ap.parse_args()
-    build(a.out_dir, wide=a.wide)
+    build(a.out_dir, wide=a.wide, hang=a.hang)
     print(f"wrote {a.out_dir}")

@@ -49,11 +49,14 @@ def view2d(x2d, size=160):
     return draw_skeleton(np.full((size, size, 3), 255, np.uint8), pts, radius=2)
 
 
-def samples(out_dir, x2d, pred, gt=None):
-    """samples.png: one row per sample: input 2D (n,17,2) | prediction (n,17,3) (camera, side) | ground
-    truth (n,17,3) or None (camera, side); turntable.gif: the first prediction turning around, the
-    ground truth as a ghost."""
-    gt = [None] * len(pred) if gt is None else gt
+def samples(out_dir, split, lift, n=6):
+    """samples.png: one row per sample of n spread over the split (the script's split dict): input 2D |
+    prediction lift(sub) (n,17,3) (camera, side) | ground truth or none (camera, side); turntable.gif:
+    the first prediction turning around, the ground truth as a ghost."""
+    idx = np.linspace(0, len(split["x2d"]) - 1, n).astype(int)
+    sub = {k: split[k] if split[k] is None else split[k][idx] for k in ("x2d", "cam", "dist", "y3d")}
+    x2d, pred = sub["x2d"], lift(sub)
+    gt = [None] * len(pred) if sub["y3d"] is None else sub["y3d"] - sub["y3d"][:, :1]     # (n,17,3)
     rows = [[view2d(x), view3d(p), view3d(p, yaw=90)] + ([] if g is None else [view3d(g), view3d(g, yaw=90)])
             for x, p, g in zip(x2d, pred, gt)]
     common.write_png(os.path.join(out_dir, "samples.png"), common.image_grid(rows))
