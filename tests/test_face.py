@@ -366,7 +366,8 @@ def test_bench_table(tmp_path):
             res = {"psnr_hr": 26 + d, "ssim_hr": 0.7, "psnr_lr": 40, "attr_rate_onnx": onnx + d, "attr_rate_cnn": cnn,
                    "psnr_hr_bicubic": 27.5, "ssim_hr_bicubic": 0.8, "psnr_lr_bicubic": 39,
                    "attr_rate_onnx_bicubic": 0.7, "attr_rate_cnn_bicubic": 0.52, "attr_rate_gt_onnx": 0.5,
-                   "attr_rate_gt_cnn": 0.51, "steps": 100, "n_test": 10, "images_per_s": 50.0}
+                   "attr_rate_gt_cnn": 0.51, "steps": 100, "n_test": 10, "images_per_s": 50.0,
+                   "judge_acc_onnx": 1.0, "judge_acc_cnn": 0.7 + d / 10}
             (run / "results.json").write_text(json.dumps(res))
             (run / "versions.json").write_text(json.dumps({"cuda": None, "processor": "x86_64", "cpu_threads": 1,
                                                            "torch": "2.13.0"}))
@@ -374,7 +375,8 @@ def test_bench_table(tmp_path):
     md = fb.table(argparse.Namespace(out=str(tmp_path), seeds=[0, 1, 2]))
     # female vs male memory: A - B = 40 points (onnx, both seeds) and 20 points (cnn); the judges agree
     assert ("| gender: judged female | onnx | 0.600 ± 0.100 | 0.200 ± 0.100 | 0.400 ± 0.100 | 0.700 ± 0.000 | "
-            "0.500 ± 0.000 | **+40.0** | +40.0 / +40.0 | yes | 40.00 ± 0.00 / 40.00 ± 0.00 | 2/2 |") in md
+            "0.500 ± 0.000 | **+40.0** | +40.0 / +40.0 | yes | 40.00 ± 0.00 / 40.00 ± 0.00 | 2/2 | +100.0 ± 0.0 |") in md
+    assert "| **+20.0** | +20.0 / +20.0 | yes | 40.00 ± 0.00 / 40.00 ± 0.00 | 2/2 | +40.0 ± 2.0 |" in md  # 2 acc - 1
     assert "| gender: judged female | cnn | 0.550 ± 0.000 | 0.350 ± 0.000 | 0.450 ± 0.000 |" in md
     assert "| **+20.0** | +20.0 / +20.0 |" in md
     assert "age:" not in md and "mouth:" not in md  # pairs without runs are left out

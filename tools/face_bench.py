@@ -15,7 +15,9 @@ and the paired SR bound with the posterior-sampler estimate (bound - 3.01 dB: a 
 posterior has twice the bound's expected squared error). Each run is
 `face_aign.py FLAGS --seed S --out OUT/<run>-s<S>`; finished runs (results.json) are reused. Writes
 OUT/table.md and OUT/grid_<pair>.png (input | baseline | memory A | memory B | ground truth, 8 fixed
-test faces of seed --seeds[0]).
+test faces of seed --seeds[0]). The last column, the judge's A − B on true faces, is 2 × its accuracy on the
+balanced test labels − 1: its rate on truly-A minus truly-B test faces, what a perfect swap of the attribute
+in real faces would show on that judge (the ONNX models and the mouth rule made the labels: +100).
 
 --throughput times face_aign.train_step from outside (tools/bench_util.py): images/s, seconds per
 step, FLOPs per step and the fraction of the measured matmul peak, into OUT/bench.json.
@@ -56,7 +58,8 @@ PAIRS = {"gender": ("female", "sr-female", "sr-male", "sr-unbiased", "bicubic"),
          "mouth": ("open mouth", "inpaint-open", "inpaint-closed", "inpaint-unbiased", "fill")}
 JUDGES = ("onnx", "cnn")
 CONTRAST_HEAD = ["pair", "judge", "memory A", "memory B", "unbiased", "baseline", "ground truth", "A − B",
-                 "A − B per seed", "same sign all seeds", "LR PSNR A / B (dB)", "judges agree"]
+                 "A − B per seed", "same sign all seeds", "LR PSNR A / B (dB)", "judges agree",
+                 "judge's A − B on true faces"]
 
 
 def get_args(argv=None):
@@ -175,6 +178,11 @@ def contrast_rows(res, seeds):
         for r in rows:
             if r[0].startswith(pair + ":") and both:
                 r.append(f"{sum(agree)}/{len(agree)}")
+    for r in rows:  # the judge's contrast between truly-A and truly-B test faces (balanced): 2 accuracy - 1
+        a = PAIRS[r[0].split(":")[0]][1]
+        acc = [res[a][s].get(f"judge_acc_{r[1]}") for s in seeds if s in res.get(a, {})]
+        r += [""] * (len(CONTRAST_HEAD) - 1 - len(r)) + [fmt([None if v is None else 100 * (2 * v - 1)
+                                                              for v in acc], 1, sign=True)]
     return rows
 
 
