@@ -8,20 +8,20 @@ the memory does.
 
 Results card (built-in procedural streets, 3 test sequences, 48x160, 2000 steps of 8 triplets, CPU, 1 thread;
 abs_rel unscaled / median-scaled, prediction resized as disparity; commands, hardware: docs/sfm.md):
-    seeds 0-2: AIGN (default: the depth memory, --adv-on depth, chosen on the built-in val/ split)
-    0.302 / 0.313, scale GT/pred 1.03, ATE 0.056 m (seed 0: 0.318 / 0.316, 270 s of training);
-    photometric only 0.887 / 0.315, ATE 0.104 m. The memory recovers metric scale and ties
-    photometric-only's structure (val: 0.322 vs 0.342 median-scaled).
-    5% labels (stretches; seeds 0-2): AIGN + pairs 0.467 vs supervised only 0.712 (+34%); the 1-100%
-    curve at this length: README (tools/sfm_bench.py --curve).
-    Speed (1 thread, tools/sfm_bench.py --throughput): renderer forward + backward on 16 frames 6-7 ms
-    (~120-150x a plain copy; grid_sample alone ~30x), a training step ~145 ms = ~49% of the matmul peak.
+    seeds 0-2: AIGN (default: the depth memory, --adv-on depth, chosen on the built-in val/ split) 0.302 /
+    0.313, scale GT/pred 1.03, ATE 0.056 m; photometric only 0.887 / 0.315, ATE 0.104 m: the memory recovers
+    the metric scale and ties photometric-only's structure (val: 0.322 vs 0.342 median-scaled).
+    Labels as stretches (seeds 0-2): AIGN + pairs +31 / +34 / +35 / +24% lower abs_rel than supervised only
+    at 1 / 2 / 5 / 10% paired, a tie at 100% (tools/sfm_bench.py --curve).
+    Speed (tools/sfm_bench.py --throughput, 1 thread, CPU time): a step 58-60% of the matmul peak; renderer
+    forward + backward ~51x a copy of its inputs + outputs in cache, ~15-18x one from memory.
 
     python3 sfm_aign.py                      # unpaired AIGN on the built-in procedural streets
     python3 sfm_aign.py --lambda-adv 0       # photometric-only baseline (scale-ambiguous)
     python3 sfm_aign.py --data DIR --memory MEM       # your sequences (layouts: --help)
 """
 import argparse
+import contextlib
 import ctypes
 import functools
 import glob
@@ -76,9 +76,8 @@ def get_args(argv=None):
     add("--min-depth", type=float, default=0.5, help="smallest predictable depth, m (default: 0.5)")
     add("--max-depth", type=float, default=100.0, help="largest predictable depth, m (default: 100)")
     add("--eval-cap", type=float, default=80.0, help="evaluate depth on GT in 0.001..CAP m (default: 80)")
-    add("--eval-crop", choices=["garg", "none"],
-        help="depth evaluation window: the Eigen split's Garg crop or the whole frame (default: garg with "
-             "--gt-depth, else none)")
+    add("--eval-crop", choices=["garg", "none"], help="depth evaluation window: the Eigen split's Garg "
+        "crop or the whole frame (default: garg with --gt-depth, else none)")
     args = p.parse_args(argv)
     common.check_args(args, nonneg_ints=("adv_warmup",))
     args.eval_crop = args.eval_crop or ("garg" if args.gt_depth else "none")
@@ -352,8 +351,7 @@ class MotionD(nn.Module):
         return self.net((motions - self.mean) / self.std)
 
 def build_nets(args, device):
-    """The four networks, conv weights channels-last like the frames (no weight reorder in every convolution:
-    a CPU step ~4-7% faster; the same numbers up to float rounding)."""
+    """The four nets, conv weights channels-last like the frames (no reorder per convolution: 4-7% faster)."""
     nets = {"depth_net": DepthNet(args.min_depth, args.max_depth), "pose_net": PoseNet(),
             "D_depth": PatchD(args.d_input == "normalised"), "D_motion": MotionD()}
     return {k: m.to(device, memory_format=torch.channels_last) for k, m in nets.items()}
@@ -780,15 +778,12 @@ def predict(args, nets, device, run_dir):
 # ----------------------------------------------------------------------------------------------
 # Main
 def keep_freed_memory():
-    """glibc's malloc gives the heap's top back to the system whenever it shrinks and maps big buffers afresh,
-    so each step page-faulted its buffers in again (~4,000 faults a CPU step, ~8% of its time): keep freed
-    memory for reuse (mmap above 32 MB, trim above 1 GB). Same numbers; a no-op without glibc."""
-    try:
+    """glibc's malloc gave freed heap back to the system at once and mapped big buffers afresh: a CPU step
+    page-faulted ~4,000-15,000 times (~8% of it). Keep freed memory instead; same numbers; no-op off glibc."""
+    with contextlib.suppress(OSError, AttributeError, TypeError):
         libc = ctypes.CDLL(None)
-        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError, TypeError):
-        pass
+        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: buffers below 32 MB come from the heap
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep up to 1 GB of freed heap
 
 def report(nets, data, args, dist, run_dir, **extra):
     """The final test evaluation: results.json (+ extra, with the step or steps), the figures of
