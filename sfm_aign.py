@@ -21,8 +21,6 @@ abs_rel unscaled / median-scaled, prediction resized as disparity; commands, har
     python3 sfm_aign.py --data DIR --memory MEM       # your sequences (layouts: --help)
 """
 import argparse
-import contextlib
-import ctypes
 import functools
 import glob
 import math
@@ -777,14 +775,6 @@ def predict(args, nets, device, run_dir):
 
 # ----------------------------------------------------------------------------------------------
 # Main
-def keep_freed_memory():
-    """glibc's malloc gave freed heap back to the system at once and mapped big buffers afresh: a CPU step
-    page-faulted ~4,000-15,000 times (~8% of it). Keep freed memory instead; same numbers; no-op off glibc."""
-    with contextlib.suppress(OSError, AttributeError, TypeError):
-        libc = ctypes.CDLL(None)
-        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: buffers below 32 MB come from the heap
-        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep up to 1 GB of freed heap
-
 def report(nets, data, args, dist, run_dir, **extra):
     """The final test evaluation: results.json (+ extra, with the step or steps), the figures of
     tools/sfm_figures.py (depth_grid.png, trajectory.png), a log line."""
@@ -799,7 +789,6 @@ def report(nets, data, args, dist, run_dir, **extra):
 
 def main(argv=None):
     args = get_args(argv)
-    keep_freed_memory()
     dist = common.Dist(args.device)
     state = common.load_checkpoint(args.resume, SCRIPT, nets=NETS) if args.resume else None
     if state is not None:

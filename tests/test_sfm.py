@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import common
 import sfm_aign as S
 from tools import sfm_builtin as B
 from conftest import ROOT, one_line_error, run_cli, standalone_copy
@@ -689,7 +690,7 @@ def test_keep_freed_memory_stops_page_faults():
     """After keep_freed_memory, repeated renderer calls reuse freed memory: without it glibc faulted ~300-800
     pages back in per call of this size (16 frames of 48x160, forward + backward)."""
     import resource
-    S.keep_freed_memory()
+    common.keep_freed_memory()
     g = torch.Generator().manual_seed(0)
     src, gout = torch.rand(16, 3, 48, 160, generator=g), torch.rand(16, 3, 48, 160, generator=g)
     depth = (5 + 10 * torch.rand(16, 1, 48, 160, generator=g)).requires_grad_(True)

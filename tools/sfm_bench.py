@@ -26,7 +26,7 @@ Each run is a plain `python3 sfm_aign.py ...` with its own run folder under --ou
 printed and written to OUT/table.md (with the hardware and the wall time per run).
 
 --throughput imports sfm_aign and times it from outside (what `sfm_aign.py --bench` printed before),
-after the allocator setting sfm_aign.main makes (keep_freed_memory): the renderer's forward + backward
+after the allocator setting every run makes (common.keep_freed_memory): the renderer's forward + backward
 on 2x batch frames with a dense upstream gradient (Mpix/s, ms) beside a plain copy of the same tensors
 (copy: its inputs source + depth, as before issue 12's fourth session; copy_io: its inputs and outputs
 source, depth, warped, valid), beside grid_sample's forward + backward alone (the floor), both again
@@ -102,14 +102,13 @@ def minor_faults():
 
 def throughput(args):
     """Time the renderer and train_step of sfm_aign from outside, on its own data pipeline, after the same
-    allocator setting as sfm_aign.main (keep_freed_memory)."""
+    allocator setting as sfm_aign.main (common.keep_freed_memory, in common.Dist)."""
     sys.path.insert(0, ROOT)
     import torch
     import torch.nn.functional as F
     import common
     import sfm_aign as S
     from tools import bench_util
-    S.keep_freed_memory()
     a = S.get_args(["--device", args.device, *args.extra])
     dist = common.Dist(a.device)
     dev, B, (H, W) = dist.device, 2 * a.batch_size, (a.height, a.width)
