@@ -41,8 +41,9 @@ BOXES = {"mouth": (0.66, 0.90, 0.30, 0.70), "nose": (0.46, 0.70, 0.38, 0.62)}
 # Args
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    common.add_common_args(p, steps=400, batch_size=32, lr=2e-4, eval_every=200)
-    add = p.add_argument
+    common.add_common_args(p, steps=None, batch_size=32, lr=2e-4, eval_every=200)
+    steps = next(a for a in p._actions if a.dest == "steps")  # a default per task, chosen on validation faces
+    steps.help, add = steps.help.replace("None", "400 sr, 800 inpaint"), p.add_argument
     add("--task", choices=["sr", "inpaint"], default="sr", help="sr or inpaint (default: sr)")
     add("--size", type=int, default=64, help="high-res face size, 32/64/128 (default: 64)")
     add("--scale", type=int, default=4, help="sr downsampling factor, 2/4/8 (default: 4)")
@@ -77,6 +78,7 @@ def get_args(argv=None):
     add("--judge-steps", type=int, default=1000, help="training steps of the CNN judge (default: 1000)")
     args = p.parse_args(glue_negated(sys.argv[1:] if argv is None else argv, ("--bias", "--judge-attr")))
     sr = args.task == "sr"  # the sr defaults below were chosen on the validation faces (docs/face.md)
+    args.steps = args.steps if args.steps is not None else 400 if sr else 800
     args.d_pool = args.d_pool or (2 if sr else 1)
     args.d_region = args.d_region or ("face" if sr else "both")
     args.d_lr = args.d_lr if args.d_lr is not None else 1e-3 if sr else args.lr

@@ -313,6 +313,12 @@ def test_inpaint_train_and_predict(celeba, tmp_path):
     assert os.path.exists(tmp_path / "pred" / "face0.png")
 
 
+def test_steps_default_per_task():
+    # chosen on the validation faces: 400 steps for sr, 800 for inpainting; an explicit --steps always wins
+    assert [fa.get_args(a).steps for a in ([], ["--task", "inpaint"], ["--task", "inpaint", "--steps", "0"],
+                                           ["--steps", "7"])] == [400, 800, 0, 7]
+
+
 def test_torchrun_two_processes(celeba, tmp_path):
     out = tmp_path / "ddp"
     run_cli("face_aign.py", "--data", celeba, "--out", out, "--steps", 2, "--eval-every", 2, *SMALL,
