@@ -335,6 +335,21 @@ def test_error_decomposition_tool_hand_cases():
     split = {"y3d": pc, "action": np.array(["walk"] * len(pc))}
     line = PE.off_axis(split, {"elevation": -phi})
     assert "slope -1.00 deg/deg, intercept +0.00 deg" in line or "slope -1.00 deg/deg, intercept -0.00 deg" in line
+    # --joints: a hand-built pose, thighs straight down (0 deg), upper arms out sideways (90 deg); the
+    # prediction moves only the right wrist by 10 cm along the forearm: by far that joint's error (P-MPJPE's
+    # alignment spreads some of it), the angles unchanged
+    q = torch.zeros(1, P.NJ, 3, dtype=torch.float64)
+    for j, xyz in {1: (-.1, 0, 0), 2: (-.1, -.45, 0), 3: (-.1, -.9, 0), 4: (.1, 0, 0), 5: (.1, -.45, 0),
+                   6: (.1, -.9, 0), 7: (0, .25, 0), 8: (0, .5, 0), 9: (0, .6, .05), 10: (0, .7, 0),
+                   11: (.2, .5, 0), 12: (.5, .5, 0), 13: (.8, .5, .1), 14: (-.2, .5, 0), 15: (-.5, .5, 0),
+                   16: (-.8, .5, .1)}.items():
+        q[0, j] = torch.tensor(xyz, dtype=torch.float64)
+    pred = q.clone()
+    pred[0, 16, 0] -= 0.1
+    row = PE.joint_table(pred, q, np.array(["walk"]))[2].split(" | ")
+    err = [float(v) for v in row[1:18]]
+    assert err[16] > 60 and max(err[:16]) < 20
+    assert row[18] == "0 / 0" and row[19].rstrip(" |") == "90 / 90"
 
 
 def test_builtin_roles_are_disjoint(tmp_path):

@@ -17,7 +17,8 @@ For each run's checkpoint, on one split (default: the validation split; the buil
   perfect pose of unknown size would still score).
   Then one line: the signed elevation error regressed on the person's angle below the optical axis
   (an error that follows it means G ignores where in the image the person is: see --lift-frame).
-  With --coverage also, on the real CMU frames, P-MPJPE by quartile of each frame's distance to the nearest training pose (body frame) and
+  With --joints also each joint's error after P-MPJPE's alignment and the thighs' / upper arms' angle to the
+  trunk, per action. With --coverage also, on the real CMU frames, P-MPJPE by quartile of each frame's distance to the nearest training pose (body frame) and
   of the highest wrist's height above the head.
 It only evaluates (no training); choose settings on the validation split, report test only as a
 diagnosis after the choices are fixed.
@@ -133,12 +134,35 @@ def coverage(split, train, pose, p):
     return lines
 
 
+def joint_table(pred, gt, action):
+    """Markdown rows per action: each joint's error after P-MPJPE's alignment (mm), and the mean angles of
+    the thighs and upper arms to the trunk's downward direction (deg, both sides), predicted / true."""
+    err = 1000 * (P.procrustes_align(pred, gt) - gt).norm(dim=-1).numpy()              # (N,17)
+    unit = lambda v: v / v.norm(dim=-1, keepdim=True).clamp_min(1e-9)                  # noqa: E731
+
+    def angle(q, a, b):  # (N,) deg: bones a->b and a+3->b+3 (right and left) against pelvis <- thorax
+        down = unit(q[:, 0] - q[:, 8])
+        return np.mean([np.degrees(np.arccos((unit(q[:, b + k] - q[:, a + k]) * down).sum(-1).clamp(-1, 1).numpy()))
+                        for k in (0, 3)], 0)
+    hip, arm = [angle(q, 1, 2) for q in (pred, gt)], [angle(q, 11, 12) for q in (pred, gt)]
+    nj = len(P.JOINTS)
+    rows = ["| action | " + " | ".join(P.JOINTS) + " | thigh pred / true | upper arm pred / true |",
+            "|" + " --- |" * (nj + 3)]
+    for a in ["all"] + sorted(set(action)):
+        r = np.ones(len(action), bool) if a == "all" else action == a
+        rows.append(f"| {a} | " + " | ".join(f"{err[r, j].mean():.0f}" for j in range(nj)) + f" | "
+                    f"{hip[0][r].mean():.0f} / {hip[1][r].mean():.0f} | {arm[0][r].mean():.0f} / {arm[1][r].mean():.0f} |")
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("runs", nargs="+", help="run folders holding ckpt.pt")
     ap.add_argument("--split", default="val", choices=["train", "val", "test"], help="split (default: val)")
     ap.add_argument("--data", default=None, help="--data of pose_aign.py (default: the built-in data)")
     ap.add_argument("--coverage", action="store_true", help="also the CMU-frame coverage lines (default: off)")
+    ap.add_argument("--joints", action="store_true", help="also per-joint errors after alignment and the "
+                    "thigh / upper-arm angles to the trunk, per action (default: off)")
     ap.add_argument("--out", default=None, help="also write the markdown here (default: print only)")
     args = ap.parse_args()
     text = []
@@ -164,6 +188,8 @@ def main():
         text += ["", off_axis(split, cols)]
         if args.coverage:
             text += [""] + coverage(split, data["train"], pred, cols["P-MPJPE"])
+        if args.joints:
+            text += [""] + joint_table(pred, torch.as_tensor(split["y3d"] - split["y3d"][:, :1]), split["action"])
     text = "\n".join(text) + f"\n\nCommand: `python3 tools/pose_errors.py {' '.join(sys.argv[1:])}`\n"
     print(text)
     if args.out:
