@@ -5,10 +5,11 @@ a face with the mouth/nose hidden (--task inpaint) to a face; P = k x k average 
     L_G = lambda_rec ||P(G(x)) - x||^2 + lambda_adv adv(D(G(x))) [+ lambda_sup ||G(x) - y||^2 on paired x]
 D tells G(x) from a memory of faces; opposite memories on the same inputs should give opposite faces, judged
 by ONNX models (mouth: a rule on the mouth box) and a CNN that G never sees. Results card (built-in 64x64
-DCGAN faces, 500 balanced test faces, 400 steps, 1 CPU thread; tools/face_bench.py; docs/face.md):
+DCGAN faces, 500 balanced test faces, 1 CPU thread; tools/face_bench.py; docs/face.md):
     memory A - B, judged points (onnx / cnn): female vs male +21.7 / +14.8, old vs young +6.8 / +9.9 (sr x4,
-    seeds 0-2, LR PSNR 35.2-39.6 dB); open vs closed mouth +7.1 / +17.8 (inpaint, D on the face + the hole,
-    seeds 0-2). Settings chosen on the validation faces. Default run, 1 thread: sr ~2.5 min, inpaint ~4 min."""
+    400 steps, seeds 0-2, LR PSNR 35.2-39.6 dB); open vs closed mouth +21.8 / +25.2 (inpaint, 800 steps, D on
+    the face + the hole, seeds 0-2). The CNN judges' own A - B on true faces caps them: +31 gender, +12 age,
+    +62 mouth. Settings chosen on the validation faces. Default run, 1 thread: sr ~2.5 min, inpaint ~7 min."""
 import argparse
 import copy
 import glob
