@@ -66,7 +66,8 @@ def run_main(main):
 # The command-line vocabulary every script shares (method flags are added by each script, with the
 # same names in all three: --memory, --paired-frac, --lambda-rec, --lambda-adv, --lambda-sup, --gan).
 def add_common_args(p, *, steps, batch_size, lr, eval_every):
-    """Add the run flags all three scripts share; the defaults are the script's own."""
+    """Add the run flags all three scripts share; the defaults are the script's own (``steps`` may be a
+    text such as "400 sr, 800 inpaint": --steps then defaults to None and the script fills it in)."""
     p.add_argument("--data", default=None,
                    help="dataset path (see README for the layouts); default: the built-in dataset")
     p.add_argument("--out", default=None,
@@ -74,7 +75,7 @@ def add_common_args(p, *, steps, batch_size, lr, eval_every):
                         "--eval-only/--predict a new eval-<time>/predict-<time> folder beside it)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
-    p.add_argument("--steps", type=int, default=steps,
+    p.add_argument("--steps", type=int, default=steps if isinstance(steps, int) else None,
                    help=f"total training steps, counted from step 0 also when resuming (default: {steps})")
     p.add_argument("--batch-size", type=int, default=batch_size,
                    help=f"batch size per process (default: {batch_size})")

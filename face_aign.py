@@ -42,9 +42,9 @@ BOXES = {"mouth": (0.66, 0.90, 0.30, 0.70), "nose": (0.46, 0.70, 0.38, 0.62)}
 # Args
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    common.add_common_args(p, steps=None, batch_size=32, lr=2e-4, eval_every=200)
-    steps = next(a for a in p._actions if a.dest == "steps")  # a default per task, chosen on validation faces
-    steps.help, add = steps.help.replace("None", "400 sr, 800 inpaint"), p.add_argument
+    # --steps: a default per task, chosen on the validation faces (filled in below)
+    common.add_common_args(p, steps="400 sr, 800 inpaint", batch_size=32, lr=2e-4, eval_every=200)
+    add = p.add_argument
     add("--task", choices=["sr", "inpaint"], default="sr", help="sr or inpaint (default: sr)")
     add("--size", type=int, default=64, help="high-res face size, 32/64/128 (default: 64)")
     add("--scale", type=int, default=4, help="sr downsampling factor, 2/4/8 (default: 4)")
