@@ -8,9 +8,9 @@ the memory does.
 
 Results card (built-in procedural streets, 3 test sequences, 48x160, 2000 steps of 8 triplets, CPU, 1 thread;
 abs_rel unscaled / median-scaled, prediction resized as disparity; commands, hardware: docs/sfm.md):
-    seeds 0-2 (d97bd43): AIGN (default: the depth memory, --adv-on depth, chosen on the built-in val/ split)
-    0.339 / 0.328, scale GT/pred 0.98, ATE 0.057 m; photometric only 0.893 / 0.315, ATE 0.109 m: the memory
-    recovers the metric scale; structure a tie inside the seed spread (+-0.017; val: 0.322 vs 0.342).
+    seeds 0-4 (d97bd43): AIGN (default: the depth memory, --adv-on depth, chosen on the built-in val/ split)
+    0.320 / 0.316, scale GT/pred 0.99, ATE 0.056 m; photometric only 0.890 / 0.323, ATE 0.108 m: the memory
+    recovers the metric scale; structure a tie inside the seed spread (+-0.020; val: 0.322 vs 0.342).
     Labels as stretches (seeds 0-2): AIGN + pairs +31 / +34 / +35 / +24% lower abs_rel than supervised only
     at 1 / 2 / 5 / 10% paired, a tie at 100% (tools/sfm_bench.py --curve).
     Speed (tools/sfm_bench.py --throughput, 1 thread, CPU time): a step 58-60% of the matmul peak; renderer
