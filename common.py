@@ -269,10 +269,13 @@ def optimiser_step(opt, loss, dist_state=None, *modules):
     opt.step()
 
 
-def stop_if_diverged(losses, step, dist_state):
-    """A loss that turned NaN/inf stops the run with one clear line, before its checkpoint is written
-    (the last good one stays): mostly inputs far outside their documented units, or too high a --lr."""
+def stop_if_diverged(losses, step, dist_state, nets=None):
+    """A loss or a weight (of the {name: module} nets) that turned NaN/inf stops the run with one clear
+    line, before its checkpoint is written (the last good one stays): mostly inputs far outside their
+    documented units, or too high a --lr."""
     bad = sorted(k for k, v in losses.items() if not math.isfinite(v))
+    bad += [f"{k}'s weights" for k, m in (nets or {}).items()
+            if not all(bool(torch.isfinite(p).all()) for p in m.parameters())]
     if dist_state.any(bool(bad)):
         raise InputError(f"training diverged by step {step}: {', '.join(bad) or 'a loss on another rank'} "
                          "became NaN/inf (the last checkpoint, if any, is kept); check that the inputs are in "

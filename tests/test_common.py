@@ -201,6 +201,12 @@ def test_a_diverged_loss_is_one_clear_error():
         common.stop_if_diverged({"loss_g": float("nan"), "loss_d": 1.3}, 10, dist_state)
     with pytest.raises(InputError, match="loss_d"):
         common.stop_if_diverged({"loss_g": 0.5, "loss_d": float("inf")}, 10, dist_state)
+    net = torch.nn.Linear(2, 2)
+    common.stop_if_diverged({}, 3, dist_state, {"G": net})
+    with torch.no_grad():
+        net.weight[0, 1] = float("nan")
+    with pytest.raises(InputError, match="by step 3: G's weights became NaN/inf"):
+        common.stop_if_diverged({"loss_g": 0.5}, 3, dist_state, {"G": net})
 
 
 def test_the_error_line_is_not_glued_to_an_open_progress_bar(capsys):
