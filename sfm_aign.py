@@ -1,16 +1,15 @@
 """sfm_aign.py: Adversarial Inverse Graphics Networks for structure from motion (Tung et al., ICCV 2017).
 
-From frames t-1, t, t+1 a DepthNet predicts the depth of frame t and a PoseNet the camera motions;
-a hand-written, parameter-free renderer (inverse warp) rebuilds frame t from its neighbours, and two
-discriminators compare the predicted depth maps and motions with an *unpaired* memory of real ones
-(other sequences; by default only depth is judged). Photometric loss alone cannot fix the metric scale;
-the memory does.
+From frames t-1, t, t+1 a DepthNet predicts the depth of frame t and a PoseNet the camera motions; a
+hand-written, parameter-free renderer (inverse warp) rebuilds frame t from its neighbours, and discriminators
+compare the predicted depth maps (and motions) with an *unpaired* memory of real ones from other sequences.
+Photometric loss alone cannot fix the metric scale; the memory does.
 
 Results card (built-in procedural streets, 3 test sequences, 48x160, 2000 steps of 8 triplets, CPU, 1 thread;
 abs_rel unscaled / median-scaled, prediction resized as disparity; commands, hardware: docs/sfm.md):
-    seeds 0-4 (d97bd43): AIGN (default: the depth memory, --adv-on depth, chosen on the built-in val/ split)
-    0.320 / 0.316, scale GT/pred 0.99, ATE 0.056 m; photometric only 0.890 / 0.323, ATE 0.108 m: the memory
-    recovers the metric scale; structure a tie inside the seed spread (+-0.020; val: 0.322 vs 0.342).
+    seeds 0-4 (d97bd43): AIGN (default: depth memory, chosen on val/) 0.320 / 0.316, scale GT/pred 0.99, ATE
+    0.056 m; photometric only 0.890 / 0.323, ATE 0.108 m: the memory recovers the metric scale; structure a
+    tie inside the seed spread (+-0.020; val: 0.322 vs 0.342).
     Labels as stretches (seeds 0-2): AIGN + pairs +31 / +34 / +35 / +24% lower abs_rel than supervised only
     at 1 / 2 / 5 / 10% paired, a tie at 100% (tools/sfm_bench.py --curve).
     Speed (tools/sfm_bench.py --throughput, 1 thread, CPU time): a step 58-60% of the matmul peak; renderer
@@ -389,10 +388,9 @@ def matrix_to_pose6(T):
 
 def pose6_to_matrix(p):
     """(..., 6) -> (..., 4, 4)."""
-    T = torch.zeros(*p.shape[:-1], 4, 4, dtype=p.dtype, device=p.device)
+    T = torch.eye(4, dtype=p.dtype, device=p.device).repeat(*p.shape[:-1], 1, 1)
     T[..., :3, :3] = axis_angle_to_matrix(p[..., :3])
     T[..., :3, 3] = p[..., 3:]
-    T[..., 3, 3] = 1
     return T
 
 @functools.lru_cache(maxsize=None)
