@@ -44,6 +44,8 @@ def run_main(main):
         if dist.is_available() and dist.is_initialized():
             dist.barrier()  # a finished run: no rank tears its process group down while another still talks
     except InputError as e:
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()  # an open progress bar (reading files) must not share the error's line
         print(f"error: {e}", file=sys.stderr)
         _remove_unused_run_dirs()
         code = 2
@@ -265,6 +267,19 @@ def optimiser_step(opt, loss, dist_state=None, *modules):
     if dist_state is not None:
         dist_state.average_grads(*modules)
     opt.step()
+
+
+def stop_if_diverged(losses, step, dist_state, nets=None):
+    """A loss or a weight (of the {name: module} nets) that turned NaN/inf stops the run with one clear
+    line, before its checkpoint is written (the last good one stays): mostly inputs far outside their
+    documented units, or too high a --lr."""
+    bad = sorted(k for k, v in losses.items() if not math.isfinite(v))
+    bad += [f"{k}'s weights" for k, m in (nets or {}).items()
+            if not all(bool(torch.isfinite(p).all()) for p in m.parameters())]
+    if dist_state.any(bool(bad)):
+        raise InputError(f"training diverged by step {step}: {', '.join(bad) or 'a loss on another rank'} "
+                         "became NaN/inf (the last checkpoint, if any, is kept); check that the inputs are in "
+                         "the units and ranges --help documents, or lower --lr")
 
 
 def sync(device):

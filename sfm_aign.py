@@ -163,8 +163,15 @@ def read_depth(path, size):
     """depth/<frame>.npy (float metres, 0 = invalid) or a 16-bit PNG in millimetres -> float32 (h,w)."""
     what = f"a depth map of size {size}: float metres (.npy) or 16-bit millimetres (.png)"
     if path.endswith(".npy"):
-        return common.check_array(common.load_npy(path, what), path, "depth", size, what)
+        return check_metres(common.check_array(common.load_npy(path, what), path, "depth", size, what), path)
     return common.check_array(read_image(path, None, np.uint16) / 1e3, path, "depth", size, what)
+
+def check_metres(depth, path):
+    """Float depth maps must be metres: a median beyond a kilometre is millimetres (or another unit)."""
+    if (depth > 0).any() and np.median(depth[depth > 0]) > 1000:
+        raise InputError(f"{path}: median depth {np.median(depth[depth > 0]):g}; expected metres (millimetres? "
+                         f"divide by 1000; 16-bit PNG depth maps are read as millimetres)")
+    return depth
 
 def gt_depth(seq, i, hw=None):
     """Frame i's GT map (h,w) (read again from its file, or the --gt-depth array); with hw, (1,H,W) at
@@ -226,7 +233,7 @@ def attach_gt_depth(seqs, path):
     """Eigen-style GT: depth maps (at the frames' size) for listed frames '<sequence> <frame index>'."""
     what = "'depth' (N,H,W) metres at the frames' size and 'frames' (N,) '<sequence> <frame index>'"
     z = common.load_npz(path, required=("depth", "frames"), what=what)
-    depth = common.check_array(z["depth"], path, "depth", (None, None, None), what)
+    depth = check_metres(common.check_array(z["depth"], path, "depth", (None, None, None), what), path)
     if z["frames"].shape != (len(depth),):
         raise InputError(f"{path}: 'frames' {z['frames'].shape}, 'depth' {depth.shape}; expected {what}")
     by_name = {s["name"]: s for s in seqs}
@@ -736,6 +743,7 @@ def train(args, dist, data, nets, opts, state, run_dir):
         if done % args.eval_every == 0 or done == args.steps or stopping:
             common.sync(dist.device)
             wall_s, samples = wall_s + time.perf_counter() - t0, samples + n * args.batch_size * dist.world
+            common.stop_if_diverged(sums, done, dist, nets)  # NaN: one clear error, no bad checkpoint
             if dist.main:  # the checkpoint first: an evaluation that fails loses no training
                 common.save_checkpoint(os.path.join(run_dir, "ckpt.pt"), script=SCRIPT, step=done, args=args,
                                        nets=nets, opts=opts, data_rng=gen, wall_s=wall_s, samples=samples)

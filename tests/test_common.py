@@ -192,3 +192,31 @@ def test_builtin_dataset_is_rebuilt_when_its_builder_changes(tmp_path, monkeypat
     builder.unlink()
     with pytest.raises(InputError, match="task_builtin.py is not here"):
         common.builtin_dataset(script, "task", "task_builtin", once)
+
+
+def test_a_diverged_loss_is_one_clear_error():
+    dist_state = common.Dist("cpu")
+    common.stop_if_diverged({"loss_g": 0.5, "loss_d": 1.3}, 10, dist_state)  # finite: nothing happens
+    with pytest.raises(InputError, match=r"training diverged by step 10: loss_g became NaN/inf"):
+        common.stop_if_diverged({"loss_g": float("nan"), "loss_d": 1.3}, 10, dist_state)
+    with pytest.raises(InputError, match="loss_d"):
+        common.stop_if_diverged({"loss_g": 0.5, "loss_d": float("inf")}, 10, dist_state)
+    net = torch.nn.Linear(2, 2)
+    common.stop_if_diverged({}, 3, dist_state, {"G": net})
+    with torch.no_grad():
+        net.weight[0, 1] = float("nan")
+    with pytest.raises(InputError, match="by step 3: G's weights became NaN/inf"):
+        common.stop_if_diverged({"loss_g": 0.5}, 3, dist_state, {"G": net})
+
+
+def test_the_error_line_is_not_glued_to_an_open_progress_bar(capsys):
+    from tqdm import tqdm
+
+    def main():
+        bar = tqdm(range(10), desc="reading faces")
+        next(iter(bar))
+        raise InputError("x.png: cannot be read")
+    with pytest.raises(SystemExit):
+        common.run_main(main)
+    lines = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    assert lines[-1] == "error: x.png: cannot be read"

@@ -542,6 +542,37 @@ def test_generic_npz_loader_and_errors(tmp_path):
         P.load_pose_npz(str(tmp_path / "missing.npz"))
 
 
+def test_loaders_refuse_millimetres_collapsed_poses_points_behind_the_camera_and_empty_splits(tmp_path):
+    bad, d = tmp_path / "bad.npz", write_generic_npz(tmp_path / "good.npz")
+    for override, needle in (({"poses_3d": d["poses_3d"] * 1000}, "median bone length of .*millimetres"),
+                             ({"poses_3d": d["poses_3d"] * [1, 1, -1]}, "depth z <= 0.*camera coordinates"),
+                             ({k: v[:0] for k, v in d.items()}, "no frames")):
+        write_generic_npz(bad, **override)
+        with pytest.raises(InputError, match=needle):
+            P.load_pose_npz(str(bad))
+    for poses, needle in ((d["poses_3d"] * 1000, "millimetres"), (np.zeros((30, 17, 3)), "median bone length of 0;")):
+        np.savez(bad, poses_3d=poses)
+        with pytest.raises(InputError, match=needle):
+            P.load_memory(str(bad))
+    write_generic_npz(bad, **{k: v[:1] for k, v in d.items()})
+    args = P.get_args(["--data", str(bad)])
+    with pytest.raises(InputError, match="leave no training frames"):
+        P.load_data(args, None)
+    write_h36m(tmp_path)
+    with pytest.raises(InputError, match=r"data_2d_h36m_cpn.npz: no such file \(--keypoints cpn\); found --keypoints \['gt'\]"):
+        P.load_h36m(str(tmp_path), "cpn")
+
+
+def test_a_diverging_run_stops_with_one_clear_error_and_no_checkpoint(tmp_path):
+    d = write_generic_npz(tmp_path / "huge.npz")
+    write_generic_npz(tmp_path / "huge.npz", poses_2d=d["poses_2d"] * 1e30)  # finite, but far beyond pixels
+    write_mem(tmp_path / "mem.npz")
+    proc = run_cli("pose_aign.py", *TINY, "--batch-size", "16", "--steps", "2", "--data", tmp_path / "huge.npz",
+                   "--memory", tmp_path / "mem.npz", "--out", tmp_path / "o", check=False)
+    one_line_error(proc, "training diverged by step 2", "NaN/inf")
+    assert not (tmp_path / "o" / "ckpt.pt").exists()
+
+
 def write_h36m(folder, frames=6, evil=False):
     """VideoPose3D layout: pickled dicts in npz; 2D made consistent with the 3D and the cameras."""
     rng = np.random.default_rng(0)

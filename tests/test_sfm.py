@@ -375,6 +375,7 @@ def test_kitti_raw_and_odometry_loaders(tmp_path):
     ("depth_nan", "0000.npy: 'depth' holds 1 NaN/inf"),
     ("depth_pickle", "0000.npy: cannot be read as a .npy array without pickles"),
     ("depth_png8", "0001.png: expected an 8-bit grey/RGB/RGBA image (16-bit for depth)"),
+    ("depth_mm", "0000.npy: median depth 5000; expected metres (millimetres?"),
     ("empty", "expected sequence folders"),
 ])
 def test_loader_errors(tmp_path, breakage, message):
@@ -409,6 +410,8 @@ def test_loader_errors(tmp_path, breakage, message):
         np.save(d / "depth" / "0000.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     elif breakage == "depth_png8":
         write_png(str(d / "depth" / "0001.png"), np.full((20, 60), 7, np.uint8))
+    elif breakage == "depth_mm":
+        np.save(d / "depth" / "0000.npy", np.full((20, 60), 5000, np.float32))
     elif breakage == "empty":
         os.rename(d / "images", d / "frames")
     with pytest.raises(S.InputError) as e:
@@ -420,6 +423,7 @@ def test_loader_errors(tmp_path, breakage, message):
     ("pickle", "cannot be read as a .npy array without pickles"),
     ("ragged", "cannot be read as a .npy array without pickles"),
     ("nan", "'depth' holds 1 NaN/inf"),
+    ("mm", "0.npy: median depth 5000; expected metres"),
     ("poses", "line 2: the 3x3 part is not a rotation"),
     ("empty", "--memory"),
 ])
@@ -431,9 +435,9 @@ def test_memory_errors(tmp_path, breakage, message):
         np.save(d / "depth" / "0.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
     elif breakage == "ragged":
         np.save(d / "depth" / "0.npy", np.array([np.ones(3), np.ones(2)], dtype=object), allow_pickle=True)
-    elif breakage == "nan":
+    elif breakage in ("nan", "mm"):
         depth[3, 4] = np.nan
-        np.save(d / "depth" / "0.npy", depth)
+        np.save(d / "depth" / "0.npy", depth if breakage == "nan" else np.full((8, 24), 5000, np.float32))
     elif breakage == "poses":
         P = np.tile(np.eye(4)[:3], (4, 1, 1)).reshape(4, 12)
         P[1, :3] *= 2  # a scaled rotation: not orthonormal
@@ -483,6 +487,11 @@ def test_cli_bad_files_are_one_line_exit_2(tiny_data, tmp_path, cache_root):
         torch.save(bad, tmp_path / "bad.pt")
         one_line_error(run_cli(SCRIPT, "--data", tiny_data, "--resume", tmp_path / "bad.pt", *SMALL, check=False),
                        "--resume", "sfm_aign")
+    huge = generic_seq(tmp_path / "huge")  # finite, absurd intrinsics: the losses turn NaN
+    (huge / "intrinsics.txt").write_text("1e300 1e300 29.5 9.5\n")
+    one_line_error(run_cli(SCRIPT, "--data", huge.parent, "--lambda-adv", 0, "--steps", 1, "--out", tmp_path / "h",
+                           *SMALL, check=False), "training diverged by step 1", "NaN/inf")
+    assert not (tmp_path / "h" / "ckpt.pt").exists()
 
 
 # ----------------------------------------------------------------------------------------------
