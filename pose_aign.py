@@ -7,7 +7,7 @@ from predicted ones, also by how the body stands relative to the camera (--tilt-
 
 Results card (built-in test split, mm, seeds 0-2, 3000 steps, 1 thread; commands, hardware: docs/pose.md):
 default (--lift-frame ray): P-MPJPE 45.2 ± 0.8 synthetic subjects, 86.0 ± 1.3 real CMU stretch (target
-70 not met; none of eight changes tried on validation helped); MPJPE 77 ± 1 = 1.57x P-MPJPE 49 ± 1; 1.3x
+70 not met; none of 13 changes tried on validation helped); MPJPE 77 ± 1 = 1.57x P-MPJPE 49 ± 1; 1.3x
 is not reachable on this test split (ideal rotation + the memory's size: 1.39-1.42x, tools/pose_errors.py).
 Label efficiency: AIGN + pairs 0.55 / 0.59 / 0.65 / 0.73x supervised-only at 1 / 2 / 5 / 10% labels, 1.00x
 at 100%. Default run 166-186 s on one thread; gt_reproj_px 0.00002 (pinhole built-in cameras).
@@ -137,14 +137,13 @@ def make_split(path, x2d, cam, y3d=None, action=None, what=NPZ_LAYOUT, dist=None
         a = common.check_array(a, path, key, (k,) if np.ndim(a) == 1 else (None, k), what)
         return np.ascontiguousarray(np.broadcast_to(a, (n, k)) if a.ndim == 1 else a)
     cam, dist = per_frame(cam, "camera", 4), None if dist is None else per_frame(dist, "distortion", 5)
-    y3d = None if y3d is None else check_metres(common.check_array(y3d, path, "poses_3d", (None, NJ, 3), what),
-                                                path, "poses_3d")
+    y3d = None if y3d is None else check_poses(y3d, path, "poses_3d", what)
     if n == 0:
         raise InputError(f"{path}: no frames (poses_2d has shape {x2d.shape}; {what})")
     if y3d is not None and not np.all(y3d[..., 2] > 0):
         raise InputError(f"{path}: poses_3d: {int((y3d[..., 2] <= 0).sum())} joint(s) at depth z <= 0, e.g. "
-                         f"frame {np.where(y3d[..., 2] <= 0)[0][0]}; expected camera coordinates (x right, y down, "
-                         f"z forward: > 0 in front of the camera)")
+                         f"frame {np.where(y3d[..., 2] <= 0)[0][0]}; expected camera coordinates (x right, y "
+                         f"down, z forward: > 0 in front of the camera)")
     if any(len(a) != n for a in (cam, y3d, dist) if a is not None) or (action is not None and
                                                                      np.shape(action) != (n,)):
         raise InputError(f"{path}: arrays disagree on the number of frames N ({what})")
@@ -174,14 +173,17 @@ def load_pose_npz(path):
 def load_memory(path):
     """--memory, or a folder's memory.npz: poses_3d (N,17,3) metres, finite."""
     poses = common.load_npz(path, ["poses_3d"], MEMORY_LAYOUT)["poses_3d"]
-    return check_metres(common.check_array(poses, path, "poses_3d", (None, NJ, 3), MEMORY_LAYOUT), path, "poses_3d")
+    return check_poses(poses, path, "poses_3d", MEMORY_LAYOUT)
 
-def check_metres(poses, path, key):
-    """3D poses (N,17,3) whose median bone is a human one (0.01-5 m): millimetres or collapsed joints are an error."""
-    bone = float(np.median(np.linalg.norm(poses[:, 1:] - poses[:, PARENTS[1:]], axis=-1))) if len(poses) else 0.2
+def check_poses(poses, path, key, what):
+    """3D poses (N,17,3), finite, whose median bone is a human one (0.01-5 m): millimetres or collapsed
+    joints are an error."""
+    poses = common.check_array(poses, path, key, (None, NJ, 3), what)
+    bones = np.linalg.norm(poses[:, 1:] - poses[:, PARENTS[1:]], axis=-1)                    # (N,16)
+    bone = float(np.median(bones)) if len(poses) else 0.2
     if not 0.01 <= bone <= 5:
-        raise InputError(f"{path}: '{key}' has a median bone length of {bone:.4g}; expected metres (a human's "
-                         f"bones: 0.05-0.5 m){' - millimetres? divide by 1000' if bone > 5 else ''}")
+        raise InputError(f"{path}: '{key}' has a median bone length of {bone:.4g}; expected metres (a "
+                         f"human's bones: 0.05-0.5 m){' - millimetres? divide by 1000' if bone > 5 else ''}")
     return poses
 
 class SafeUnpickler(pickle.Unpickler):
@@ -232,7 +234,8 @@ def load_h36m(folder, keypoints):
     """Human3.6M in VideoPose3D's layout -> train/test splits (S1,S5-S8 / S9,S11) and the memory."""
     p3, p2 = os.path.join(folder, "data_3d_h36m.npz"), os.path.join(folder, f"data_2d_h36m_{keypoints}.npz")
     if not os.path.isfile(p2):
-        found = sorted(f[13:-4] for f in os.listdir(folder) if f.startswith("data_2d_h36m_") and f.endswith(".npz"))
+        found = sorted(f[13:-4] for f in os.listdir(folder) if f.startswith("data_2d_h36m_")
+                       and f.endswith(".npz"))
         raise InputError(f"{p2}: no such file (--keypoints {keypoints}); found --keypoints {found or 'none'}")
     pos3d, pos2d = load_pickled_dict(p3, "positions_3d"), load_pickled_dict(p2, "positions_2d")
     splits, memory = {}, []
@@ -243,9 +246,8 @@ def load_h36m(folder, keypoints):
                 raise InputError(f"{p3} / {p2}: no subject {s} (found {sorted(pos3d)} / {sorted(pos2d)})")
             for action, world in pos3d[s].items():
                 world = as_numbers(world, p3, f"{s}/{action}", "(N, 32, 3) metres", np.float32)
-                world = check_metres(common.check_array(world[:, H36M_KEEP] if world.shape[1:] == (32, 3) else
-                                                        world, p3, f"{s}/{action}", (None, NJ, 3),
-                                                        "all 32 or the 17 kept joints"), p3, f"{s}/{action}")
+                world = check_poses(world[:, H36M_KEEP] if world.shape[1:] == (32, 3) else world, p3,
+                                    f"{s}/{action}", "all 32 or the 17 kept joints")
                 memory += [world] if role == "train" else []
                 views = pos2d[s].get(action)
                 if not isinstance(views, (list, tuple, np.ndarray)) or len(views) != 4:
@@ -304,8 +306,8 @@ def load_data(args, dist):
         splits = {"val": None, **{role: {k: v if v is None else v[rows] for k, v in split.items()}
                                   for role, rows in (("train", ~test), ("test", test))}}
         if test.all():
-            raise InputError(f"{path}: {len(test)} frame(s) of one subject leave no training frames after the "
-                             f"last 20% are held out for testing; expected more frames or subjects")
+            raise InputError(f"{path}: {len(test)} frame(s) of one subject leave no training frames after "
+                             f"the last 20% are held out for testing; expected more frames or subjects")
     if args.memory:
         memory, memory_src = load_memory(args.memory), args.memory
     elevation = args.elevation or (h36m_elevations() if name == "h36m" else (-10.0, 40.0))
