@@ -7,7 +7,7 @@ from predicted ones, also by how the body stands relative to the camera (--tilt-
 
 Results card (built-in test split, mm, seeds 0-2, 3000 steps, 1 thread; commands, hardware: docs/pose.md):
 default (--lift-frame ray): P-MPJPE 45.2 ± 0.8 synthetic subjects, 86.0 ± 1.3 real CMU stretch (target
-70 not met; none of 13 changes tried on validation helped); MPJPE 77 ± 1 = 1.57x P-MPJPE 49 ± 1; 1.3x
+70 not met; none of 14 changes tried on validation helped); MPJPE 77 ± 1 = 1.57x P-MPJPE 49 ± 1; 1.3x
 is not reachable on this test split (ideal rotation + the memory's size: 1.39-1.42x, tools/pose_errors.py).
 Label efficiency: AIGN + pairs 0.55 / 0.59 / 0.65 / 0.73x supervised-only at 1 / 2 / 5 / 10% labels, 1.00x
 at 100%. Default run 166-186 s on one thread; gt_reproj_px 0.00002 (pinhole built-in cameras).
