@@ -308,6 +308,29 @@ def test_hang_motion_holds_both_arms_overhead_within_joint_limits():
             assert np.degrees(np.arccos(np.clip((u * v).sum(-1), -1, 1))).max() <= 150 + 1e-6
 
 
+def test_validation_readout_tool_hand_cases():
+    """tools/pose_val.py's columns: the CMU frames, the default actions' frames (a frame mean) and each new
+    kind apart; a pose moved only on the 'hang' frames leaves CMU and synthetic at 0."""
+    from tools import pose_val as PV
+    gt, _ = random_poses(3)                                                       # 6 poses: walk x3, sit x3
+    gt = torch.as_tensor(gt - gt[:, :1])
+    action = np.array(["cmu", "walk", "walk", "hang", "fitted", "cmu"])
+    pred = gt.clone()
+    pred[3, 13] += torch.tensor([0.3, 0.0, 0.0], dtype=gt.dtype)                  # a wrist 30 cm off
+    cols = PV.columns(pred, gt, action)
+    assert cols["CMU stretch"] < 1e-6 and cols["synthetic (default actions)"] < 1e-6
+    assert cols["new kind: hang"] > 5 and set(cols) == {"CMU stretch", "synthetic (default actions)",
+                                                         "all MPJPE", "all P-MPJPE", "new kind: hang"}
+    np.testing.assert_allclose(cols["all P-MPJPE"], cols["new kind: hang"] / 6, rtol=1e-6)
+    np.testing.assert_allclose(cols["all MPJPE"], 300 / 17 / 6, rtol=1e-6)      # 0.3 m on 1 of 17 joints
+    pred = gt.clone()
+    pred[1, 16] += torch.tensor([0.0, 0.2, 0.0], dtype=gt.dtype)                  # one walk frame wrong
+    cols = PV.columns(pred, gt, action)
+    walk = float(P.p_mpjpe(pred[1:2], gt[1:2])[0])
+    np.testing.assert_allclose(cols["synthetic (default actions)"], walk / 3, rtol=1e-6)   # 3 default frames
+    assert cols["CMU stretch"] < 1e-6 and "new kind: hang" in cols
+
+
 def test_error_decomposition_tool_hand_cases():
     """tools/pose_errors.py: a pose tilted by 10 deg about the camera x-axis is fixed by the tilt alone
     (10 deg found, yaw and roll 0); a pose 0.9x too small by the scale alone (N-MPJPE 0, size 0.9)."""
