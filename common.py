@@ -277,9 +277,10 @@ def stop_if_diverged(losses, step, dist_state, nets=None):
     bad += [f"{k}'s weights" for k, m in (nets or {}).items()
             if not all(bool(torch.isfinite(p).all()) for p in m.parameters())]
     if dist_state.any(bool(bad)):
-        raise InputError(f"training diverged by step {step}: {', '.join(bad) or 'a loss on another rank'} "
-                         "became NaN/inf (the last checkpoint, if any, is kept); check that the inputs are in "
-                         "the units and ranges --help documents, or lower --lr")
+        what = ", ".join(bad) or "a loss on another rank"
+        raise InputError(f"training diverged by step {step}: {what} became NaN/inf (the last checkpoint, if "
+                         "any, is kept); check that the inputs are in the units and ranges --help documents, "
+                         "or lower --lr")
 
 
 def sync(device):
