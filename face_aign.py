@@ -7,9 +7,9 @@ D tells G(x) from a memory of faces; opposite memories on the same inputs should
 by ONNX models (mouth: a rule on the mouth box) and a CNN that G never sees. Results card (built-in 64x64
 DCGAN faces, 500 balanced test faces, 1 CPU thread; tools/face_bench.py; docs/face.md):
     memory A - B, judged points (onnx / cnn): female vs male +21.7 / +14.8, old vs young +6.8 / +9.9 (sr x4,
-    400 steps, seeds 0-2, LR PSNR 35.2-39.6 dB); open vs closed mouth +21.8 / +25.2 (inpaint, 800 steps, D on
-    the face + the hole, seeds 0-2). The CNN judges' own A - B on true faces caps them: +31 gender, +12 age,
-    +62 mouth. Settings chosen on the validation faces. Default run, 1 thread: sr ~2.5 min, inpaint ~7 min."""
+    400 steps, seeds 0-2, LR PSNR 35.2-39.6 dB); open vs closed mouth +37.5 / +32.9 (inpaint, 800 steps, G
+    itself evaluated, seeds 0-2, weakest seed +12.6 / +9.4). CNN judges' own A - B on true faces: +31 gender,
+    +12 age, +62 mouth. Chosen on the validation faces. Default run, 1 thread: sr ~2.5 min, inpaint ~7 min."""
 import argparse
 import copy
 import glob
@@ -42,7 +42,6 @@ BOXES = {"mouth": (0.66, 0.90, 0.30, 0.70), "nose": (0.46, 0.70, 0.38, 0.62)}
 # Args
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    # --steps: a default per task, chosen on the validation faces (filled in below)
     common.add_common_args(p, steps="400 sr, 800 inpaint", batch_size=32, lr=2e-4, eval_every=200)
     add = p.add_argument
     add("--task", choices=["sr", "inpaint"], default="sr", help="sr or inpaint (default: sr)")
@@ -67,7 +66,8 @@ def get_args(argv=None):
         "square around the --region box at full resolution, or both (default: both inpaint, face sr)")
     add("--d-lr", type=float, default=None, help="D's learning rate (default: 1e-3 sr, chosen on the "
         "validation faces; --lr inpaint)")
-    add("--ema", type=float, default=0.99, help="decay of G's evaluated weight mean, 0 = G (default: 0.99)")
+    add("--ema", type=float, default=None, help="decay of G's evaluated weight mean, 0 = G itself (default: "
+        "0.99 sr, 0 inpaint, chosen on the validation faces)")
     add("--blocks", type=int, default=4, help="residual blocks in G (default: 4; paper 15)")
     add("--test-size", type=int, default=500, help="test and validation faces each, balanced on --judge-attr "
         "(default: 500)")
@@ -78,11 +78,11 @@ def get_args(argv=None):
     add("--judge-attr", default=None, help="attribute to judge (default: --bias, else -Male)")
     add("--judge-steps", type=int, default=1000, help="training steps of the CNN judge (default: 1000)")
     args = p.parse_args(glue_negated(sys.argv[1:] if argv is None else argv, ("--bias", "--judge-attr")))
-    sr = args.task == "sr"  # the sr defaults below were chosen on the validation faces (docs/face.md)
+    sr = args.task == "sr"  # the per-task defaults below were chosen on the validation faces (docs/face.md)
     args.steps = args.steps if args.steps is not None else 400 if sr else 800
-    args.d_pool = args.d_pool or (2 if sr else 1)
-    args.d_region = args.d_region or ("face" if sr else "both")
+    args.d_pool, args.d_region = args.d_pool or (2 if sr else 1), args.d_region or ("face" if sr else "both")
     args.d_lr = args.d_lr if args.d_lr is not None else 1e-3 if sr else args.lr
+    args.ema = args.ema if args.ema is not None else 0.99 if sr else 0.0
     args.judge_attr = args.judge_attr or args.bias or "-Male"
     args.d_channels = args.d_channels if args.d_channels is not None else max(1, args.channels // 2)
     common.check_args(args, ("max_images", "blocks", "judge_steps"), ("d_channels", "test_size"))

@@ -313,10 +313,23 @@ def test_inpaint_train_and_predict(celeba, tmp_path):
     assert os.path.exists(tmp_path / "pred" / "face0.png")
 
 
-def test_steps_default_per_task():
-    # chosen on the validation faces: 400 steps for sr, 800 for inpainting; an explicit --steps always wins
+def test_defaults_per_task_and_ema_zero_is_g_itself():
+    # chosen on the validation faces: sr 400 steps and G averaged (--ema 0.99), inpainting 800 steps and G
+    # itself (--ema 0); an explicit flag always wins
     assert [fa.get_args(a).steps for a in ([], ["--task", "inpaint"], ["--task", "inpaint", "--steps", "0"],
                                            ["--steps", "7"])] == [400, 800, 0, 7]
+    assert [fa.get_args(a).ema for a in ([], ["--task", "inpaint"], ["--task", "inpaint", "--ema", "0.5"],
+                                         ["--ema", "0"])] == [0.99, 0.0, 0.5, 0.0]
+    G = fa.InpaintGenerator(8, 1)
+    G_ema = fa.build_nets(fa.get_args(["--task", "inpaint", "--channels", "8", "--blocks", "1"]), "cpu")["G_ema"]
+    with torch.no_grad():
+        for p in G.parameters():
+            p.add_(torch.randn_like(p))
+        G(torch.randn(2, 3, 32, 32), torch.ones(2, 1, 32, 32))  # training mode: BatchNorm statistics move
+    fa.ema_update(G_ema, G, 0.0)  # decay 0: the evaluated generator is G, bit for bit
+    assert all(torch.equal(a, b) for a, b in zip(G_ema.state_dict().values(), G.state_dict().values()))
+    fa.ema_update(G_ema, fa.InpaintGenerator(8, 1), 0.99)  # a decay > 0 keeps most of the old weights
+    assert not torch.equal(G_ema.net[0].weight, G.net[0].weight)
 
 
 def test_torchrun_two_processes(celeba, tmp_path):
@@ -509,6 +522,17 @@ def test_mouth_rule_hand_computed_and_follows_a_pasted_mouth():
     pasted[:, :, y0:y1, x0:x1] = donors[:, :, y0:y1, x0:x1]
     assert torch.equal(tool.mouth_dark_frac(pasted), tool.mouth_dark_frac(donors))  # donor weight 1, host 0
     assert tool.mouth_open(pasted)[:8].all()
+
+
+def test_fills_tool_hand_computed_and_bad_input(sr_run):
+    tool = load_tool("face_fills")
+    face = torch.full((4, 3, 64, 64), 120, dtype=torch.uint8)
+    face[:2, :, 42:46, 19:45] = 30  # faces 0, 1: 4 of the box's 16 rows dark (open); faces 2, 3: none
+    s = tool.fill_stats(face, torch.tensor([True, False, False, False]))
+    assert (s["rate"], s["rate_open"], s["rate_closed"]) == (0.5, 1.0, pytest.approx(1 / 3))
+    assert s["mean"] == pytest.approx(0.125) and list(s["quartiles"]) == pytest.approx([0, 0.125, 0.25])
+    one_line_error(run_cli("tools/face_fills.py", sr_run / "ckpt.pt", check=False), "expected --task inpaint")
+    one_line_error(run_cli("tools/face_fills.py", check=False), "checkpoints")
 
 
 def test_cnn_judge_is_trained_once_and_reused(tmp_path, monkeypatch):
