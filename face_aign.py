@@ -568,6 +568,7 @@ def train(args, dist, data, nets, opts, state, run_dir):
         if done % args.eval_every == 0 or done == args.steps or stopping:
             common.sync(dist.device)
             wall_s, samples = wall_s + time.perf_counter() - t0, samples + n * args.batch_size * dist.world
+            common.stop_if_diverged(sums, done, dist, nets)  # NaN: one clear error, no bad checkpoint
             if dist.main:  # the checkpoint first: an evaluation that fails loses no training
                 common.save_checkpoint(os.path.join(run_dir, "ckpt.pt"), script=SCRIPT, step=done, args=args,
                                        nets=nets, opts=opts, data_rng=gen, wall_s=wall_s, samples=samples)
