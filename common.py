@@ -537,6 +537,27 @@ def arch_from_checkpoint(args, state, names, path):
         setattr(args, k, state["args"][k])
 
 
+NOT_RESUMED = ("resume", "out", "device", "no_progress", "eval_only", "predict")  # this command's own
+
+
+def resume_args(args, state, argv, arch, path):
+    """--resume brings the run's settings back: the networks' (arch) always; when training goes on, also
+    every other flag this command line does not give (e.g. it may give a larger --steps), so a resumed
+    run trains exactly as it began. --eval-only and --predict take only arch (they may run elsewhere)."""
+    arch_from_checkpoint(args, state, arch, path)
+    if args.eval_only or args.predict:
+        return
+    names, given = sorted(vars(args)), set()
+    for token in sys.argv[1:] if argv is None else argv:
+        if token.startswith("--"):  # argparse also accepts a unique prefix of a flag
+            name = token[2:].split("=")[0].replace("-", "_")
+            found = [k for k in names if k == name] or [k for k in names if k.startswith(name)]
+            given.update(found if len(found) == 1 else ())
+    for k, v in state["args"].items():
+        if k in names and k not in given and k not in NOT_RESUMED and k not in arch:
+            setattr(args, k, v)
+
+
 def load_weights(module, sd, path, name):
     """module.load_state_dict with a clear error when the checkpoint's tensors do not fit."""
     try:

@@ -611,7 +611,7 @@ def main(argv=None):
     dist = common.Dist(args.device)
     state = common.load_checkpoint(args.resume, SCRIPT, nets=NETS) if args.resume else None
     if state is not None:
-        common.arch_from_checkpoint(args, state, ARCH, args.resume)
+        common.resume_args(args, state, argv, ARCH, args.resume)
     common.seed_everything(args.seed, args.deterministic)  # same seed on every rank: same init
     run_dir = common.make_run_dir(args, SCRIPT, dist)
     nets = build_nets(args, dist.device)

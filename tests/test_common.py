@@ -220,3 +220,20 @@ def test_the_error_line_is_not_glued_to_an_open_progress_bar(capsys):
         common.run_main(main)
     lines = capsys.readouterr().err.replace("\r", "\n").splitlines()
     assert lines[-1] == "error: x.png: cannot be read"
+
+
+def test_resume_brings_back_every_setting_the_command_line_does_not_give():
+    p = common.add_common_args(argparse.ArgumentParser(), steps=10, batch_size=4, lr=1e-3, eval_every=5)
+    p.add_argument("--lambda-adv", type=float, default=0.1)
+    p.add_argument("--task", default="sr")
+    trained = vars(p.parse_args(["--task", "inpaint", "--lambda-adv", "0.5", "--lr", "2e-4", "--out", "a"]))
+    state = {"args": trained}
+    argv = ["--resume", "a/ckpt.pt", "--steps", "20", "--lambda-a=0.7"]  # a unique prefix counts as given
+    args = p.parse_args(argv)
+    common.resume_args(args, state, argv, ("task",), "a/ckpt.pt")
+    assert (args.task, args.lr, args.steps, args.lambda_adv) == ("inpaint", 2e-4, 20, 0.7)
+    assert args.resume == "a/ckpt.pt" and args.out is None  # this command's own
+    argv = ["--resume", "a/ckpt.pt", "--eval-only"]  # evaluation elsewhere: only the networks' settings
+    args = p.parse_args(argv)
+    common.resume_args(args, state, argv, ("task",), "a/ckpt.pt")
+    assert (args.task, args.lr, args.lambda_adv) == ("inpaint", 1e-3, 0.1)
