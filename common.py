@@ -84,7 +84,8 @@ def add_common_args(p, *, steps, batch_size, lr, eval_every):
     p.add_argument("--lr", type=float, default=lr, help=f"Adam learning rate (default: {lr})")
     p.add_argument("--eval-every", type=int, default=eval_every,
                    help=f"checkpoint and evaluate every N steps (default: {eval_every})")
-    p.add_argument("--resume", default=None, help="checkpoint to continue from or evaluate (default: none)")
+    p.add_argument("--resume", default=None, help="checkpoint to continue from (the run's flags come back "
+                   "unless given again) or to evaluate (default: none)")
     p.add_argument("--eval-only", action="store_true",
                    help="only evaluate the --resume checkpoint on --data (default: off)")
     p.add_argument("--predict", default=None,
