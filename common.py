@@ -538,7 +538,7 @@ def arch_from_checkpoint(args, state, names, path):
         setattr(args, k, state["args"][k])
 
 
-NOT_RESUMED = ("resume", "out", "device", "no_progress", "eval_only", "predict")  # this command's own
+NOT_RESUMED = ("resume", "out", "device", "no_progress")  # always this command's own
 
 
 def resume_args(args, state, argv, arch, path):
