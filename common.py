@@ -557,6 +557,9 @@ def resume_args(args, state, argv, arch, path):
     for k, v in state["args"].items():
         if k in names and k not in given and k not in NOT_RESUMED and k not in arch:
             setattr(args, k, v)
+    if state.get("step", 0) >= args.steps:
+        log(f"note: --resume {path} has trained {state['step']} steps (>= --steps {args.steps}): nothing "
+            f"is left to train; it is evaluated (give a larger --steps to train on)")
 
 
 def load_weights(module, sd, path, name):

@@ -151,6 +151,8 @@ def read_rows(path, allowed, attrs=False):
     if len(lines) < 1 + 2 * attrs:
         raise InputError(f"{path}: expected {what}")
     names, rows, n = (lines[1], lines[2:], len(lines[1])) if attrs else (None, lines, 1)
+    if attrs and lines[0] != [str(len(rows))]:  # a truncated download, or a list cut down on purpose
+        common.log(f"note: {path}: its count line says {' '.join(lines[0])}; reading the {len(rows)} rows")
     for i, r in enumerate(rows, 1 + 2 * attrs):
         if len(r) != n + 1 or any(v not in allowed for v in r[1:]):
             raise InputError(f"{path}:{i}: expected {what}, v in {{{', '.join(allowed)}}}; found {r[:4]}")
@@ -179,7 +181,10 @@ def load_faces(args, root, show):
         if os.path.isfile(part_file):  # partition 0 train, 1 validation, 2 test
             _, pf, p = read_rows(part_file, ("0", "1", "2"))
             part = dict(zip(pf, p[:, 0].astype(int)))
-            partition = np.array([part.get(fn, 0) for fn in files])
+            if missing := [fn for fn in files if fn not in part]:
+                raise InputError(f"{part_file}: no row for {len(missing)} image(s) of {attr_file}, e.g. "
+                                 f"{missing[0]}; expected a `file p` row for each (0 train, 1 val, 2 test)")
+            partition = np.array([part[fn] for fn in files])
         paths = [os.path.join(root, "img_align_celeba", fn) for fn in files]  # missing: read_rgb's error
         judged = args.judge in ("cnn", "both") or args.judge_attr.lstrip("-") in names
         for attr in [a for a in (args.judge_attr if judged else None, args.bias) if a]:  # 'Male' or '-Male'

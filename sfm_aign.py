@@ -24,6 +24,7 @@ import functools
 import glob
 import math
 import os
+import re
 import sys
 import time
 
@@ -181,7 +182,9 @@ def gt_depth(seq, i, hw=None):
     return d if hw is None else F.interpolate(torch.from_numpy(d)[None, None], size=hw, mode="nearest")[0]
 
 def list_files(folder, ext=(".png", ".jpg", ".jpeg")):
-    return sorted(p for p in glob.glob(os.path.join(folder, "*")) if p.lower().endswith(ext))
+    """A folder's frames in frame order: numbers in names compare as numbers (2.png before 10.png)."""
+    order = lambda p: [int(t) if i % 2 else t for i, t in enumerate(re.split(r"(\d+)", os.path.basename(p)))]
+    return sorted((p for p in glob.glob(os.path.join(folder, "*")) if p.lower().endswith(ext)), key=order)
 
 def make_sequence(name, paths, K, poses_path, hw, depth_dir=None):
     """Read one sequence frame by frame at the training size hw; rescale K with it."""
@@ -765,6 +768,9 @@ def train(args, dist, data, nets, opts, state, run_dir):
 def predict(args, nets, device, run_dir):
     """--predict FOLDER (frames, or FOLDER/images/): depth maps as npy (metres, at the input size) and
     grey PNG, and the trajectory as KITTI poses (camera-to-first-frame) in poses.txt."""
+    if not os.path.isdir(args.predict):
+        raise InputError(f"--predict {args.predict}: no such folder (expected frames *.png|jpg, or "
+                         "FOLDER/images/)")
     paths = list_files(args.predict) or list_files(os.path.join(args.predict, "images"))
     seq = make_sequence(f"--predict {args.predict}", paths, np.eye(3), "", (args.height, args.width))
     depth, poses = predict_sequence(nets, seq["images"], device)

@@ -222,7 +222,7 @@ def test_the_error_line_is_not_glued_to_an_open_progress_bar(capsys):
     assert lines[-1] == "error: x.png: cannot be read"
 
 
-def test_resume_brings_back_every_setting_the_command_line_does_not_give():
+def test_resume_brings_back_every_setting_the_command_line_does_not_give(capsys):
     p = common.add_common_args(argparse.ArgumentParser(), steps=10, batch_size=4, lr=1e-3, eval_every=5)
     p.add_argument("--lambda-adv", type=float, default=0.1)
     p.add_argument("--task", default="sr")
@@ -233,6 +233,9 @@ def test_resume_brings_back_every_setting_the_command_line_does_not_give():
     common.resume_args(args, state, argv, ("task",), "a/ckpt.pt")
     assert (args.task, args.lr, args.steps, args.lambda_adv) == ("inpaint", 2e-4, 20, 0.7)
     assert args.resume == "a/ckpt.pt" and args.out is None  # this command's own
+    state["step"] = 30
+    common.resume_args(args, state, argv, ("task",), "a/ckpt.pt")  # already past --steps 20: say so
+    assert "has trained 30 steps (>= --steps 20): nothing is left to train" in capsys.readouterr().out
     argv = ["--resume", "a/ckpt.pt", "--eval-only"]  # evaluation elsewhere: only the networks' settings
     args = p.parse_args(argv)
     common.resume_args(args, state, argv, ("task",), "a/ckpt.pt")

@@ -450,6 +450,16 @@ def test_bad_flag_values_are_one_line_errors(tmp_path, argv, flag):
     assert not (tmp_path / "run").exists()  # refused before anything is written
 
 
+def test_a_count_line_that_disagrees_with_the_rows_is_reported(tmp_path, capsys):
+    d = make_celeba(tmp_path, n=6, partition=False)
+    path = os.path.join(d, "list_attr_celeba.txt")
+    text = open(path).read()
+    open(path, "w").write("202599" + text[1:])  # e.g. the first rows of CelebA's list, kept on purpose
+    names, files, vals = fa.read_rows(path, ("1", "-1"), attrs=True)
+    assert names == ["Male", "Young", "Big_Lips"] and len(files) == 6 and vals.shape == (6, 3)
+    assert "its count line says 202599; reading the 6 rows" in capsys.readouterr().out
+
+
 def test_bad_files_are_one_line_errors(tmp_path, sr_run):
     # non-UTF-8 label files
     for name, good in (("list_attr_celeba.txt", None), ("list_eval_partition.txt", None)):
@@ -464,6 +474,11 @@ def test_bad_files_are_one_line_errors(tmp_path, sr_run):
         f.write("000001.jpg test\n")
     one_line_error(run_cli("face_aign.py", "--data", d, "--out", tmp_path / "bp", *SMALL, check=False),
                    "list_eval_partition.txt:9", "0, 1, 2")
+    d = make_celeba(tmp_path / "shortpart", n=8)  # an image without a partition row is not silently trained on
+    rows = open(os.path.join(d, "list_eval_partition.txt")).readlines()
+    open(os.path.join(d, "list_eval_partition.txt"), "w").writelines(rows[:-1])
+    one_line_error(run_cli("face_aign.py", "--data", d, "--out", tmp_path / "sp", *SMALL, check=False),
+                   "list_eval_partition.txt: no row for 1 image(s)", "e.g. 000008.jpg")
     # a checkpoint of another script, one with keys missing, a file as --out
     other = tmp_path / "other.pt"
     net = torch.nn.Linear(2, 2)

@@ -565,11 +565,13 @@ def test_generic_npz_loader_and_errors(tmp_path):
         P.load_pose_npz(str(tmp_path / "missing.npz"))
 
 
-def test_loaders_refuse_millimetres_collapsed_poses_points_behind_the_camera_and_empty_splits(tmp_path):
+def test_loaders_refuse_millimetres_collapsed_poses_points_behind_the_camera_non_pixels_and_empty_splits(tmp_path):
     bad, d = tmp_path / "bad.npz", write_generic_npz(tmp_path / "good.npz")
     for override, needle in (({"poses_3d": d["poses_3d"] * 1000}, "median bone length of .*millimetres"),
                              ({"poses_3d": d["poses_3d"] * [1, 1, -1]}, "depth z <= 0.*camera coordinates"),
-                             ({k: v[:0] for k, v in d.items()}, "no frames")):
+                             ({k: v[:0] for k, v in d.items()}, "no frames"),
+                             ({"poses_2d": (d["poses_2d"] - 500) / 500}, r"span a median 0\.\d+ px.*normalised"),
+                             ({"poses_2d": d["poses_2d"] * 1e30}, "focal lengths off the principal point")):
         write_generic_npz(bad, **override)
         with pytest.raises(InputError, match=needle):
             P.load_pose_npz(str(bad))
@@ -587,11 +589,10 @@ def test_loaders_refuse_millimetres_collapsed_poses_points_behind_the_camera_and
 
 
 def test_a_diverging_run_stops_with_one_clear_error_and_no_checkpoint(tmp_path):
-    d = write_generic_npz(tmp_path / "huge.npz")
-    write_generic_npz(tmp_path / "huge.npz", poses_2d=d["poses_2d"] * 1e30)  # finite, but far beyond pixels
+    write_generic_npz(tmp_path / "d.npz")
     write_mem(tmp_path / "mem.npz")
-    proc = run_cli("pose_aign.py", *TINY, "--batch-size", "16", "--steps", "2", "--data", tmp_path / "huge.npz",
-                   "--memory", tmp_path / "mem.npz", "--out", tmp_path / "o", check=False)
+    proc = run_cli("pose_aign.py", *TINY, "--batch-size", "16", "--steps", "2", "--data", tmp_path / "d.npz",
+                   "--memory", tmp_path / "mem.npz", "--lr", "1e30", "--out", tmp_path / "o", check=False)
     one_line_error(proc, "training diverged by step 2", "NaN/inf")
     assert not (tmp_path / "o" / "ckpt.pt").exists()
 

@@ -305,6 +305,14 @@ def test_generic_loader(tmp_path):
     assert S.load_sequences(str(tmp_path), (20, 60))[0]["K"][1, 1] == 31
 
 
+def test_frames_are_listed_in_frame_order(tmp_path):
+    """Unpadded frame numbers sort as numbers (2 before 10), not as text (10 before 2)."""
+    for name in ("10.png", "2.png", "1.png", "cam_9.jpg", "cam_11.jpg", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    assert [os.path.basename(p) for p in S.list_files(str(tmp_path))] == [
+        "1.png", "2.png", "10.png", "cam_9.jpg", "cam_11.jpg"]
+
+
 def test_frames_are_resized_as_they_are_read(tmp_path, monkeypatch):
     """A sequence is never held at full resolution: each frame is shrunk to the training size when read."""
     generic_seq(tmp_path, n=3, h=400, w=1200)
@@ -527,7 +535,8 @@ def test_cli_train_resume_eval_predict(tiny_data, tmp_path, cache_root):
             assert torch.equal(ca["nets"][net][k], cb["nets"][net][k]), (net, k)
     assert [r["step"] for r in map(json.loads, open(b / "metrics.jsonl"))] == [2, 4]
     # resuming a finished run keeps its recorded throughput (cumulative wall_s and samples)
-    run_cli(SCRIPT, "--data", tiny_data, "--steps", 4, "--eval-every", 2, "--resume", b / "ckpt.pt", *SMALL)
+    proc = run_cli(SCRIPT, "--data", tiny_data, "--steps", 4, "--eval-every", 2, "--resume", b / "ckpt.pt", *SMALL)
+    assert "has trained 4 steps (>= --steps 4): nothing is left to train" in proc.stdout
     again = read_json(b / "results.json")
     assert again["wall_s"] == res_b["wall_s"] and again["frames_per_s"] == res_b["frames_per_s"] > 0
 
@@ -538,6 +547,8 @@ def test_cli_train_resume_eval_predict(tiny_data, tmp_path, cache_root):
 
     p = tmp_path / "p"
     run_cli(SCRIPT, "--predict", tiny_data / "test" / "test_3" / "images", "--resume", a / "ckpt.pt", "--out", p)
+    one_line_error(run_cli(SCRIPT, "--predict", tmp_path / "nowhere", "--resume", a / "ckpt.pt", check=False),
+                   "nowhere: no such folder")
     maps = sorted(os.listdir(p / "depth"))
     assert len(maps) == 16 and np.load(p / "depth" / "000000.npy").shape == (32, 96)
     assert np.loadtxt(p / "poses.txt").shape == (8, 12)
