@@ -135,7 +135,7 @@ def make_split(path, x2d, cam, y3d=None, action=None, what=NPZ_LAYOUT, dist=None
 
     def per_frame(a, key, k):  # (k,) for every frame or (N,k) -> (N,k)
         a = common.check_array(a, path, key, (k,) if np.ndim(a) == 1 else (None, k), what)
-        return np.ascontiguousarray(np.broadcast_to(a, (n, k)) if a.ndim == 1 else a)
+        return np.array(np.broadcast_to(a, (n, k)) if a.ndim == 1 else a)        # a writable copy
     cam, dist = per_frame(cam, "camera", 4), None if dist is None else per_frame(dist, "distortion", 5)
     y3d = None if y3d is None else check_poses(y3d, path, "poses_3d", what)
     if n == 0:
@@ -722,12 +722,16 @@ def load_keypoints(path, order):
     if kp.ndim != 3 or kp.shape[1] != NJ or kp.shape[2] not in (2, 3):
         raise InputError(f"{path}: keypoints have shape {kp.shape}; expected {KEYPOINTS_LAYOUT}")
     kp = np.where(kp[..., 2:] > 0, kp[..., :2], np.nan) if kp.shape[2] == 3 else kp   # confidence 0: missing
-    if (order or str(z.get("layout", "h36m")).lower()) == "coco":  # H36M joint = mean of its COCO joints
+    if (order := order or str(z.get("layout", "h36m")).lower()) not in ("h36m", "coco"):
+        raise InputError(f"{path}: 'layout' is {order!r}; expected 'h36m' or 'coco' ({KEYPOINTS_LAYOUT})")
+    if order == "coco":  # H36M joint = mean of its COCO joints
         kp = np.stack([kp[:, idx].mean(1) for idx in COCO_TO_H36M], 1)
     key = "camera" if "camera" in z else "image_size"
     cam = as_numbers(z[key], path, f"'{key}'", KEYPOINTS_LAYOUT)
     if key == "image_size":  # f = max(w, h), the principal point in the middle
         w, h = common.check_array(cam, path, key, (2,), KEYPOINTS_LAYOUT)
+        if not (w > 0 and h > 0):
+            raise InputError(f"{path}: 'image_size' is {w:g} x {h:g}; expected a positive width and height")
         cam = np.array([max(w, h), max(w, h), w / 2, h / 2], np.float32)
     return make_split(path, kp, cam, what=KEYPOINTS_LAYOUT, dist=z.get("distortion"))
 

@@ -825,6 +825,12 @@ def test_loaders_refuse_non_dict_h36m_pickles_and_ragged_json(tmp_path):
     inf.write_text(json.dumps({"keypoints": [[[1, 2]] * 16 + [[1e999, 2]]], "image_size": [100, 100]}))
     with pytest.raises(InputError, match="inf value"):
         P.load_keypoints(str(inf), None)
+    kp = (np.arange(34).reshape(1, 17, 2) * 10.0).tolist()
+    for extra, needle in (({"image_size": [-100, 100]}, "'image_size' is -100 x 100; expected a positive"),
+                          ({"image_size": [100, 100], "layout": "openpose"}, "'layout' is 'openpose'")):
+        inf.write_text(json.dumps({"keypoints": kp, **extra}))
+        with pytest.raises(InputError, match=needle):
+            P.load_keypoints(str(inf), None)
 
 
 def test_standalone_copy_trains_resumes_evaluates_predicts(tmp_path):
