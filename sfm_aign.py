@@ -43,7 +43,8 @@ STRETCH = 10  # paired triplets come in stretches of this many consecutive ones 
 LAYOUTS = """--data layouts (details: README; frames and K are resized to --height x --width when read):
   generic  DIR/<seq>/images/*.png|jpg, intrinsics.txt ('fx fy cx cy' or 3x3 K) [, poses.txt, depth/];
            DIR/train/, DIR/test/ (and DIR/val/) of such folders are the splits, DIR/memory/ the --memory
-  KITTI    raw ROOT/<date>/<date>_drive_XXXX_sync/image_02/data/, or odometry ROOT/sequences/NN/image_2/"""
+  KITTI    raw ROOT/<date>/<date>_drive_XXXX_sync/image_02/data/ (or ROOT = one <date>), or odometry
+           ROOT/sequences/NN/image_2/"""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -186,10 +187,10 @@ def list_files(folder, ext=(".png", ".jpg", ".jpeg")):
     order = lambda p: [int(t) if i % 2 else t for i, t in enumerate(re.split(r"(\d+)", os.path.basename(p)))]
     return sorted((p for p in glob.glob(os.path.join(folder, "*")) if p.lower().endswith(ext)), key=order)
 
-def make_sequence(name, paths, K, poses_path, hw, depth_dir=None):
-    """Read one sequence frame by frame at the training size hw; rescale K with it."""
+def make_sequence(name, paths, K, poses_path, hw, depth_dir=None, where=None):
+    """Read one sequence (the frames of folder `where`) frame by frame at the training size hw; rescale K."""
     if len(paths) < 3:
-        raise InputError(f"{name}: expected at least 3 frames, found {len(paths)}")
+        raise InputError(f"{where or name}: expected at least 3 frames (*.png|jpg), found {len(paths)}")
     frames, sizes = zip(*(read_image(p, hw) for p in paths))
     for p, s in zip(paths, sizes):
         if s != sizes[0]:
@@ -210,7 +211,8 @@ def load_sequences(root, hw):
     """The sequences of root in its layout: KITTI odometry, KITTI raw, or generic sequence folders."""
     if not os.path.isdir(root):
         raise InputError(f"{root}: no such folder (expected a dataset folder; layouts: --help)")
-    calibs = sorted(glob.glob(os.path.join(root, "*", "calib_cam_to_cam.txt")))
+    calibs = sorted(glob.glob(os.path.join(root, "*", "calib_cam_to_cam.txt")) or  # ROOT or ROOT/<date>
+                    glob.glob(os.path.join(root, "calib_cam_to_cam.txt")))
     if os.path.isdir(os.path.join(root, "sequences")):  # KITTI odometry
         found = [(d, "image_2", read_intrinsics(os.path.join(d, "calib.txt"), "P2"),
                   os.path.join(root, "poses", os.path.basename(d) + ".txt"), None)
@@ -228,8 +230,8 @@ def load_sequences(root, hw):
         raise InputError(f"{root}: expected sequence folders <seq>/images/*.png with <seq>/intrinsics.txt, "
                          "KITTI raw <date>/<date>_drive_XXXX_sync/image_02/data/ or KITTI odometry "
                          "sequences/NN/image_2/, found none (layouts: --help)")
-    return [make_sequence(os.path.basename(d), list_files(os.path.join(d, images)), K, poses, hw, depth)
-            for d, images, K, poses, depth in found]
+    return [make_sequence(os.path.basename(d), list_files(os.path.join(d, images)), K, poses, hw, depth,
+                          os.path.join(d, images)) for d, images, K, poses, depth in found]
 
 def attach_gt_depth(seqs, path):
     """Eigen-style GT: depth maps (at the frames' size) for listed frames '<sequence> <frame index>'."""

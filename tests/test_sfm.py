@@ -339,6 +339,10 @@ def test_kitti_raw_and_odometry_loaders(tmp_path):
     np.savez(gt, depth=np.full((1, 20, 64), 9.0, np.float32), frames=np.array(["2011_09_26_drive_0001_sync 1"]))
     S.attach_gt_depth(seqs, str(gt))
     assert list(seqs[0]["depth"]) == [1]
+    assert [s["name"] for s in S.load_sequences(str(raw), (10, 32))] == ["2011_09_26_drive_0001_sync"]  # one date
+    (drive.parent.parent.parent / "2011_09_26_drive_0002_sync" / "image_00" / "data").mkdir(parents=True)
+    with pytest.raises(S.InputError, match=r"drive_0002_sync/image_02/data: expected at least 3 frames \(\*.png"):
+        S.load_sequences(str(raw), (10, 32))  # only the grey cameras downloaded
     for depth, names, msg in ((np.full((1, 20, 64), 9.0), ["nope 1"], "frame entry 'nope 1'"),
                               (np.full((1, 20, 60), 9.0), ["2011_09_26_drive_0001_sync 1"], "size (20, 60)"),
                               (np.full((20, 64), 9.0), ["2011_09_26_drive_0001_sync 1"], "(N, N, N)"),
