@@ -79,7 +79,6 @@ def get_args(argv=None):
         "crop or the whole frame (default: garg with --gt-depth, else none)")
     args = p.parse_args(argv)
     common.check_args(args, nonneg_ints=("adv_warmup",))
-    args.eval_crop = args.eval_crop or ("garg" if args.gt_depth else "none")
     if min(args.height, args.width) < 16:
         raise InputError(f"--height {args.height} --width {args.width}: expected sizes >= 16")
     if not (0 < args.min_depth < args.max_depth < math.inf and 0 < args.eval_cap < math.inf):
@@ -582,12 +581,13 @@ def evaluate(nets, seqs, args, device):
     resolution (the prediction resized as disparity; GT in 0.001..--eval-cap m, inside --eval-crop),
     and SfMLearner's ATE on every 5-frame snippet with GT poses."""
     rows, rows_med, ratios, ates, ates_metric = [], [], [], [], []
+    window = args.eval_crop or ("garg" if args.gt_depth else "none")  # by default: garg with --gt-depth
     for s in seqs:
         depth, poses = predict_sequence(nets, s["images"], device)
         for i in sorted(s["depth"]):
             gt = torch.from_numpy(gt_depth(s, i))
             pred = resize_as_disparity(depth[i:i + 1], gt.shape)
-            crop = garg_crop(gt.shape) if args.eval_crop == "garg" else True
+            crop = garg_crop(gt.shape) if window == "garg" else True
             m = (gt > 1e-3) & (gt < args.eval_cap) & crop
             if m.sum() == 0:
                 continue

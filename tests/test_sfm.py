@@ -218,7 +218,11 @@ def test_evaluation_window(crop, abs_rel):
     outside = 20 * 40 - inside - 1
     expect = abs_rel if abs_rel is not None else 0.5 * outside / (inside + outside)
     assert res["depth"]["abs_rel"] == pytest.approx(expect)
-    assert S.get_args(["--gt-depth", "x.npz"]).eval_crop == "garg" and S.get_args([]).eval_crop == "none"
+    # the default follows --gt-depth when evaluated (also when a resumed run adds --gt-depth): garg with it
+    default = S.evaluate(ConstantNets(), [seq], S.get_args(["--gt-depth", "x.npz"]), torch.device("cpu"))
+    assert default["depth"] == S.evaluate(ConstantNets(), [seq], S.get_args(["--eval-crop", "garg"]),
+                                          torch.device("cpu"))["depth"]
+    assert S.evaluate(ConstantNets(), [seq], S.get_args([]), torch.device("cpu"))["depth"]["abs_rel"] > 0
 
 
 def test_ate_snippet_hand_computed():
