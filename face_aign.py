@@ -67,7 +67,7 @@ def get_args(argv=None):
     add("--d-lr", type=float, default=None, help="D's learning rate (default: 1e-3 sr, chosen on the "
         "validation faces; --lr inpaint)")
     add("--ema", type=float, default=None, help="decay of G's evaluated weight mean, 0 = G itself (default: "
-        "0.99 sr, 0 inpaint, chosen on the validation faces)")
+        "0.99 sr, 0.9 inpaint, chosen on the validation faces)")
     add("--blocks", type=int, default=4, help="residual blocks in G (default: 4; paper 15)")
     add("--test-size", type=int, default=500, help="test and validation faces each, balanced on --judge-attr "
         "(default: 500)")
@@ -82,7 +82,7 @@ def get_args(argv=None):
     args.steps = args.steps if args.steps is not None else 400 if sr else 800
     args.d_pool, args.d_region = args.d_pool or (2 if sr else 1), args.d_region or ("face" if sr else "both")
     args.d_lr = args.d_lr if args.d_lr is not None else 1e-3 if sr else args.lr
-    args.ema = args.ema if args.ema is not None else 0.99 if sr else 0.0
+    args.ema = args.ema if args.ema is not None else 0.99 if sr else 0.9
     args.judge_attr = args.judge_attr or args.bias or "-Male"
     args.d_channels = args.d_channels if args.d_channels is not None else max(1, args.channels // 2)
     common.check_args(args, ("max_images", "blocks", "judge_steps"), ("d_channels", "test_size"))
