@@ -7,9 +7,9 @@ D tells G(x) from a memory of faces; opposite memories on the same inputs should
 by ONNX models (mouth: a rule on the mouth box) and a CNN that G never sees. Results card (built-in 64x64
 DCGAN faces, 500 balanced test faces, 1 CPU thread; tools/face_bench.py; docs/face.md):
     memory A - B, judged points (onnx / cnn): female vs male +21.7 / +14.8, old vs young +6.8 / +9.9 (sr x4,
-    400 steps, seeds 0-2, LR PSNR 35.2-39.6 dB); open vs closed mouth +37.5 / +32.9 (inpaint, 800 steps, G
-    itself evaluated, seeds 0-2, weakest seed +12.6 / +9.4). CNN judges' own A - B on true faces: +31 gender,
-    +12 age, +62 mouth. Chosen on the validation faces. Default run, 1 thread: sr ~2.5 min, inpaint ~7 min."""
+    400 steps, seeds 0-2, LR PSNR 35.2-39.6 dB); open vs closed mouth +39.9 / +45.7 (inpaint, 800 steps, G
+    averaged over ~10 steps, seeds 0-2, weakest seed +22.8 / +32.4). The CNN judges' A - B on true faces: +31
+    gender, +12 age, +62 mouth. Chosen on validation faces. Default run, 1 thread: sr ~2.5, inpaint ~7 min."""
 import argparse
 import copy
 import glob

@@ -535,7 +535,7 @@ def test_fills_tool_hand_computed_and_bad_input(sr_run):
     one_line_error(run_cli("tools/face_fills.py", check=False), "checkpoints")
 
 
-def test_reeval_tool_reproduces_the_run_and_evaluates_g_itself(sr_run, tmp_path):
+def test_reeval_tool_reproduces_the_run_and_evaluates_g_itself(celeba, sr_run, tmp_path):
     run_cli("tools/face_reeval.py", "--gen", "G_ema", "--out", tmp_path / "ema", sr_run)
     run_cli("tools/face_reeval.py", "--gen", "G_ema", "--split", "test", "--out", tmp_path / "ema_t", sr_run)
     run_cli("tools/face_reeval.py", "--split", "test", "--out", tmp_path / "g_t", sr_run)
@@ -561,6 +561,12 @@ def test_reeval_tool_reproduces_the_run_and_evaluates_g_itself(sr_run, tmp_path)
         y = G(fa.make_input(args, fa.to_float(data["test"]), None)[0]).clamp(-1, 1)
     hr = (fa.to_float(data["test"]) + 1) / 2
     assert g_t["psnr_hr"] == pytest.approx(fa.psnr((y + 1) / 2, hr).mean().item(), abs=1e-5)
+    # an eval-only run (no metrics.jsonl of its own) is re-evaluated from its checkpoint, step and loss of that run
+    run_cli("face_aign.py", "--data", celeba, "--resume", sr_run / "ckpt.pt", "--eval-only", "--out", tmp_path / "ev",
+            "--no-progress", "--test-size", "8", "--judge-steps", "5")
+    run_cli("tools/face_reeval.py", "--gen", "G_ema", "--out", tmp_path / "ev_val", tmp_path / "ev")
+    ev = json.loads(open(tmp_path / "ev_val" / "ev" / "metrics.jsonl").read())
+    assert all(ev[k] == v for k, v in val.items() if k != "checkpoint")
     one_line_error(run_cli("tools/face_reeval.py", "--out", tmp_path / "x", tmp_path, check=False), "args.json")
 
 

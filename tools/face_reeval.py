@@ -1,7 +1,7 @@
 """Re-evaluate finished face_aign.py runs with G itself (or G_ema) of their checkpoints, no training.
 
-    python3 tools/face_reeval.py --out NEW RUN_DIR [RUN_DIR ...]              # validation -> NEW/<run>/metrics.jsonl
-    python3 tools/face_reeval.py --split test --out NEW RUN_DIR [...]         # test -> NEW/<run>/results.json
+    python3 tools/face_reeval.py --out NEW RUN_DIR [RUN_DIR ...]   # validation -> NEW/<run>/metrics.jsonl
+    python3 tools/face_reeval.py --split test --out NEW RUN_DIR [...]   # test -> NEW/<run>/results.json
 
 Training never reads the evaluated generator (face_aign.ema_update only writes G_ema), and --ema 0 makes G_ema
 equal G bit for bit, so G of a finished run's checkpoint IS what the same training with --ema 0 evaluates and
@@ -27,7 +27,7 @@ import face_aign as A  # noqa: E402
 
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("runs", nargs="+", help="face_aign.py run folders (with args.json; training runs: ckpt.pt)")
+    p.add_argument("runs", nargs="+", help="face_aign.py run folders (args.json; training runs: ckpt.pt)")
     p.add_argument("--out", required=True, help="folder for the re-evaluated runs (one sub-folder per run)")
     p.add_argument("--gen", choices=["G", "G_ema"], default="G", help="generator to evaluate (default: G)")
     p.add_argument("--split", choices=["val", "test"], default="val", help="faces to evaluate (default: val)")
@@ -48,6 +48,11 @@ def run_args(run):
 
 def reeval(run, out, gen, split, dist):
     args, ckpt = run_args(run)
+    if split == "val":  # the training run's last record (an eval-only run has none: its checkpoint's run)
+        path = os.path.join(os.path.dirname(ckpt), "metrics.jsonl")
+        last = json.loads(common.read_text(path, "the training run's metrics.jsonl").splitlines()[-1])
+    else:
+        res = common.read_json(os.path.join(run, "results.json"), "the run's results.json")
     state = common.load_checkpoint(ckpt, A.SCRIPT, nets=A.NETS)
     nets = A.build_nets(args, dist.device)
     for k in A.NETS:
@@ -59,15 +64,13 @@ def reeval(run, out, gen, split, dist):
     os.makedirs(out, exist_ok=True)
     m = evs.evaluate(nets[gen], nets["D"], out, state["step"])
     if split == "val":
-        text = common.read_text(os.path.join(run, "metrics.jsonl"), "the run's metrics.jsonl")
-        last = json.loads(text.splitlines()[-1])  # the run's last record: its step and training loss_d
         rec = {"step": state["step"], "loss_d": last.get("loss_d"), **{f"val_{k}": v for k, v in m.items()},
                "evaluated": gen, "checkpoint": ckpt}
         with open(os.path.join(out, "metrics.jsonl"), "w") as f:
             f.write(json.dumps(rec) + "\n")
     else:
-        res = common.read_json(os.path.join(run, "results.json"), "the run's results.json")
-        common.write_json(os.path.join(out, "results.json"), {**res, **m, "evaluated": gen, "checkpoint": ckpt})
+        res.update({**m, "evaluated": gen, "checkpoint": ckpt})  # test metrics new, training stats kept
+        common.write_json(os.path.join(out, "results.json"), res)
         if os.path.exists(os.path.join(run, "bench_wall.json")):
             shutil.copy(os.path.join(run, "bench_wall.json"), out)
     common.log(f"{run} ({gen}, {split}, step {state['step']}) -> {out}")  # no numbers: test is read later
