@@ -7,9 +7,9 @@ D tells G(x) from a memory of faces; opposite memories on the same inputs should
 by ONNX models (mouth: a rule on the mouth box) and a CNN that G never sees. Results card (built-in 64x64
 DCGAN faces, 500 balanced test faces, 1 CPU thread; tools/face_bench.py; docs/face.md):
     memory A - B, judged points (onnx / cnn): female vs male +21.7 / +14.8, old vs young +6.8 / +9.9 (sr x4,
-    400 steps, seeds 0-2, LR PSNR 35.2-39.6 dB); open vs closed mouth +37.5 / +32.9 (inpaint, 800 steps, G
-    itself evaluated, seeds 0-2, weakest seed +12.6 / +9.4). CNN judges' own A - B on true faces: +31 gender,
-    +12 age, +62 mouth. Chosen on the validation faces. Default run, 1 thread: sr ~2.5 min, inpaint ~7 min."""
+    400 steps, seeds 0-2, LR PSNR 35.2-39.6 dB); open vs closed mouth +39.9 / +45.7 (inpaint, 800 steps, G
+    averaged over ~10 steps, seeds 0-2, weakest seed +22.8 / +32.4). The CNN judges' A - B on true faces: +31
+    gender, +12 age, +62 mouth. Chosen on validation faces. Default run, 1 thread: sr ~2.5, inpaint ~7 min."""
 import argparse
 import copy
 import glob
@@ -67,7 +67,7 @@ def get_args(argv=None):
     add("--d-lr", type=float, default=None, help="D's learning rate (default: 1e-3 sr, chosen on the "
         "validation faces; --lr inpaint)")
     add("--ema", type=float, default=None, help="decay of G's evaluated weight mean, 0 = G itself (default: "
-        "0.99 sr, 0 inpaint, chosen on the validation faces)")
+        "0.99 sr, 0.9 inpaint, chosen on the validation faces)")
     add("--blocks", type=int, default=4, help="residual blocks in G (default: 4; paper 15)")
     add("--test-size", type=int, default=500, help="test and validation faces each, balanced on --judge-attr "
         "(default: 500)")
@@ -82,7 +82,7 @@ def get_args(argv=None):
     args.steps = args.steps if args.steps is not None else 400 if sr else 800
     args.d_pool, args.d_region = args.d_pool or (2 if sr else 1), args.d_region or ("face" if sr else "both")
     args.d_lr = args.d_lr if args.d_lr is not None else 1e-3 if sr else args.lr
-    args.ema = args.ema if args.ema is not None else 0.99 if sr else 0.0
+    args.ema = args.ema if args.ema is not None else 0.99 if sr else 0.9
     args.judge_attr = args.judge_attr or args.bias or "-Male"
     args.d_channels = args.d_channels if args.d_channels is not None else max(1, args.channels // 2)
     common.check_args(args, ("max_images", "blocks", "judge_steps"), ("d_channels", "test_size"))

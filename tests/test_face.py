@@ -314,12 +314,12 @@ def test_inpaint_train_and_predict(celeba, tmp_path):
 
 
 def test_defaults_per_task_and_ema_zero_is_g_itself():
-    # chosen on the validation faces: sr 400 steps and G averaged (--ema 0.99), inpainting 800 steps and G
-    # itself (--ema 0); an explicit flag always wins
+    # chosen on the validation faces: sr 400 steps and G averaged over ~100 steps (--ema 0.99), inpainting
+    # 800 steps and over ~10 steps (--ema 0.9); an explicit flag always wins; --ema 0 evaluates G itself
     assert [fa.get_args(a).steps for a in ([], ["--task", "inpaint"], ["--task", "inpaint", "--steps", "0"],
                                            ["--steps", "7"])] == [400, 800, 0, 7]
     assert [fa.get_args(a).ema for a in ([], ["--task", "inpaint"], ["--task", "inpaint", "--ema", "0.5"],
-                                         ["--ema", "0"])] == [0.99, 0.0, 0.5, 0.0]
+                                         ["--ema", "0"])] == [0.99, 0.9, 0.5, 0.0]
     G = fa.InpaintGenerator(8, 1)
     G_ema = fa.build_nets(fa.get_args(["--task", "inpaint", "--channels", "8", "--blocks", "1"]), "cpu")["G_ema"]
     with torch.no_grad():
@@ -548,6 +548,41 @@ def test_fills_tool_hand_computed_and_bad_input(sr_run):
     assert s["mean"] == pytest.approx(0.125) and list(s["quartiles"]) == pytest.approx([0, 0.125, 0.25])
     one_line_error(run_cli("tools/face_fills.py", sr_run / "ckpt.pt", check=False), "expected --task inpaint")
     one_line_error(run_cli("tools/face_fills.py", check=False), "checkpoints")
+
+
+def test_reeval_tool_reproduces_the_run_and_evaluates_g_itself(celeba, sr_run, tmp_path):
+    run_cli("tools/face_reeval.py", "--gen", "G_ema", "--out", tmp_path / "ema", sr_run)
+    run_cli("tools/face_reeval.py", "--gen", "G_ema", "--split", "test", "--out", tmp_path / "ema_t", sr_run)
+    run_cli("tools/face_reeval.py", "--split", "test", "--out", tmp_path / "g_t", sr_run)
+    name = os.path.basename(sr_run)
+    own = [json.loads(ln) for ln in open(sr_run / "metrics.jsonl")][-1]
+    val = json.loads(open(tmp_path / "ema" / name / "metrics.jsonl").read())
+    assert val["step"] == own["step"] == 4 and val["loss_d"] == own["loss_d"]
+    assert all(val[k] == v for k, v in own.items() if k.startswith("val_"))  # G_ema: the run's own record
+    res = json.load(open(sr_run / "results.json"))
+    ema_t = json.load(open(tmp_path / "ema_t" / name / "results.json"))
+    g_t = json.load(open(tmp_path / "g_t" / name / "results.json"))
+    assert all(ema_t[k] == v for k, v in res.items()) and ema_t["evaluated"] == "G_ema"
+    # G itself (= what --ema 0 evaluates): another generator after 4 steps at decay 0.99, same baseline
+    assert g_t["evaluated"] == "G" and g_t["psnr_hr"] != res["psnr_hr"]
+    assert g_t["psnr_hr_bicubic"] == res["psnr_hr_bicubic"] and g_t["steps"] == res["steps"]
+    state = torch.load(sr_run / "ckpt.pt", weights_only=True)
+    args = fa.get_args(["--data", str(json.load(open(sr_run / "args.json"))["data"]), *SMALL])
+    data = fa.load_data(args, common.Dist("cpu"))
+    G = fa.build_nets(args, torch.device("cpu"))["G"]
+    G.load_state_dict(state["nets"]["G"])
+    G.eval()
+    with torch.no_grad():
+        y = G(fa.make_input(args, fa.to_float(data["test"]), None)[0]).clamp(-1, 1)
+    hr = (fa.to_float(data["test"]) + 1) / 2
+    assert g_t["psnr_hr"] == pytest.approx(fa.psnr((y + 1) / 2, hr).mean().item(), abs=1e-5)
+    # an eval-only run (no metrics.jsonl of its own) is re-evaluated from its checkpoint, step and loss of that run
+    run_cli("face_aign.py", "--data", celeba, "--resume", sr_run / "ckpt.pt", "--eval-only", "--out", tmp_path / "ev",
+            "--no-progress", "--test-size", "8", "--judge-steps", "5")
+    run_cli("tools/face_reeval.py", "--gen", "G_ema", "--out", tmp_path / "ev_val", tmp_path / "ev")
+    ev = json.loads(open(tmp_path / "ev_val" / "ev" / "metrics.jsonl").read())
+    assert all(ev[k] == v for k, v in val.items() if k != "checkpoint")
+    one_line_error(run_cli("tools/face_reeval.py", "--out", tmp_path / "x", tmp_path, check=False), "args.json")
 
 
 def test_cnn_judge_is_trained_once_and_reused(tmp_path, monkeypatch):
