@@ -40,10 +40,12 @@ CONFIGS = [  # (name, flags): the ablations of the issue, all on the built-in da
     ("AIGN, unpaired (default)", []),
     ("AIGN + 5% paired", ["--paired-frac", "0.05"]),
     ("supervised, 100% paired (bound)", SUP + ["--paired-frac", "1"]),
+    ("AIGN + synthetic pairs: all, overhead + wide build", ["--paired-frac", "1"]),
+    ("supervised-only, same synthetic pairs", SUP + ["--paired-frac", "1"]),
 ]
-# Settings with synthetic labels on a variant build (issue 13, seventh session; chosen on validation by
-# data/pose_s7/RULE.md): name -> tools/pose_builtin.py build options of its training data.
-BUILDS = {}
+# Settings trained on a variant build, name -> its tools/pose_builtin.py build options (issue 13, seventh
+# session: every synthetic training frame labelled, chosen on validation by data/pose_s7/RULE.md).
+BUILDS = {name: {"overhead": 2, "wide": 8} for name, _ in CONFIGS[-2:]}
 FRACTIONS = [0.01, 0.02, 0.05, 0.1, 1.0]
 CURVE = [(f"{kind} {100 * f:g}%", (SUP if kind == "supervised-only" else []) + ["--paired-frac", str(f)])
          for f in FRACTIONS for kind in ("supervised-only", "AIGN + pairs")]
@@ -71,7 +73,8 @@ def breakdown(out, device):
         pred, _, _ = P.predict(G, split, a, torch.device(device))
         gt = torch.as_tensor(split["y3d"] - split["y3d"][:, :1])
         errs = {"mpjpe": P.mpjpe(pred, gt), "p_mpjpe": P.p_mpjpe(pred, gt)}
-        for part, rows in (("synth", split["action"] != "cmu"), ("cmu", split["action"] == "cmu")):
+        for part, rows in (("synth", split["action"] != "cmu"), ("cmu", split["action"] == "cmu"),
+                           ("all", np.ones(len(split["action"]), bool))):
             for k, v in errs.items():
                 res[f"{role}_{part}_{k}"] = float(v[torch.as_tensor(rows)].mean())
     common.write_json(os.path.join(out, "breakdown.json"), res)
@@ -111,7 +114,10 @@ def load(args, name):
         out = os.path.join(args.out, f"{slug(name)}-s{s}")
         if os.path.exists(os.path.join(out, "breakdown.json")):
             with open(os.path.join(out, "results.json")) as f, open(os.path.join(out, "breakdown.json")) as g:
-                runs.append({**json.load(f), **json.load(g)})
+                run = {**json.load(f), **json.load(g)}
+                # the whole default test split (results.json holds the run's own --data test split)
+                run.update({k: run.get(f"test_all_{k}", run[k]) for k in ("mpjpe", "p_mpjpe")})
+                runs.append(run)
     return runs
 
 
@@ -128,7 +134,7 @@ def note(args, n_runs, t0):
         with open(path) as f:
             v = json.load(f)
     steps = f"{args.steps} steps per run (fewer than the default 3000)" if args.steps else "default 3000 steps"
-    return (f"\n\nSeeds {' '.join(map(str, args.seeds))}, built-in data, millimetres; {steps}; {n_runs} runs, "
+    return (f"\n\nSeeds {' '.join(map(str, args.seeds))}, built-in val/test splits, millimetres; {steps}; {n_runs} runs, "
             f"{args.jobs} at a time with {args.threads} thread(s) each, on {platform.processor() or platform.machine()} "
             f"({os.cpu_count()} cores), torch {v.get('torch', '?')}, device {args.device}; this invocation "
             f"{time.time() - t0:.0f} s. Command: `python3 {' '.join(sys.argv)}`.")
