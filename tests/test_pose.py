@@ -1,4 +1,5 @@
 """Tests of pose_aign.py: renderer, metrics, loaders (fixtures in each real format), CLI, learning."""
+import hashlib
 import json
 import os
 import pickle
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+import common
 import pose_aign as P
 from tools import bvh_to_memory as BV
 from tools import pose_builtin as B
@@ -279,17 +281,44 @@ def test_wide_clips_cover_the_limb_ranges_within_joint_limits():
     assert np.degrees(np.arccos(np.clip((left * right).sum(-1), -1, 1))).mean() < 40
 
 
-@pytest.mark.parametrize("kind", ["wide", "hang"])
-def test_builtin_extra_clips_come_after_and_leave_the_rest_unchanged(tmp_path, kind):
-    B.build(str(tmp_path / "a"), seed=5, wide=0, hang=0)
-    B.build(str(tmp_path / "b"), seed=5, **{"wide": 0, "hang": 0, kind: 1})
+# sha256 over every array of build(seed=5) with no extra clips, from the builder before --overhead existed
+DEFAULT_BUILD_SHA256 = "0eb2cf98d4e585d2bd96225ac0a07d9fb43a055b8c48385b7dfd3f93e8c92703"
+
+
+def test_builtin_extra_clips_come_after_and_leave_the_default_build_byte_identical(tmp_path):
+    B.build(str(tmp_path / "a"), seed=5)
+    B.build(str(tmp_path / "b"), seed=5, wide=1, hang=1, overhead=1)
+    digest = hashlib.sha256()
+    for role in ("train", "val", "test", "memory"):
+        z = np.load(tmp_path / "a" / f"{role}.npz")
+        for k in sorted(z.files):
+            digest.update(k.encode())
+            digest.update(np.ascontiguousarray(z[k]).tobytes())
+    assert digest.hexdigest() == DEFAULT_BUILD_SHA256
     for role in ("val", "test"):
         a, b = np.load(tmp_path / "a" / f"{role}.npz"), np.load(tmp_path / "b" / f"{role}.npz")
         n = len(a["poses_2d"])
         np.testing.assert_array_equal(b["poses_2d"][:n], a["poses_2d"])
-        assert set(b["action"][n:]) == {kind}
+        assert list(dict.fromkeys(b["action"][n:])) == ["wide", "hang", "overhead"]
     assert len(np.load(tmp_path / "b" / "memory.npz")["poses_3d"]) == len(
-        np.load(tmp_path / "a" / "memory.npz")["poses_3d"]) + 3 * 250
+        np.load(tmp_path / "a" / "memory.npz")["poses_3d"]) + 3 * 3 * 250
+
+
+def test_overhead_clips_raise_the_arms_within_joint_limits():
+    """overhead_clip: a wrist above the head in most frames, the subject's bones kept, knees and elbows bent
+    their way at most 150 deg (elbows 0-120), smooth motion."""
+    cmu = np.load(os.path.join(ROOT, "data", "cmu_h36m17.npz"))
+    real = cmu["poses_3d"][cmu["clip"] == "01_01"][::4].astype(np.float64)
+    model, lengths = B.fit_sampler(real), B.bone_lengths(real)
+    for seed in range(4):
+        clip = B.overhead_clip(model, 250, lengths, np.random.default_rng(seed))     # (250,17,3), Y up
+        np.testing.assert_allclose(np.linalg.norm(clip[:, 1:] - clip[:, P.PARENTS[1:]], axis=-1),
+                                   np.broadcast_to(lengths[1:], (250, 16)), rtol=1e-9)
+        assert (np.maximum(clip[:, 13, 1], clip[:, 16, 1]) > clip[:, 10, 1]).mean() > 0.7
+        assert np.linalg.norm(np.diff(clip, axis=0), axis=-1).max() < 0.15
+        for a, b, c, top in ((1, 2, 3, 150), (4, 5, 6, 150), (11, 12, 13, 120), (14, 15, 16, 120)):
+            u, v = B.unit(clip[:, b] - clip[:, a]), B.unit(clip[:, c] - clip[:, b])
+            assert np.degrees(np.arccos(np.clip((u * v).sum(-1), -1, 1))).max() <= top + 1e-6
 
 
 def test_hang_motion_holds_both_arms_overhead_within_joint_limits():
@@ -565,6 +594,30 @@ def test_generic_npz_loader_and_errors(tmp_path):
         P.load_pose_npz(str(tmp_path / "missing.npz"))
 
 
+def test_paired_actions_pair_the_first_frames_of_those_actions_only():
+    """--paired-actions b c --paired-frac 0.5: the paired rows are the first half (rounded) of the frames of
+    actions b and c, in file order, and each drawn paired 2D row comes with its own frame's 3D target; without
+    the flag the first --paired-frac of all frames, as before."""
+    pc, cam = random_poses(20)                                                    # (40,17,3), (40,4)
+    action = np.array(list("abcab" * 8))
+    tr = {"x2d": B.project_np(pc, cam).astype(np.float32), "cam": cam.astype(np.float32), "dist": None,
+          "y3d": pc.astype(np.float32), "action": action}
+    data = {"train": tr, "memory": pc.astype(np.float32), "memory_src": "m", "elevation": (-10, 40)}
+    expected = {("b", "c"): [i for i, a in enumerate(action) if a in "bc"][:12], None: list(range(20))}
+    for actions, rows in expected.items():
+        args = P.get_args(["--batch-size", "16", "--paired-frac", "0.5"]
+                          + (["--paired-actions", *actions] if actions else []))
+        data["train_set"] = t = P.training_set(args, data, torch.device("cpu"))
+        assert t["paired"].tolist() == rows
+        batch = P.draw_batch(data, torch.Generator().manual_seed(0), args, common.Dist("cpu"))
+        for x, y in zip(batch["x2d"][16:], batch["y3d"]):                          # the paired rows
+            i = int(np.flatnonzero((tr["x2d"] == x.numpy()).all((1, 2)))[0])
+            assert i in rows
+            np.testing.assert_allclose(y.numpy(), pc[i] - pc[i, :1], atol=1e-6)
+    with pytest.raises(InputError, match="--paired-actions b z: the training frames' actions are a b c"):
+        P.training_set(P.get_args(["--paired-frac", "1", "--paired-actions", "b", "z"]), data, torch.device("cpu"))
+
+
 def test_loaders_refuse_millimetres_collapsed_poses_points_behind_the_camera_non_pixels_and_empty_splits(tmp_path):
     bad, d = tmp_path / "bad.npz", write_generic_npz(tmp_path / "good.npz")
     for override, needle in (({"poses_3d": d["poses_3d"] * 1000}, "median bone length of .*millimetres"),
@@ -767,6 +820,7 @@ def write_mem(path, n=100, seed=0, **override):
     ("small_memory", ["--memory", "--batch-size"]),
     ("memory_shape", ["mem16.npz", "(N, 17, 3)"]),
     ("distortion_shape", ["lens.npz", "'distortion'", "(5,)"]),
+    ("paired_actions", ["--paired-actions jump", "actions are walk"]),
 ])
 def test_cli_bad_input_is_one_clear_error(tmp_path, cache_root, case, needles):
     d = tmp_path
@@ -781,7 +835,9 @@ def test_cli_bad_input_is_one_clear_error(tmp_path, cache_root, case, needles):
             "no_memory": ["--data", one], "nan_memory": ["--data", one, "--memory", d / "memnan.npz"],
             "small_memory": ["--data", one, "--memory", d / "mem.npz", "--batch-size", "200"],
             "memory_shape": ["--data", one, "--memory", d / "mem16.npz"],
-            "distortion_shape": ["--data", d / "lens.npz", "--memory", d / "mem.npz"]}[case]
+            "distortion_shape": ["--data", d / "lens.npz", "--memory", d / "mem.npz"],
+            "paired_actions": ["--data", one, "--memory", d / "mem.npz", "--paired-frac", "1",
+                               "--paired-actions", "jump"]}[case]
     (d / "c.pt").write_bytes(b"not a checkpoint")
     (d / "file").write_text("x")
     torch.save({"script": "face_aign", "step": 1}, d / "o.pt")

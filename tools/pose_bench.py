@@ -7,10 +7,12 @@
     python3 tools/pose_bench.py --throughput [-- --device cuda --batch-size 1024]   # -> bench.json
 
 Each run is `python3 pose_aign.py <flags> --seed S --out <OUT>/<config>-s<S>`; a finished run
-(results.json present) is not run again, so the command can be interrupted and restarted. After a
-run, its checkpoint is evaluated on the built-in validation and test splits apart: the synthetic
-subjects ('synth') and the real CMU stretch ('cmu'), into breakdown.json; the tables show both
-(val: the numbers settings were chosen on; test: the ones reported).
+(results.json present) is not run again, so the command can be interrupted and restarted. A setting
+that trains on a variant build (BUILDS: e.g. `tools/pose_builtin.py --overhead 2`) gets `--data
+<OUT>/data-<variant>`, built first. After a run, its checkpoint is evaluated on the default built-in
+validation and test splits apart (the same splits for every setting): the synthetic subjects ('synth')
+and the real CMU stretch ('cmu'), into breakdown.json; the tables show both (val: the numbers settings
+were chosen on; test: the ones reported).
 --curve: paired fractions 1, 2, 5, 10, 100% x {supervised-only, AIGN + the same pairs}.
 --throughput imports pose_aign, builds its data, nets and optimisers as a training run does, and
 times train_step from outside: samples/s, ms per step (one D and one G update), GFLOP per step
@@ -38,7 +40,12 @@ CONFIGS = [  # (name, flags): the ablations of the issue, all on the built-in da
     ("AIGN, unpaired (default)", []),
     ("AIGN + 5% paired", ["--paired-frac", "0.05"]),
     ("supervised, 100% paired (bound)", SUP + ["--paired-frac", "1"]),
+    ("AIGN + synthetic pairs: all, overhead + wide build", ["--paired-frac", "1"]),
+    ("supervised-only, same synthetic pairs", SUP + ["--paired-frac", "1"]),
 ]
+# Settings trained on a variant build, name -> its tools/pose_builtin.py build options (issue 13, seventh
+# session: every synthetic training frame labelled, chosen on validation by data/pose_s7/RULE.md).
+BUILDS = {name: {"overhead": 2, "wide": 8} for name, _ in CONFIGS[-2:]}
 FRACTIONS = [0.01, 0.02, 0.05, 0.1, 1.0]
 CURVE = [(f"{kind} {100 * f:g}%", (SUP if kind == "supervised-only" else []) + ["--paired-frac", str(f)])
          for f in FRACTIONS for kind in ("supervised-only", "AIGN + pairs")]
@@ -66,15 +73,29 @@ def breakdown(out, device):
         pred, _, _ = P.predict(G, split, a, torch.device(device))
         gt = torch.as_tensor(split["y3d"] - split["y3d"][:, :1])
         errs = {"mpjpe": P.mpjpe(pred, gt), "p_mpjpe": P.p_mpjpe(pred, gt)}
-        for part, rows in (("synth", split["action"] != "cmu"), ("cmu", split["action"] == "cmu")):
+        for part, rows in (("synth", split["action"] != "cmu"), ("cmu", split["action"] == "cmu"),
+                           ("all", np.ones(len(split["action"]), bool))):
             for k, v in errs.items():
                 res[f"{role}_{part}_{k}"] = float(v[torch.as_tensor(rows)].mean())
     common.write_json(os.path.join(out, "breakdown.json"), res)
 
 
+def variant_data(args, build):
+    """The folder of a variant build (tools/pose_builtin.py build(**build)) under --out, built once."""
+    folder = os.path.join(args.out, "data-" + "-".join(f"{k}{v}" for k, v in sorted(build.items())))
+    if not os.path.exists(os.path.join(folder, "memory.npz")):
+        sys.path.insert(0, ROOT)
+        from tools import pose_builtin
+        pose_builtin.build(folder + ".tmp", **build)
+        os.replace(folder + ".tmp", folder)
+    return folder
+
+
 def run_one(cfg, seed, args):
     name, flags = cfg
     out = os.path.join(args.out, f"{slug(name)}-s{seed}")
+    if name in BUILDS:
+        flags = ["--data", variant_data(args, BUILDS[name]), *flags]
     if not os.path.exists(os.path.join(out, "results.json")):
         steps = ["--steps", str(args.steps), "--eval-every", str(args.steps)] if args.steps else []
         cmd = [sys.executable, "pose_aign.py", *flags, *steps, "--seed", str(seed), "--out", out, "--no-progress",
@@ -93,7 +114,10 @@ def load(args, name):
         out = os.path.join(args.out, f"{slug(name)}-s{s}")
         if os.path.exists(os.path.join(out, "breakdown.json")):
             with open(os.path.join(out, "results.json")) as f, open(os.path.join(out, "breakdown.json")) as g:
-                runs.append({**json.load(f), **json.load(g)})
+                run = {**json.load(f), **json.load(g)}
+                # the whole default test split (results.json holds the run's own --data test split)
+                run.update({k: run.get(f"test_all_{k}", run[k]) for k in ("mpjpe", "p_mpjpe")})
+                runs.append(run)
     return runs
 
 
@@ -110,7 +134,7 @@ def note(args, n_runs, t0):
         with open(path) as f:
             v = json.load(f)
     steps = f"{args.steps} steps per run (fewer than the default 3000)" if args.steps else "default 3000 steps"
-    return (f"\n\nSeeds {' '.join(map(str, args.seeds))}, built-in data, millimetres; {steps}; {n_runs} runs, "
+    return (f"\n\nSeeds {' '.join(map(str, args.seeds))}, built-in val/test splits, millimetres; {steps}; {n_runs} runs, "
             f"{args.jobs} at a time with {args.threads} thread(s) each, on {platform.processor() or platform.machine()} "
             f"({os.cpu_count()} cores), torch {v.get('torch', '?')}, device {args.device}; this invocation "
             f"{time.time() - t0:.0f} s. Command: `python3 {' '.join(sys.argv)}`.")
@@ -123,7 +147,9 @@ def table(args, t0):
         r = load(args, name)
         if r:
             ratio = [x["mpjpe"] / x["p_mpjpe"] for x in r]
-            rows.append(f"| {name} | `{' '.join(flags) or '(none)'}` | {cell(r, 'test_synth_p_mpjpe')} | "
+            build = " ".join(f"--{k} {v}" for k, v in sorted(BUILDS.get(name, {}).items()))
+            flags = (f"built with `{build}`: " if build else "") + f"`{' '.join(flags) or '(none)'}`"
+            rows.append(f"| {name} | {flags} | {cell(r, 'test_synth_p_mpjpe')} | "
                         f"{cell(r, 'test_cmu_p_mpjpe')} | {np.mean(ratio):.2f} ({cell(r, 'mpjpe', 0)} / "
                         f"{cell(r, 'p_mpjpe', 0)}) | {np.mean([x['val_synth_p_mpjpe'] for x in r]):.1f} / "
                         f"{np.mean([x['val_cmu_p_mpjpe'] for x in r]):.1f} | "

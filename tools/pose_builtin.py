@@ -3,8 +3,8 @@ seen by random perspective cameras, written as a generic folder (train/val/test/
 pose_aign.py then reads with its ordinary folder loader. pose_aign.py calls build() through
 common.builtin_dataset on first use (about 1 s); to write a copy somewhere else:
 
-    python3 tools/pose_builtin.py OUT_DIR [--wide N] [--hang N]   # N more clips per subject: across the
-                                                                  # joint-angle space / hanging from a bar
+    python3 tools/pose_builtin.py OUT_DIR [--wide N] [--hang N] [--overhead N]   # N more clips per subject:
+        # across the joint-angle space / hanging from a bar / fitted clips with the arms reaching overhead
 
 It never imports pose_aign.py: the few skeleton constants it needs are copied here.
 """
@@ -32,6 +32,7 @@ REST_DIRS[1:] /= np.linalg.norm(REST_DIRS[1:], axis=1, keepdims=True)
 MOTIONS = ["walk", "run", "sit", "squat", "wave", "bend", "reach"]
 WIDE = 0  # default clips per subject from wide_clip (the anatomical joint-angle space; build(wide=...))
 HANG = 0  # default clips per subject of the scripted 'hang' motion (build(hang=...))
+OVERHEAD = 0  # default clips per subject from overhead_clip (arms reaching overhead; build(overhead=...))
 
 
 def bone_lengths(poses):
@@ -336,6 +337,26 @@ def wide_clip(model, T, lengths, rng, widen=1.5, keys=KEYS):
     return forward_kinematics(within_limits(rv), model["rest"], lengths, yaw)
 
 
+def overhead_clip(model, T, lengths, rng, widen=1.5, keys=KEYS):
+    """A fitted clip whose arms (one or both) reach overhead: each shoulder moves through `keys` targets at
+    100-175 deg from hanging (azimuth -30..90 deg from forward to its own side), elbows 0-120 deg; legs,
+    trunk and the correlated wobble from a fitted mixture component, limits enforced."""
+    k = rng.choice(len(model["mu"]), p=model["weight"])
+    wobble = (widen * smooth_noise(T, 36, rng) @ model["chol"][k].T).reshape(T, len(ROTATED), 3)
+    rv = model["mu"][k].reshape(len(ROTATED), 3) + wobble
+    w = keyframe_weights(T, keys)
+    w = w / w.sum(1, keepdims=True)
+    arms = [(11, 1), (14, -1)] if rng.random() < 0.6 else [[(11, 1), (14, -1)][rng.integers(2)]]
+    for joint, side in arms:
+        child = CHILDREN[joint][0]
+        el, az = np.radians(w @ rng.uniform(100, 175, keys)), np.radians(w @ rng.uniform(-30, 90, keys))
+        target = np.stack([side * np.sin(el) * np.sin(az), -np.cos(el), np.sin(el) * np.cos(az)], -1)
+        rv[:, ROTATED.index(joint)] = shortest_rotvec(model["rest"][child], target) + wobble[:, ROTATED.index(joint)]
+        rv[:, ROTATED.index(child), 0] = -np.radians(w @ rng.uniform(0, 120, keys))
+    yaw = rng.uniform(0, 360) + 30 * smooth_noise(T, 1, rng)[:, 0]
+    return forward_kinematics(within_limits(rv), model["rest"], lengths, yaw)
+
+
 def random_cameras(n, rng):
     """n random perspective cameras: (n, 3, 3) world->camera rotations, (n, 3) root positions in the
     camera frame (metres), (n, 4) intrinsics fx, fy, cx, cy for a 1000x1000 image."""
@@ -369,13 +390,13 @@ def seen(world, subj, act, rng, T=250):
     return pc, project_np(pc, cam), cam
 
 
-def build(folder, seed=1234, wide=WIDE, hang=HANG):
+def build(folder, seed=1234, wide=WIDE, hang=HANG, overhead=OVERHEAD):
     """Write the built-in dataset: train/val/test.npz (2D + cameras + 3D + subject/action) and
     memory.npz (3D only). Each synthetic subject has its own bones and clips of 250 frames: the 7
     scripted motions (MOTIONS), 4 from the sampler fitted to the real clip 01_01 ('fitted'), 1
-    lying on the floor ('lying'), `wide` across the limbs' joint-angle ranges ('wide') and `hang` hanging
-    from a bar ('hang'); these two each from their own random stream after the others, so the rest of
-    the data is as before they existed.
+    lying on the floor ('lying'), `wide` across the limbs' joint-angle ranges ('wide'), `hang` hanging
+    from a bar ('hang') and `overhead` fitted clips with the arms overhead ('overhead'); these three each
+    from their own random stream after the others, so the rest of the data is as before they existed.
     Disjoint roles: S1-S6 give the 2D inputs, S7-S9 the memory, S10 validation, S11-S12 test; the
     real CMU poses: clip 01_01 memory, the first 40% of clip 01_03 validation, the rest of it test
     (action 'cmu')."""
@@ -386,8 +407,8 @@ def build(folder, seed=1234, wide=WIDE, hang=HANG):
     cut = int(0.4 * len(real["01_03"]))
     real = {"memory": real["01_01"], "val": real["01_03"][:cut], "test": real["01_03"][cut:]}
     model = fit_sampler(real["memory"])
-    rng, rng_wide, rng_hang = (np.random.default_rng(seed + i) for i in range(3))
-    streams = {"base": rng, "wide": rng_wide, "hang": rng_hang}
+    rng, rng_wide, rng_hang, rng_ovh = (np.random.default_rng(seed + i) for i in range(4))
+    streams = {"base": rng, "wide": rng_wide, "hang": rng_hang, "overhead": rng_ovh}
     roles = {"train": range(1, 7), "memory": range(7, 10), "val": [10], "test": [11, 12]}
     sym = [0, 4, 5, 6, 1, 2, 3, 7, 8, 9, 10, 14, 15, 16, 11, 12, 13]  # left <-> right twin of each bone
     out, T = {}, 250
@@ -402,6 +423,7 @@ def build(folder, seed=1234, wide=WIDE, hang=HANG):
             clips += [("wide", wide_clip(model, T, lengths, rng_wide)) for _ in range(wide)]
             clips += [("hang", synth_pose_fk(synth_motion("hang", T, rng_hang), lengths, rng_hang.uniform(0, 360)))
                       for _ in range(hang)]
+            clips += [("overhead", overhead_clip(model, T, lengths, rng_ovh)) for _ in range(overhead)]
             for kind, pose in clips:
                 poses, subj, act = parts[kind if kind in streams else "base"]
                 poses.append(pose); subj += [f"S{s}"] * T; act += [kind] * T
@@ -429,6 +451,8 @@ if __name__ == "__main__":
     ap.add_argument("out_dir", help="folder to write train/val/test/memory.npz into")
     ap.add_argument("--wide", type=int, default=WIDE, help=f"wide_clip clips per subject (default: {WIDE})")
     ap.add_argument("--hang", type=int, default=HANG, help=f"'hang' clips per subject (default: {HANG})")
+    ap.add_argument("--overhead", type=int, default=OVERHEAD,
+                    help=f"overhead_clip clips per subject (default: {OVERHEAD})")
     a = ap.parse_args()
-    build(a.out_dir, wide=a.wide, hang=a.hang)
+    build(a.out_dir, wide=a.wide, hang=a.hang, overhead=a.overhead)
     print(f"wrote {a.out_dir}")
