@@ -447,8 +447,13 @@ def smooth_fill(x, mask, iters=200):
     return y
 
 def make_judges(args, data):
-    """{name: judge} for --judge: the ONNX age/gender models (+ mouth rule) of tools/face_builtin.py and/or
-    the CNN of tools/face_cnn_judge.py (trained once on held-out labelled faces, cached; uses no run RNG)."""
+    """{name: judge} for --judge (auto: both on the built-in faces, cnn without onnxruntime or on labels, else
+    none): the ONNX age/gender models (+ mouth rule) of tools/face_builtin.py and/or the CNN of
+    tools/face_cnn_judge.py (trained once on held-out labelled faces, cached; uses no run RNG)."""
+    if args.judge == "auto":
+        onnx = args.data is None and importlib.util.find_spec("onnxruntime") is not None
+        cnn = data["judge_data"] is not None and os.path.isfile(common.tool_file(__file__, "face_cnn_judge"))
+        args.judge = "both" if onnx and cnn else "onnx" if onnx else "cnn" if cnn else "none"
     judges = {}
     if args.judge in ("onnx", "both"):
         judges["onnx"] = common.load_tool(__file__, "face_builtin", "--judge onnx needs it").OnnxJudge()
@@ -625,10 +630,6 @@ def main(argv=None):
     if args.predict:
         return predict(args, nets["G_ema"], dist.device, run_dir) if dist.main else None
     data = load_data(args, dist)
-    if args.judge == "auto":  # both on the built-in faces (cnn without onnxruntime), cnn on labels, else none
-        onnx = args.data is None and importlib.util.find_spec("onnxruntime") is not None
-        cnn = data["judge_data"] is not None and os.path.isfile(common.tool_file(__file__, "face_cnn_judge"))
-        args.judge = "both" if onnx and cnn else "onnx" if onnx else "cnn" if cnn else "none"
     data["valset"] = test = None
     if dist.main:  # the judges are built (or trained) before restore_training restores the RNG state
         judges = make_judges(args, data)

@@ -156,9 +156,10 @@ def make_split(path, x2d, cam, y3d=None, action=None, what=NPZ_LAYOUT, dist=None
     span = np.nanmedian(np.nanmax(x2d, 1) - np.nanmin(x2d, 1), 0).max()    # a pose's median extent (px)
     off = np.nanmedian(np.abs(x2d - cam[:, None, 2:]) / cam[:, None, :2])    # ... from the axis, in focals
     if span < 2 or off > 10:
+        hint = " (normalised? scale to pixels)" if span < 2 else ""
         raise InputError(f"{path}: the 2D poses span a median {span:.3g} px, {off:.3g} focal lengths off "
                          f"the principal point; expected pixels of the camera in 'camera' (fx fy cx cy), "
-                         f"poses > 2 px within 10 focals{' (normalised? scale to pixels)' * bool(span < 2)}")
+                         f"poses > 2 px within 10 focals{hint}")
     action = np.array(["all"] * n) if action is None else np.asarray(action).astype(str)
     return {"x2d": x2d, "cam": cam, "y3d": y3d, "action": action, "dist": dist}
 

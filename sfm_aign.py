@@ -168,8 +168,8 @@ def read_depth(path, size):
 
 def check_metres(depth, path):
     """Float depth maps must be metres: a median beyond a kilometre is millimetres (or another unit)."""
-    if (depth > 0).any() and np.median(depth[depth > 0]) > 1000:
-        raise InputError(f"{path}: median depth {np.median(depth[depth > 0]):g}; expected metres "
+    if (median := np.median(depth[depth > 0]) if (depth > 0).any() else 0) > 1000:
+        raise InputError(f"{path}: median depth {median:g}; expected metres "
                          f"(millimetres? divide by 1000; 16-bit PNG depth maps are read as millimetres)")
     return depth
 

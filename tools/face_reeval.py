@@ -12,7 +12,6 @@ own, its training stats kept, the test metrics replaced, "evaluated": the genera
 figures for `tools/face_bench.py --table --out NEW`. Read the test split only after a setting is chosen.
 """
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -40,9 +39,6 @@ def run_args(run):
     args = A.get_args([])
     vars(args).update(saved)
     ckpt = saved["resume"] if saved.get("eval_only") else os.path.join(run, "ckpt.pt")
-    if args.judge == "auto":  # as face_aign.main resolves it
-        onnx = args.data is None and importlib.util.find_spec("onnxruntime") is not None
-        args.judge = "both" if onnx else "cnn"
     return args, ckpt
 
 
@@ -58,7 +54,7 @@ def reeval(run, out, gen, split, dist):
     for k in A.NETS:
         common.load_weights(nets[k], state["nets"][k], ckpt, k)
     data = A.load_data(args, dist)
-    judges = A.make_judges(args, data)
+    judges = A.make_judges(args, data)  # also resolves --judge auto, as face_aign.main does
     evs = A.EvalSet(args, data[split], data[f"{split}_labels"], judges, data["mem"], dist.device,
                     figures=split == "test")
     os.makedirs(out, exist_ok=True)
