@@ -38,14 +38,17 @@ CONFIGS = [  # (name, flags): the ablations of the issue, all on the built-in da
     ("AIGN, unpaired, no tilt prior", ["--tilt-prior", "none"]),
     ("AIGN, unpaired, camera-frame lift", ["--lift-frame", "camera"]),
     ("AIGN, unpaired (default)", []),
+    ("AIGN, unpaired, previous default build (no overhead clips)", []),
     ("AIGN + 5% paired", ["--paired-frac", "0.05"]),
     ("supervised, 100% paired (bound)", SUP + ["--paired-frac", "1"]),
     ("AIGN + synthetic pairs: all, overhead + wide build", ["--paired-frac", "1"]),
     ("supervised-only, same synthetic pairs", SUP + ["--paired-frac", "1"]),
 ]
-# Settings trained on a variant build, name -> its tools/pose_builtin.py build options (issue 13, seventh
-# session: every synthetic training frame labelled, chosen on validation by data/pose_s7/RULE.md).
-BUILDS = {name: {"overhead": 2, "wide": 8} for name, _ in CONFIGS[-2:]}
+# Settings trained on a variant build, name -> its tools/pose_builtin.py build options: the default build
+# before issue 13's eighth session (data/pose_s8/RULE.md), and the seventh session's every synthetic training
+# frame labelled (data/pose_s7/RULE.md).
+BUILDS = {"AIGN, unpaired, previous default build (no overhead clips)": {"overhead": 0},
+          **{name: {"overhead": 2, "wide": 8} for name, _ in CONFIGS[-2:]}}
 FRACTIONS = [0.01, 0.02, 0.05, 0.1, 1.0]
 CURVE = [(f"{kind} {100 * f:g}%", (SUP if kind == "supervised-only" else []) + ["--paired-frac", str(f)])
          for f in FRACTIONS for kind in ("supervised-only", "AIGN + pairs")]

@@ -3,8 +3,8 @@ seen by random perspective cameras, written as a generic folder (train/val/test/
 pose_aign.py then reads with its ordinary folder loader. pose_aign.py calls build() through
 common.builtin_dataset on first use (about 1 s); to write a copy somewhere else:
 
-    python3 tools/pose_builtin.py OUT_DIR [--wide N] [--hang N] [--overhead N]   # N more clips per subject:
-        # across the joint-angle space / hanging from a bar / fitted clips with the arms reaching overhead
+    python3 tools/pose_builtin.py OUT_DIR [--wide N] [--hang N] [--overhead N]   # N clips per subject:
+        # across the joint-angle space / hanging from a bar / fitted clips with the arms overhead (default 4)
 
 It never imports pose_aign.py: the few skeleton constants it needs are copied here.
 """
@@ -32,7 +32,8 @@ REST_DIRS[1:] /= np.linalg.norm(REST_DIRS[1:], axis=1, keepdims=True)
 MOTIONS = ["walk", "run", "sit", "squat", "wave", "bend", "reach"]
 WIDE = 0  # default clips per subject from wide_clip (the anatomical joint-angle space; build(wide=...))
 HANG = 0  # default clips per subject of the scripted 'hang' motion (build(hang=...))
-OVERHEAD = 0  # default clips per subject from overhead_clip (arms reaching overhead; build(overhead=...))
+OVERHEAD = 4  # default clips per subject from overhead_clip (arms reaching overhead; build(overhead=...)); chosen
+# on validation in issue 13's eighth session (data/pose_s8/RULE.md): 0 before, 2, 8 and 2 + wide 8 tried
 
 
 def bone_lengths(poses):
@@ -395,8 +396,8 @@ def build(folder, seed=1234, wide=WIDE, hang=HANG, overhead=OVERHEAD):
     memory.npz (3D only). Each synthetic subject has its own bones and clips of 250 frames: the 7
     scripted motions (MOTIONS), 4 from the sampler fitted to the real clip 01_01 ('fitted'), 1
     lying on the floor ('lying'), `wide` across the limbs' joint-angle ranges ('wide'), `hang` hanging
-    from a bar ('hang') and `overhead` fitted clips with the arms overhead ('overhead'); these three each
-    from their own random stream after the others, so the rest of the data is as before they existed.
+    from a bar ('hang') and `overhead` (default 4) fitted clips with the arms overhead ('overhead'); these
+    three each from their own random stream after the others, so the rest of the data is as without them.
     Disjoint roles: S1-S6 give the 2D inputs, S7-S9 the memory, S10 validation, S11-S12 test; the
     real CMU poses: clip 01_01 memory, the first 40% of clip 01_03 validation, the rest of it test
     (action 'cmu')."""
