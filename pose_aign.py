@@ -5,9 +5,9 @@ G lifts 2D keypoints to 3D, learnt from 2D observations plus an *unpaired* memor
 with P a parameter-free perspective camera (plus the data's lens distortion) and D telling memory poses
 from predicted ones, also by how the body stands relative to the camera (--tilt-prior).
 Results card (built-in test split, mm, seeds 0-2, 3000 steps, 1 thread; docs/pose.md): unpaired default
-P-MPJPE 45.2 ± 0.8 synthetic, 86.0 ± 1.3 real CMU (166-186 s a run); every synthetic frame paired on the
-build --overhead 2 --wide 8: 38.5 / 53.9 ± 3.0 (CMU target 70 met; supervised-only alike, 53.3). MPJPE 1.57x
-P-MPJPE (1.3x unreachable here: 1.39x). AIGN + pairs 0.55 / 0.59 / 0.65 / 0.73x supervised, 1/2/5/10% labels.
+P-MPJPE 46.7 ± 1.0 synthetic, 63.2 ± 2.8 real CMU (targets 50 / 70 met; 183-202 s a run), 86.0 on the build
+without overhead clips. MPJPE 1.50x P-MPJPE (target 1.3x not met; 1.27-1.32x with the ideal rotation).
+AIGN + pairs 0.53 / 0.56 / 0.72 / 0.78x supervised-only at 1/2/5/10% labels.
 Usage:
     python3 pose_aign.py                                     # unpaired AIGN on the built-in data
     python3 pose_aign.py --data poses.npz --memory mem.npz   # your 2D + a 3D memory (or --data H36M_DIR)
