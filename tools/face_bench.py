@@ -228,7 +228,7 @@ def table(args):
     ran = sorted({s for rs in res.values() for s in rs})
     md = ("Contrast (memory A − memory B, judged rate in points; per seed after the mean):\n\n"
           + markdown(CONTRAST_HEAD, contrast_rows(res, ran))
-          + "\n\nSuper-resolution x4 and inpainting quality (test faces):\n\n"
+          + "\n\nSuper-resolution and inpainting quality (test faces):\n\n"
           + markdown(["run", "HR PSNR (dB)", "HR SSIM", "LR PSNR (dB)", "wall s/run", "train images/s", "seeds"],
                      sr_rows(res, ran))
           + f"\n\nSeeds {ran}; {'/'.join(map(str, steps))} training steps; {first['n_test']} test faces per judged "
@@ -298,8 +298,8 @@ def main():
     failed = [] if args.table else launch(args)
     md = table(args)
     grids(args)
-    if md:
-        print(md)
+    if md:  # the test table is printed only when asked for, so that launching runs never shows test numbers
+        print(md if args.table else f"test table written to {os.path.join(args.out, 'table.md')} (--table prints it)")
     if failed:
         sys.exit(f"failed runs: {', '.join(failed)} (see their stdout.txt)")
 
