@@ -299,7 +299,7 @@ def main():
     md = table(args)
     grids(args)
     if md:  # the test table is printed only when asked for, so that launching runs never shows test numbers
-        print(md if args.table else f"test table written to {os.path.join(args.out, 'table.md')} (--table prints it)")
+        print(md if args.table else f"wrote {os.path.join(args.out, 'table.md')} (test faces: --table prints it)")
     if failed:
         sys.exit(f"failed runs: {', '.join(failed)} (see their stdout.txt)")
 

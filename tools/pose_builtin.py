@@ -308,17 +308,36 @@ def keyframe_weights(T, K):
     return np.clip(w, 0, 1) ** 2 * (3 - 2 * np.clip(w, 0, 1))
 
 
+def keyed_component(model, T, rng, widen, keys):
+    """A fitted mixture component's mean pose with its correlated wobble (widened) -> rotation vectors
+    rv (T, R, 3), the wobble alone (T, R, 3), and (T, keys) weights blending `keys` keyframes (rows sum to 1)."""
+    k = rng.choice(len(model["mu"]), p=model["weight"])
+    wobble = (widen * smooth_noise(T, 36, rng) @ model["chol"][k].T).reshape(T, len(ROTATED), 3)
+    w = keyframe_weights(T, keys)
+    return model["mu"][k].reshape(len(ROTATED), 3) + wobble, wobble, w / w.sum(1, keepdims=True)
+
+
+def aim(model, rv, wobble, joint, side, el, az):
+    """Point the bone below `joint` (a shoulder or hip; side +1 left, -1 right) at elevation el from hanging
+    and azimuth az from forward to its own side, (T,) radians, plus its wobble: writes rv in place."""
+    target = np.stack([side * np.sin(el) * np.sin(az), -np.cos(el), np.sin(el) * np.cos(az)], -1)  # (T,3)
+    rv[:, ROTATED.index(joint)] = (shortest_rotvec(model["rest"][CHILDREN[joint][0]], target)
+                                   + wobble[:, ROTATED.index(joint)])
+
+
+def turning_fk(model, rv, lengths, T, rng):
+    """Joint limits, then forward kinematics with a heading that turns slowly (+-30 deg) about a random one."""
+    yaw = rng.uniform(0, 360) + 30 * smooth_noise(T, 1, rng)[:, 0]
+    return forward_kinematics(within_limits(rv), model["rest"], lengths, yaw)
+
+
 def wide_clip(model, T, lengths, rng, widen=1.5, keys=KEYS):
     """A clip across the limbs' anatomical joint-angle space (LIMB_RANGES, elbows and knees 0-150 deg):
     each limb moves smoothly through `keys` uniformly drawn targets (in BILATERAL of the clips the two
     arms and the two legs alike, as in hanging, jumping or sitting with legs out); the trunk comes from
     a fitted mixture component; every joint carries its correlated wobble (widened), limits enforced."""
-    k = rng.choice(len(model["mu"]), p=model["weight"])
-    wobble = widen * smooth_noise(T, 36, rng) @ model["chol"][k].T                          # (T,36)
-    rv = (model["mu"][k] + wobble).reshape(T, len(ROTATED), 3)
-    wobble = wobble.reshape(T, len(ROTATED), 3)
-    bilateral, w = rng.random() < BILATERAL, keyframe_weights(T, keys)                       # (T,keys)
-    w = w / w.sum(1, keepdims=True)
+    rv, wobble, w = keyed_component(model, T, rng, widen, keys)
+    bilateral = rng.random() < BILATERAL
     for n, (joint, side, elev, azim) in enumerate(LIMB_RANGES):
         child = CHILDREN[joint][0]
         lo, hi = np.radians(HINGES[child])                                                  # the elbow / knee
@@ -330,32 +349,22 @@ def wide_clip(model, T, lengths, rng, widen=1.5, keys=KEYS):
         else:  # the right limb of a bilateral clip: the left one's targets, a little off
             off = rng.uniform(-15, 15, (3, keys))
             e, a, h = e + off[0], a + off[1], h + np.radians(off[2])
-        el, az = np.radians(w @ e), np.radians(w @ a)                                       # (T,)
-        target = np.stack([side * np.sin(el) * np.sin(az), -np.cos(el), np.sin(el) * np.cos(az)], -1)  # (T,3)
-        rv[:, ROTATED.index(joint)] = shortest_rotvec(model["rest"][child], target) + wobble[:, ROTATED.index(joint)]
+        aim(model, rv, wobble, joint, side, np.radians(w @ e), np.radians(w @ a))
         rv[:, ROTATED.index(child), 0] = w @ h + wobble[:, ROTATED.index(child), 0]
-    yaw = rng.uniform(0, 360) + 30 * smooth_noise(T, 1, rng)[:, 0]
-    return forward_kinematics(within_limits(rv), model["rest"], lengths, yaw)
+    return turning_fk(model, rv, lengths, T, rng)
 
 
 def overhead_clip(model, T, lengths, rng, widen=1.5, keys=KEYS):
     """A fitted clip whose arms (one or both) reach overhead: each shoulder moves through `keys` targets at
     100-175 deg from hanging (azimuth -30..90 deg from forward to its own side), elbows 0-120 deg; legs,
     trunk and the correlated wobble from a fitted mixture component, limits enforced."""
-    k = rng.choice(len(model["mu"]), p=model["weight"])
-    wobble = (widen * smooth_noise(T, 36, rng) @ model["chol"][k].T).reshape(T, len(ROTATED), 3)
-    rv = model["mu"][k].reshape(len(ROTATED), 3) + wobble
-    w = keyframe_weights(T, keys)
-    w = w / w.sum(1, keepdims=True)
+    rv, wobble, w = keyed_component(model, T, rng, widen, keys)
     arms = [(11, 1), (14, -1)] if rng.random() < 0.6 else [[(11, 1), (14, -1)][rng.integers(2)]]
     for joint, side in arms:
-        child = CHILDREN[joint][0]
         el, az = np.radians(w @ rng.uniform(100, 175, keys)), np.radians(w @ rng.uniform(-30, 90, keys))
-        target = np.stack([side * np.sin(el) * np.sin(az), -np.cos(el), np.sin(el) * np.cos(az)], -1)
-        rv[:, ROTATED.index(joint)] = shortest_rotvec(model["rest"][child], target) + wobble[:, ROTATED.index(joint)]
-        rv[:, ROTATED.index(child), 0] = -np.radians(w @ rng.uniform(0, 120, keys))
-    yaw = rng.uniform(0, 360) + 30 * smooth_noise(T, 1, rng)[:, 0]
-    return forward_kinematics(within_limits(rv), model["rest"], lengths, yaw)
+        aim(model, rv, wobble, joint, side, el, az)
+        rv[:, ROTATED.index(CHILDREN[joint][0]), 0] = -np.radians(w @ rng.uniform(0, 120, keys))
+    return turning_fk(model, rv, lengths, T, rng)
 
 
 def random_cameras(n, rng):
