@@ -688,3 +688,18 @@ def test_torchrun_sigterm_to_one_rank_stops_both(celeba, tmp_path):
     assert 5 <= step < 100000 and f"stopped at step {step}" in log
     run_cli("face_aign.py", "--data", celeba, "--resume", out / "ckpt.pt", "--steps", step + 2, *SMALL)
     assert json.load(open(out / "results.json"))["steps"] == step + 2
+
+
+def test_bound_tool_nearest_explain_and_30_db():
+    bound = load_tool("face_bound")
+    g = torch.Generator().manual_seed(0)
+    mem = torch.rand(20, 3, 16, 16, generator=g) - 0.5                   # (M, 3, S, S), clear of the clamp
+    x = fa.render_sr(mem[[3, 7, 11]], 4) + 0.01                         # (3, 3, 4, 4) near memory 3 / 7 / 11
+    assert bound.nearest(x, fa.render_sr(mem, 4)).tolist() == [3, 7, 11]
+    m = mem[[0, 1, 2]]
+    exact = bound.explain(m, x, 4, iters=60)
+    assert (bound.lr_psnr(exact, x, 4) > 45).all()                       # explains x (clamping aside)
+    half = bound.at_psnr(m, exact, x, 4, target=30.0)
+    assert torch.allclose(bound.lr_psnr(half, x, 4), torch.full((3,), 30.0, dtype=torch.float64), atol=0.05)
+    close = exact + 0.001 * torch.randn(exact.shape, generator=g)       # above 30 dB already: kept as it is
+    assert torch.allclose(bound.at_psnr(close, exact, x, 4, target=30.0), close.clamp(-1, 1), atol=1e-5)
