@@ -70,8 +70,7 @@ def main():
         for side, bias in (("A", bias_a), ("B", bias_b)):
             fa = A.get_args(["--bias", bias, "--judge-attr", attr, "--judge", "both", "--scale", str(args.scale),
                              "--no-progress"])
-            data = A.load_data(fa, common.Dist("cpu"))
-            judges = A.make_judges(fa, data)
+            data = A.load_data(fa, common.Dist("cpu"))  # the same val/test faces and judge data for A and B
             hr = A.to_float(data[args.split])                     # (N, 3, S, S), balanced on attr
             x = A.render_sr(hr, args.scale)                       # (N, 3, S/k, S/k): G's input
             mem = A.to_float(data["mem"])                         # (M, 3, S, S): this memory's faces
@@ -80,15 +79,14 @@ def main():
             for name, y in (("bicubic", A.bicubic(x, args.scale).clamp(-1, 1)), ("memory face", m),
                             ("at 30 dB", at_psnr(m, exact, x, args.scale)), ("exact", exact)):
                 views.setdefault(name, {})[side] = (y, lr_psnr(y, x, args.scale).clamp(max=100).mean().item())
-            truth = hr
-        for jname, judge in judges.items():
+        for jname, judge in A.make_judges(fa, data).items():
             for name, side in views.items():
                 ra, rb = (judge.has(A.u8_of(side[s][0]), attr).float().mean().item() for s in "AB")
                 rows.append(f"| {pair} | {jname} | {name} | {ra:.3f} | {rb:.3f} | **{100 * (ra - rb):+.1f}** | "
                             f"{side['A'][1]:.1f} / {side['B'][1]:.1f} |")
-            acc = (judge.has(A.u8_of(truth), attr) == data[f"{args.split}_labels"]).float().mean().item()
+            acc = (judge.has(data[args.split], attr) == data[f"{args.split}_labels"]).float().mean().item()
             rows.append(f"| {pair} | {jname} | true faces (2·accuracy − 1) | – | – | {100 * (2 * acc - 1):+.1f} | – |")
-    md = (f"{args.split} faces ({len(truth)} per pair, balanced), x{args.scale}, memory A / B = --bias "
+    md = (f"{args.split} faces ({len(hr)} per pair, balanced), x{args.scale}, memory A / B = --bias "
           f"{' / '.join(f'{a} {b}' for _, a, b in PAIRS.values())}:\n\n" + "\n".join(rows)
           + f"\n\n`python3 tools/face_bound.py {' '.join(sys.argv[1:])}`\n")
     os.makedirs(args.out, exist_ok=True)
