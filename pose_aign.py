@@ -73,9 +73,8 @@ H36M_INTRINSICS = H36M_CAMERAS[:16].reshape(4, 4)                               
 H36M_DISTORTION = H36M_CAMERAS[16:36].reshape(4, 5)                          # (camera, k1 k2 k3 p1 p2)
 H36M_EXTRINSICS = dict(zip(H36M_TRAIN + H36M_TEST, H36M_CAMERAS[36:].reshape(7, 4, 7)))  # (camera, q t)
 NPZ_LAYOUT = ("poses_2d (N,17,2) pixels, camera (4,) or (N,4) = fx fy cx cy; optional distortion (5,) or "
-              "(N,5) = k1 k2 k3 p1 p2 (VideoPose3D's lens model), up (3,) or (N,3) = the world's up in camera "
-              "coordinates (from the extrinsics), poses_3d (N,17,3) metres in camera coordinates, "
-              "subject/action (N,) strings; H36M-17 joint order")
+              "(N,5) = k1 k2 k3 p1 p2 (VideoPose3D's lens model), poses_3d (N,17,3) metres in camera "
+              "coordinates, subject/action (N,) strings; H36M-17 joint order")
 MEMORY_LAYOUT = "an npz with poses_3d (N,17,3) metres, H36M-17 order (BVH -> npz: tools/bvh_to_memory.py)"
 
 
@@ -101,11 +100,9 @@ def get_args(argv=None):
     p.add_argument("--lift-frame", choices=["ray", "camera"], default="ray", help="ray: G lifts in a "
                    "virtual camera turned to look at the person, its pose rotated back; camera: in the "
                    "camera's frame (default: ray)")
-    p.add_argument("--tilt-prior", choices=["auto", "up", "elevation", "none"], default="auto",
-                   help="up: G and D also see the world's up direction (the data's 'up': gravity in camera "
-                   "coordinates), D in the body frame, the memory's own up; elevation: D sees the body's up "
-                   "in the camera frame, the memory through cameras of random yaw and --elevation; none: the "
-                   "body frame only; auto: up where the data bring it, else elevation (default: auto)")
+    p.add_argument("--tilt-prior", choices=["elevation", "none"], default="elevation",
+                   help="elevation: D also sees the body's up in the camera frame, the memory through "
+                   "cameras of random yaw and --elevation; none: the body frame only (default: elevation)")
     p.add_argument("--elevation", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                    help="camera elevations (degrees above the horizontal, drawn uniformly) of --tilt-prior "
                    "(default: Human3.6M's training cameras' range for Human3.6M data, else -10 40)")
@@ -126,7 +123,7 @@ def get_args(argv=None):
 # Every source ends as the same split dicts: {"x2d": (N,17,2) pixels, NaN = missing joint; "cam": (N,4)
 # fx fy cx cy; "dist": (N,5) k1 k2 k3 p1 p2 or None (a pinhole); "y3d": (N,17,3) metres in camera
 # coordinates or None; "action": (N,) str}, plus the memory (M,17,3) of 3D poses in any world frame.
-def make_split(path, x2d, cam, y3d=None, action=None, what=NPZ_LAYOUT, dist=None, up=None):
+def make_split(path, x2d, cam, y3d=None, action=None, what=NPZ_LAYOUT, dist=None):
     """Every loader's arrays, checked: shapes, one N, finite positive focal lengths, NaN (not inf) = a gap."""
     common.check_array(np.nan_to_num(x2d) if x2d.dtype.kind == "f" else x2d, path, "poses_2d", (None, NJ, 2),
                        what)                                                   # the shape (NaN, inf: below)
@@ -136,10 +133,6 @@ def make_split(path, x2d, cam, y3d=None, action=None, what=NPZ_LAYOUT, dist=None
         a = common.check_array(a, path, key, (k,) if np.ndim(a) == 1 else (None, k), what)
         return np.array(np.broadcast_to(a, (n, k)) if a.ndim == 1 else a)        # a writable copy
     cam, dist = per_frame(cam, "camera", 4), None if dist is None else per_frame(dist, "distortion", 5)
-    up = None if up is None else per_frame(up, "up", 3)
-    if up is not None and not (np.linalg.norm(up, axis=1) > 0.5).all():  # finite: check_array
-        raise InputError(f"{path}: 'up' must be a direction (a unit 3-vector per frame, the world's up in "
-                         f"camera coordinates); found lengths down to {np.linalg.norm(up, axis=1).min():.3g}")
     y3d = None if y3d is None else check_poses(y3d, path, "poses_3d", what)
     if n == 0:
         raise InputError(f"{path}: no frames (poses_2d has shape {x2d.shape}; {what})")
@@ -147,7 +140,7 @@ def make_split(path, x2d, cam, y3d=None, action=None, what=NPZ_LAYOUT, dist=None
         raise InputError(f"{path}: poses_3d: {int((y3d[..., 2] <= 0).sum())} joint(s) at depth z <= 0, e.g. "
                          f"frame {np.where(y3d[..., 2] <= 0)[0][0]}; expected camera coordinates (x right, y "
                          f"down, z forward: > 0 in front of the camera)")
-    if any(len(a) != n for a in (cam, y3d, dist, up) if a is not None) or (action is not None and
+    if any(len(a) != n for a in (cam, y3d, dist) if a is not None) or (action is not None and
                                                                      np.shape(action) != (n,)):
         raise InputError(f"{path}: arrays disagree on the number of frames N ({what})")
     if not np.all(cam[:, :2] > 0):
@@ -168,14 +161,13 @@ def make_split(path, x2d, cam, y3d=None, action=None, what=NPZ_LAYOUT, dist=None
                          f"the principal point; expected pixels of the camera in 'camera' (fx fy cx cy), "
                          f"poses > 2 px within 10 focals{hint}")
     action = np.array(["all"] * n) if action is None else np.asarray(action).astype(str)
-    up = None if up is None else (up / np.linalg.norm(up, axis=1, keepdims=True)).astype(np.float32)
-    return {"x2d": x2d, "cam": cam, "y3d": y3d, "action": action, "dist": dist, "up": up}
+    return {"x2d": x2d, "cam": cam, "y3d": y3d, "action": action, "dist": dist}
 
 def load_pose_npz(path):
     """Generic npz (see NPZ_LAYOUT) -> (split, subject array or None)."""
     z = common.load_npz(path, ["poses_2d", "camera"], NPZ_LAYOUT)
     split = make_split(path, z["poses_2d"], z["camera"], z.get("poses_3d"), z.get("action"),
-                       dist=z.get("distortion"), up=z.get("up"))
+                       dist=z.get("distortion"))
     subject = z["subject"].astype(str) if "subject" in z else None
     if subject is not None and subject.shape != (len(split["x2d"]),):
         raise InputError(f"{path}: 'subject' has shape {subject.shape}; expected (N,) strings ({NPZ_LAYOUT})")
@@ -250,7 +242,7 @@ def load_h36m(folder, keypoints):
     pos3d, pos2d = load_pickled_dict(p3, "positions_3d"), load_pickled_dict(p2, "positions_2d")
     splits, memory = {}, []
     for role, subjects in (("train", H36M_TRAIN), ("test", H36M_TEST)):
-        x2d, cams, dists, ups, y3d, acts = [], [], [], [], [], []
+        x2d, cams, dists, y3d, acts = [], [], [], [], []
         for s in subjects:
             if s not in pos3d or s not in pos2d:
                 raise InputError(f"{p3} / {p2}: no subject {s} (found {sorted(pos3d)} / {sorted(pos2d)})")
@@ -275,10 +267,9 @@ def load_h36m(folder, keypoints):
                     y3d.append(((world[:n] - t) @ quat_to_matrix(q)).astype(np.float32))  # R^T (X - t)
                     cams.append(np.tile(H36M_INTRINSICS[c].astype(np.float32), (n, 1)))
                     dists.append(np.tile(H36M_DISTORTION[c].astype(np.float32), (n, 1)))
-                    ups.append(np.tile(quat_to_matrix(q)[2].astype(np.float32), (n, 1)))  # world Z, R^T z
                     acts += [action.split(" ")[0]] * n
         splits[role] = make_split(p2, np.concatenate(x2d), np.concatenate(cams), np.concatenate(y3d), acts,
-                                  dist=np.concatenate(dists), up=np.concatenate(ups))
+                                  dist=np.concatenate(dists))
     return splits, np.concatenate(memory)
 
 def h36m_elevations():
@@ -322,13 +313,8 @@ def load_data(args, dist):
     if args.memory:
         memory, memory_src = load_memory(args.memory), args.memory
     elevation = args.elevation or (h36m_elevations() if name == "h36m" else (-10.0, 40.0))
-    lacking = [role for role, s in splits.items() if s is not None and s["up"] is None]
-    tilt = args.tilt_prior if args.tilt_prior != "auto" else "elevation" if lacking else "up"
-    if tilt == "up" and lacking:
-        raise InputError(f"{path}: --tilt-prior up needs the world's up direction in every split; the "
-                         f"{' and '.join(lacking)} split(s) have no 'up' ({NPZ_LAYOUT})")
     return {**splits, "memory": memory, "memory_src": memory_src, "action_mean": action_mean,
-            "name": "builtin" if args.data is None else name, "elevation": elevation, "tilt_prior": tilt}
+            "name": "builtin" if args.data is None else name, "elevation": elevation}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -341,12 +327,11 @@ def ray_rotation(c):
     V = torch.stack([z, z, -r[:, 0], z, z, -r[:, 1], r[:, 0], r[:, 1], z], 1).view(-1, 3, 3)   # [v]x
     return torch.eye(3, dtype=c.dtype, device=c.device) + V + V @ V / (1 + r[:, 2, None, None])
 
-def normalise_2d(x2d, cam, dist=None, ray=False, up=None):
+def normalise_2d(x2d, cam, dist=None, ray=False):
     """Pixels -> the generator's scale-free input. x2d (B,17,2) pixels, NaN = missing joint, cam (B,4), dist
-    (B,5) or None, up (B,3) or None -> (inp (B,53[+3]), xn (B,17,2) observed normalised coordinates
-    (x-cx)/fx, vis (B,17) bool, scale (B,) RMS 2D size, rot (B,3,3) or None). G sees the undistorted
-    coordinates; with ray=True as a virtual camera turned by rot to look straight at the person sees them
-    (G(inp, rot) rotates back); with up, also the world's up as that camera sees it."""
+    (B,5) or None -> (inp (B,53), xn (B,17,2) observed normalised coordinates (x-cx)/fx, vis (B,17) bool,
+    scale (B,) RMS 2D size, rot (B,3,3) or None). G sees the undistorted coordinates; with ray=True as a
+    virtual camera turned by rot to look straight at the person sees them (G(inp, rot) rotates back)."""
     vis = torch.isfinite(x2d).all(-1)                                             # (B,17)
     xn = torch.where(vis[..., None], (x2d - cam[:, None, 2:]) / cam[:, None, :2], 0.0)
     xu = xn if dist is None else undistort(xn, dist)                              # (B,17,2) pinhole
@@ -361,8 +346,6 @@ def normalise_2d(x2d, cam, dist=None, ray=False, up=None):
         d = (xu - centre[:, None]) * w[..., None]                                 # (B,17,2)
     scale = ((d ** 2).sum((1, 2)) / w.sum(1)).sqrt().clamp_min(1e-6)              # (B,)
     inp = torch.cat([(d / scale[:, None, None]).flatten(1), w, centre], 1)        # (B, 17*2+17+2)
-    if up is not None:
-        inp = torch.cat([inp, up if rot is None else (rot @ up[..., None])[..., 0]], 1)   # (B, 56)
     return inp, xn, vis, scale, rot
 
 class Generator(nn.Module):
@@ -371,15 +354,15 @@ class Generator(nn.Module):
     pose reprojects onto its input, so learning is about depth and size, which only the memory can tell.
     Output: root-relative joints (metres), camera frame (with rot from normalise_2d: rotated back to it)."""
 
-    def __init__(self, hidden=512, blocks=2, up=False):
+    def __init__(self, hidden=512, blocks=2):
         super().__init__()
-        self.inp = nn.Linear(NJ * 3 + 2 + 3 * up, hidden)
+        self.inp = nn.Linear(NJ * 3 + 2, hidden)
         self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(hidden, hidden), nn.LeakyReLU(0.2),
                                                   nn.Linear(hidden, hidden), nn.LeakyReLU(0.2))
                                     for _ in range(blocks))
         self.out = nn.Linear(hidden, NJ * 3 + 1)
 
-    def forward(self, inp, rot=None):                                             # (B, 53 or 56)
+    def forward(self, inp, rot=None):                                             # (B, 53)
         h = F.leaky_relu(self.inp(inp), 0.2)
         for block in self.blocks:
             h = h + block(h)
@@ -392,24 +375,21 @@ class Generator(nn.Module):
         pose = pose - pose[:, :1]                                                 # (B,17,3), root at 0
         return pose if rot is None else pose @ rot
 
-def body_frame(p):
-    """Root-relative (B,17,3) -> the rotation R (B,3,3) into its own body frame, whose rows are x: right->left
-    hip, y: pelvis->thorax, z = x cross y. A proper rotation: a depth-flipped (mirrored) pose stays detectable."""
+def canonicalise(pose):
+    """(B,17,3) -> (B,17,3) in its own body frame (x: right->left hip, y: pelvis->thorax, z = x cross y): D
+    judges the pose, not the camera. A proper rotation: a depth-flipped (mirrored) pose stays detectable."""
+    p = pose - pose[:, :1]
     up = F.normalize(p[:, 8], dim=-1, eps=1e-6)                                   # (B,3)
     h = p[:, 4] - p[:, 1]
     x = F.normalize(h - (h * up).sum(-1, keepdim=True) * up, dim=-1, eps=1e-6)
-    return torch.stack([x, up, torch.cross(x, up, dim=-1)], 1)                    # (B,3,3) rows
-
-def canonicalise(pose):
-    """(B,17,3) -> (B,17,3) root-relative in its own body frame: D judges the pose, not the camera."""
-    p = pose - pose[:, :1]
-    return p @ body_frame(p).transpose(1, 2)
+    z = torch.cross(x, up, dim=-1)
+    R = torch.stack([x, up, z], 1)                                                # (B,3,3) rows
+    return p @ R.transpose(1, 2)
 
 class Discriminator(nn.Module):
     """MLP on canonical joints, bone vectors and bone lengths: memory pose (1) vs prediction (0).
-    With tilt=True it also sees how the body stands, which the body frame hides: given `up` (B,3), the
-    world's up in the pose's frame, that direction in the body frame (the lean against gravity:
-    --tilt-prior up); else the body's up (pelvis->thorax) in the camera frame (--tilt-prior elevation)."""
+    With tilt=True it also sees the body's up direction (pelvis->thorax) in the camera frame, which
+    the body frame hides: how the person stands relative to the camera (its elevation and roll)."""
 
     def __init__(self, hidden=512, tilt=True):
         super().__init__()
@@ -418,21 +398,18 @@ class Discriminator(nn.Module):
         self.net = nn.Sequential(nn.Linear((NJ - 1) * 7 + 3 * tilt, hidden), nn.LeakyReLU(0.2),
                                  nn.Linear(hidden, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, 1))
 
-    def forward(self, pose, up=None):                                             # (B,17,3) metres
-        p = pose - pose[:, :1]
-        R = body_frame(p)                                                         # (B,3,3)
-        c = p @ R.transpose(1, 2)                                                 # canonicalise(pose)
+    def forward(self, pose):                                                      # (B,17,3) metres
+        c = canonicalise(pose)
         bones = c[:, 1:] - c[:, self.parents]                                     # (B,16,3)
         feats = [c[:, 1:].flatten(1), bones.flatten(1), bones.norm(dim=-1)]
-        if self.tilt:  # (B,3): gravity in the body frame, or the body's up in the camera frame
-            feats.append(F.normalize(pose[:, 8] - pose[:, 0], dim=-1, eps=1e-6) if up is None
-                         else (R @ up[..., None])[..., 0])
+        if self.tilt:
+            feats.append(F.normalize(pose[:, 8] - pose[:, 0], dim=-1, eps=1e-6))  # (B,3) camera-frame up
         return self.net(torch.cat(feats, 1)).squeeze(1)                           # (B,) logits
 
 def build_nets(args, device):
     """G then D (this order fixes the seeded initialisation)."""
-    return {"G": Generator(args.hidden, args.blocks, up=args.tilt_prior == "up").to(device),
-            "D": Discriminator(tilt=args.tilt_prior in ("up", "elevation")).to(device)}
+    return {"G": Generator(args.hidden, args.blocks).to(device),
+            "D": Discriminator(tilt=args.tilt_prior == "elevation").to(device)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -501,11 +478,9 @@ def reprojection_loss(proj, xn, vis, scale):
     err = ((proj - xn) / scale[:, None, None]).pow(2).sum(-1)                     # (B,17)
     return (err * vis).sum() / vis.sum().clamp_min(1)
 
-def d_loss(D, real, fake, gan, up_real=None, up_fake=None):
-    """Discriminator: memory samples are real, predictions fake (same shapes), each with the world's up in
-    its frame (B,3) under --tilt-prior up."""
-    ups = None if up_real is None else torch.cat([up_real, up_fake])
-    logits = D(torch.cat([real, fake]), ups)
+def d_loss(D, real, fake, gan):
+    """Discriminator: memory samples are real, predictions fake (same shapes)."""
+    logits = D(torch.cat([real, fake]))
     lr, lf = logits[:len(real)], logits[len(real):]
     if gan == "bce":  # -log D(y_mem) - log(1 - D(G(x))): the paper's loss
         return F.softplus(-lr).mean() + F.softplus(lf).mean()
@@ -514,13 +489,12 @@ def d_loss(D, real, fake, gan, up_real=None, up_fake=None):
     # WGAN-GP (Gulrajani et al. 2017): the critic's gap plus a gradient penalty on interpolates
     alpha = torch.rand(len(real), *[1] * (real.dim() - 1), device=real.device)
     mix = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
-    mix_up = None if ups is None else F.normalize(alpha[:, 0] * up_real + (1 - alpha[:, 0]) * up_fake, dim=-1)
-    grad, = torch.autograd.grad(D(mix, mix_up).sum(), mix, create_graph=True)
+    grad, = torch.autograd.grad(D(mix).sum(), mix, create_graph=True)
     return lf.mean() - lr.mean() + 10 * ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
 
-def g_adv_loss(D, fake, gan, up=None):
+def g_adv_loss(D, fake, gan):
     """Generator's adversarial term: make predictions look like memory samples."""
-    logits = D(fake, up)
+    logits = D(fake)
     if gan == "bce":  # non-saturating -log D(G(x))
         return F.softplus(-logits).mean()
     if gan == "lsgan":
@@ -564,16 +538,14 @@ def pixel_error(proj, x2d, cam):
 
 @torch.no_grad()
 def predict(G, split, args, device, batch=4096):
-    """A split's x2d (N,17,2) pixels, cam (N,4), dist (N,5) or None (and up (N,3) for a G that sees it) ->
-    root-relative poses (N,17,3),
+    """A split's x2d (N,17,2) pixels, cam (N,4), dist (N,5) or None -> root-relative poses (N,17,3),
     placed camera-frame poses (N,17,3) and their rendering P(G(x)) in normalised coordinates (N,17,2)."""
     G.eval()
     out = []
     for i in range(0, len(split["x2d"]), batch):
-        xb, cb, db, ub = (None if split[k] is None else torch.as_tensor(split[k][i:i + batch], device=device)
-                          for k in ("x2d", "cam", "dist", "up"))            # (b,17,2), (b,4), (b,5), (b,3)
-        inp, xn, vis, _, rot = normalise_2d(xb, cb, db, args.lift_frame == "ray",
-                                            ub if args.tilt_prior == "up" else None)
+        xb, cb, db = (None if split[k] is None else torch.as_tensor(split[k][i:i + batch], device=device)
+                      for k in ("x2d", "cam", "dist"))                        # (b,17,2), (b,4), (b,5)
+        inp, xn, vis, _, rot = normalise_2d(xb, cb, db, args.lift_frame == "ray")
         pose = G(inp, rot)
         pr, t = place_and_project(pose, xn, vis, args.camera, db)
         out.append((pose.cpu(), (pose + t[:, None]).cpu(), pr.cpu()))
@@ -637,10 +609,9 @@ def training_set(args, data, device):
                          f"pass a larger --memory or a smaller --batch-size")
     y3d = torch.as_tensor(tr["y3d"][pool[:n_paired]], device=device) if n_paired else None   # (Np,17,3)
     return {**{k: torch.as_tensor(tr[k], device=device) for k in ("x2d", "cam")},      # (N,17,2), (N,4)
-            **{k: None if tr[k] is None else torch.as_tensor(tr[k], device=device)
-               for k in ("dist", "up")},                                                # (N,5), (N,3)
+            "dist": None if tr["dist"] is None else torch.as_tensor(tr["dist"], device=device),  # (N,5)
             "memory": None if memory is None else torch.as_tensor(memory, device=device),   # (M,17,3)
-            "memory_up": None if memory is None else torch.as_tensor(up_direction(memory), device=device),
+            "up": None if memory is None else torch.as_tensor(up_direction(memory), device=device),  # (3,)
             "n_unpaired": n_unpaired, "paired": torch.as_tensor(pool[:n_paired]),    # (Np,) rows, CPU
             "y_rel": None if y3d is None else y3d - y3d[:, :1]}                        # root-relative
 
@@ -658,13 +629,10 @@ def draw_batch(data, gen, args, dist):
     rows, real = torch.cat([iu[:nu], t["paired"][ip]]), None if im is None else t["memory"][im]
     if real is not None and args.tilt_prior == "elevation":  # the memory seen through random cameras
         lo, hi = np.radians(data["elevation"])
-        real = through_cameras(real, t["memory_up"], uniform(0, 2 * np.pi).to(real), uniform(lo, hi).to(real))
-    up = args.tilt_prior == "up"  # G sees each frame's up; D the memory's up with its poses
+        real = through_cameras(real, t["up"], uniform(0, 2 * np.pi).to(real), uniform(lo, hi).to(real))
     return {"x2d": t["x2d"][rows], "cam": t["cam"][rows], "n_unpaired": nu,             # (nu+Bp,17,2)
             "dist": None if t["dist"] is None else t["dist"][rows],                     # (nu+Bp,5)
-            "up": t["up"][rows] if up else None,                                        # (nu+Bp,3)
             "real": real,                                                               # (B,17,3)
-            "up_real": t["memory_up"].expand(len(real), 3) if up and real is not None else None,  # (B,3)
             "y3d": t["y_rel"][ip] if t["y_rel"] is not None else None}                  # (Bp,17,3)
 
 def train_step(nets, opts, batch, args, dist, step):
@@ -672,14 +640,13 @@ def train_step(nets, opts, batch, args, dist, step):
     G, D, nu = nets["G"], nets["D"], batch["n_unpaired"]
     lens = None if batch["dist"] is None else batch["dist"][:nu]              # the lens distortion, if any
     inp, xn, vis, scale, rot = normalise_2d(batch["x2d"], batch["cam"], batch["dist"],  # G's input,
-                                            args.lift_frame == "ray", batch["up"])    # the observations
-    up = None if batch["up"] is None else batch["up"][:nu]                    # (B,3) or None
+                                            args.lift_frame == "ray")                 # the observations
     losses = dict.fromkeys(("loss_d", "loss_rec", "loss_adv", "loss_sup"), 0.0)
     if args.lambda_adv > 0:
         with torch.no_grad():
             fake = G(inp[:nu], None if rot is None else rot[:nu])            # (B,17,3)
         # D learns to tell memory poses (real) from predictions (fake)
-        loss_d = d_loss(D, batch["real"], fake, args.gan, batch["up_real"], up)
+        loss_d = d_loss(D, batch["real"], fake, args.gan)
         common.optimiser_step(opts["D"], loss_d, dist, D)                    # plumbing: the D update
         losses["loss_d"] = loss_d.item()
     pose = G(inp, rot)                                                        # (nu+Bp,17,3) root-relative
@@ -692,7 +659,7 @@ def train_step(nets, opts, batch, args, dist, step):
         losses["loss_rec"] = loss_rec.item()
         if args.lambda_adv > 0:
             # (ii) adversarial prior: predictions must look like poses of the memory
-            loss_adv = g_adv_loss(D, pose[:nu], args.gan, up)
+            loss_adv = g_adv_loss(D, pose[:nu], args.gan)
             loss_g = loss_g + args.lambda_adv * loss_adv
             losses["loss_adv"] = loss_adv.item()
     if batch["y3d"] is not None:
@@ -743,8 +710,7 @@ def train(args, dist, data, nets, opts, state, run_dir):
 # ----------------------------------------------------------------------------------------------
 # Prediction
 KEYPOINTS_LAYOUT = ("'keypoints' (N,17,2 or 3) pixels in H36M-17 or COCO-17 order, plus 'camera' "
-                    "(fx, fy, cx, cy) or 'image_size' (w, h), optional 'distortion' (k1 k2 k3 p1 p2) and 'up' "
-                    "(3,) or (N,3), the world's up in camera coordinates (a --tilt-prior up model needs it)")
+                    "(fx, fy, cx, cy) or 'image_size' (w, h), optional 'distortion' (k1 k2 k3 p1 p2)")
 
 def load_keypoints(path, order):
     """--predict FILE, npz or JSON (KEYPOINTS_LAYOUT) -> a split without 3D."""
@@ -768,15 +734,11 @@ def load_keypoints(path, order):
         if not (w > 0 and h > 0):
             raise InputError(f"{path}: 'image_size' is {w:g} x {h:g}; expected a positive width and height")
         cam = np.array([max(w, h), max(w, h), w / 2, h / 2], np.float32)
-    up = None if z.get("up") is None else as_numbers(z["up"], path, "'up'", KEYPOINTS_LAYOUT)
-    return make_split(path, kp, cam, what=KEYPOINTS_LAYOUT, dist=z.get("distortion"), up=up)
+    return make_split(path, kp, cam, what=KEYPOINTS_LAYOUT, dist=z.get("distortion"))
 
 def run_predict(args, dist, G, run_dir):
     """Lift --predict's keypoints: predictions.npz/.json (camera-frame poses) and predictions.png."""
     split = load_keypoints(args.predict, args.keypoint_order)
-    if args.tilt_prior == "up" and split["up"] is None:
-        raise InputError(f"{args.predict}: this model (--tilt-prior up) lifts with the world's up direction: "
-                         f"add 'up' ({KEYPOINTS_LAYOUT})")
     rel, placed = (p.numpy() for p in predict(G, split, args, dist.device)[:2])
     np.savez(os.path.join(run_dir, "predictions.npz"), poses_3d=placed, poses_3d_root_relative=rel,
              camera=split["cam"])
@@ -800,8 +762,6 @@ def main(argv=None):
     if state is not None:
         common.resume_args(args, state, argv, ARCH, args.resume)
     common.seed_everything(args.seed, args.deterministic)    # same seed on every rank: same init
-    data = None if args.predict else load_data(args, dist)
-    args.tilt_prior = args.tilt_prior if data is None else data["tilt_prior"]   # auto -> what the data allow
     run_dir = common.make_run_dir(args, SCRIPT, dist)        # eval-only/predict get their own folder
     nets = build_nets(args, dist.device)
     if args.predict or args.eval_only:
@@ -810,9 +770,10 @@ def main(argv=None):
         if dist.main:
             run_predict(args, dist, nets["G"], run_dir)
         return
+    data = load_data(args, dist)
     n_mem = 0 if data["memory"] is None else len(data["memory"])
     common.log(f"data {data['name']}: {len(data['train']['x2d'])} train 2D, {n_mem} memory 3D, "
-               f"{len(data['test']['x2d'])} test, tilt prior {args.tilt_prior}; run folder {run_dir}", dist)
+               f"{len(data['test']['x2d'])} test; run folder {run_dir}", dist)
     if args.eval_only:
         stats = {"eval_only": True, "checkpoint": os.path.abspath(args.resume), "step": state["step"]}
     else:
@@ -822,8 +783,7 @@ def main(argv=None):
     if stats is None or not dist.main:
         return
     test = data["test"]
-    results = {"dataset": data["name"], "split": "test", "n_test": len(test["x2d"]), "tilt_prior": args.tilt_prior,
-               **stats}
+    results = {"dataset": data["name"], "split": "test", "n_test": len(test["x2d"]), **stats}
     if test["y3d"] is not None:
         results.update(evaluate(nets["G"], test, args, dist.device, data["action_mean"]))
     common.log(" ".join(f"test {k} {results[k]:.1f} mm" for k in ("mpjpe", "p_mpjpe", "n_mpjpe")

@@ -389,7 +389,7 @@ def project_np(p_cam, cam):
 
 def seen(world, subj, act, rng, T=250):
     """World poses (N,17,3) of clips of T frames seen by one random camera per clip -> camera-frame 3D
-    (N,17,3), 2D pixels (N,17,2), intrinsics (N,4), the world's up (Y) in camera coordinates (N,3)."""
+    (N,17,3), 2D pixels (N,17,2), intrinsics (N,4)."""
     R, root, cam = random_cameras(len(world), rng)
     # one camera per clip: reuse the clip's first draw for all its frames
     clip_id = np.concatenate([[0], np.cumsum((subj[1:] != subj[:-1]) | (act[1:] != act[:-1])
@@ -397,11 +397,11 @@ def seen(world, subj, act, rng, T=250):
     first = np.searchsorted(clip_id, clip_id)
     R, root, cam = R[first], root[first], cam[first]
     pc = np.einsum("nij,nkj->nki", R, world - world[:, :1]) + root[:, None]
-    return pc, project_np(pc, cam), cam, R[:, :, 1]
+    return pc, project_np(pc, cam), cam
 
 
 def build(folder, seed=1234, wide=WIDE, hang=HANG, overhead=OVERHEAD):
-    """Write the built-in dataset: train/val/test.npz (2D + cameras + 3D + the world's up + subject/action) and
+    """Write the built-in dataset: train/val/test.npz (2D + cameras + 3D + subject/action) and
     memory.npz (3D only). Each synthetic subject has its own bones and clips of 250 frames: the 7
     scripted motions (MOTIONS), 4 from the sampler fitted to the real clip 01_01 ('fitted'), 1
     lying on the floor ('lying'), `wide` across the limbs' joint-angle ranges ('wide'), `hang` hanging
@@ -453,7 +453,6 @@ def build(folder, seed=1234, wide=WIDE, hang=HANG, overhead=OVERHEAD):
         np.savez_compressed(os.path.join(folder, f"{role}.npz"), poses_2d=cat(lambda r: r[0][1]).astype(np.float32),
                             camera=cat(lambda r: r[0][2]).astype(np.float32),
                             poses_3d=cat(lambda r: r[0][0]).astype(np.float32),
-                            up=cat(lambda r: r[0][3]).astype(np.float32),
                             subject=cat(lambda r: r[1]), action=cat(lambda r: r[2]))
 
 

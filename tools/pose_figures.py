@@ -54,7 +54,7 @@ def samples(out_dir, split, lift, n=6):
     prediction lift(sub) (n,17,3) (camera, side) | ground truth or none (camera, side); turntable.gif:
     the first prediction turning around, the ground truth as a ghost."""
     idx = np.linspace(0, len(split["x2d"]) - 1, n).astype(int)
-    sub = {k: v if v is None else v[idx] for k, v in split.items()}                # every per-frame array
+    sub = {k: split[k] if split[k] is None else split[k][idx] for k in ("x2d", "cam", "dist", "y3d")}
     x2d, pred = sub["x2d"], lift(sub)
     gt = [None] * len(pred) if sub["y3d"] is None else sub["y3d"] - sub["y3d"][:, :1]     # (n,17,3)
     rows = [[view2d(x), view3d(p), view3d(p, yaw=90)] + ([] if g is None else [view3d(g), view3d(g, yaw=90)])
