@@ -176,6 +176,8 @@ def load_pose_npz(path):
 def load_memory(path):
     """--memory, or a folder's memory.npz: poses_3d (N,17,3) metres, finite."""
     poses = common.load_npz(path, ["poses_3d"], MEMORY_LAYOUT)["poses_3d"]
+    if not len(poses):
+        raise InputError(f"{path}: 'poses_3d' holds 0 poses; expected {MEMORY_LAYOUT}")
     return check_poses(poses, path, "poses_3d", MEMORY_LAYOUT)
 
 def check_poses(poses, path, key, what):
@@ -268,6 +270,9 @@ def load_h36m(folder, keypoints):
                     cams.append(np.tile(H36M_INTRINSICS[c].astype(np.float32), (n, 1)))
                     dists.append(np.tile(H36M_DISTORTION[c].astype(np.float32), (n, 1)))
                     acts += [action.split(" ")[0]] * n
+        if not x2d:
+            raise InputError(f"{p3}: no frames for the {role} subjects {' '.join(subjects)}; expected (N, 32, 3) "
+                             f"poses per action there and 4 views of (N, 17, 2) keypoints in {p2}")
         splits[role] = make_split(p2, np.concatenate(x2d), np.concatenate(cams), np.concatenate(y3d), acts,
                                   dist=np.concatenate(dists))
     return splits, np.concatenate(memory)

@@ -4,6 +4,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -636,7 +637,17 @@ def test_loaders_refuse_millimetres_collapsed_poses_points_behind_the_camera_non
     args = P.get_args(["--data", str(bad)])
     with pytest.raises(InputError, match="leave no training frames"):
         P.load_data(args, None)
+    np.savez(bad, poses_3d=np.zeros((0, 17, 3)))
+    with pytest.raises(InputError, match="'poses_3d' holds 0 poses"):
+        P.load_memory(str(bad))
     write_h36m(tmp_path)
+    pos3d = P.load_pickled_dict(str(tmp_path / "data_3d_h36m.npz"), "positions_3d")
+    (tmp_path / "empty").mkdir()  # the test subjects present but without an action
+    np.savez(tmp_path / "empty" / "data_3d_h36m.npz",
+             positions_3d={s: ({} if s in P.H36M_TEST else v) for s, v in pos3d.items()})
+    shutil.copy(tmp_path / "data_2d_h36m_gt.npz", tmp_path / "empty")
+    with pytest.raises(InputError, match="no frames for the test subjects S9 S11"):
+        P.load_h36m(str(tmp_path / "empty"), "gt")
     with pytest.raises(InputError, match=r"data_2d_h36m_cpn.npz: no such file \(--keypoints cpn\); found --keypoints \['gt'\]"):
         P.load_h36m(str(tmp_path), "cpn")
 
