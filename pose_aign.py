@@ -133,9 +133,9 @@ def make_split(path, x2d, cam, y3d=None, action=None, what=NPZ_LAYOUT, dist=None
         a = common.check_array(a, path, key, (k,) if np.ndim(a) == 1 else (None, k), what)
         return np.array(np.broadcast_to(a, (n, k)) if a.ndim == 1 else a)        # a writable copy
     cam, dist = per_frame(cam, "camera", 4), None if dist is None else per_frame(dist, "distortion", 5)
-    y3d = None if y3d is None else check_poses(y3d, path, "poses_3d", what)
     if n == 0:
         raise InputError(f"{path}: no frames (poses_2d has shape {x2d.shape}; {what})")
+    y3d = None if y3d is None else check_poses(y3d, path, "poses_3d", what)
     if y3d is not None and not np.all(y3d[..., 2] > 0):
         raise InputError(f"{path}: poses_3d: {int((y3d[..., 2] <= 0).sum())} joint(s) at depth z <= 0, e.g. "
                          f"frame {np.where(y3d[..., 2] <= 0)[0][0]}; expected camera coordinates (x right, y "
@@ -176,16 +176,16 @@ def load_pose_npz(path):
 def load_memory(path):
     """--memory, or a folder's memory.npz: poses_3d (N,17,3) metres, finite."""
     poses = common.load_npz(path, ["poses_3d"], MEMORY_LAYOUT)["poses_3d"]
-    if not len(poses):
-        raise InputError(f"{path}: 'poses_3d' holds 0 poses; expected {MEMORY_LAYOUT}")
     return check_poses(poses, path, "poses_3d", MEMORY_LAYOUT)
 
 def check_poses(poses, path, key, what):
     """3D poses (N,17,3), finite, whose median bone is a human one (0.01-5 m): millimetres or collapsed
     joints are an error."""
     poses = common.check_array(poses, path, key, (None, NJ, 3), what)
+    if not len(poses):
+        raise InputError(f"{path}: '{key}' holds 0 poses; expected {what}")
     bones = np.linalg.norm(poses[:, 1:] - poses[:, PARENTS[1:]], axis=-1)                    # (N,16)
-    bone = float(np.median(bones)) if len(poses) else 0.2
+    bone = float(np.median(bones))
     if not 0.01 <= bone <= 5:
         raise InputError(f"{path}: '{key}' has a median bone length of {bone:.4g}; expected metres (a "
                          f"human's bones: 0.05-0.5 m){' - millimetres? divide by 1000' if bone > 5 else ''}")
