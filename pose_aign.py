@@ -1,9 +1,10 @@
 """AIGN 2D-to-3D human pose lifting (Tung et al., ICCV 2017, section "3D human pose estimation").
 
 G lifts 2D keypoints to 3D, learnt from 2D observations plus an *unpaired* memory of 3D poses:
-    L_G = lambda_rec ||P(G(x)) - x||^2 + lambda_adv adv(D(G(x))) [+ lambda_sup ||G(x) - y||^2 on paired x]
-with P a parameter-free perspective camera (plus the data's lens distortion) and D telling memory poses
-from predicted ones, also by how the body stands relative to the camera (--tilt-prior).
+    L_G = lambda_rec ||P(G(x)) - x||^2 + lambda_adv adv(D(G(x))) [+ lambda_sup s ||G(x) - y||^2 on paired x]
+(s: the labelled share of the training frames, 1 if supervised-only) with P a parameter-free perspective
+camera (plus the data's lens distortion) and D telling memory poses from predicted ones, also by how the
+body stands relative to the camera (--tilt-prior).
 Results card (built-in test split, mm, seeds 0-2, 3000 steps, 1 thread; docs/pose.md): unpaired default
 P-MPJPE 46.7 ± 1.0 synthetic, 63.2 ± 2.8 real CMU (targets 50 / 70 met; 183-202 s a run), 86.0 on the build
 without overhead clips. MPJPE 1.50x P-MPJPE (target 1.3x not met; 1.27-1.32x with the ideal rotation).
@@ -618,6 +619,9 @@ def training_set(args, data, device):
             "memory": None if memory is None else torch.as_tensor(memory, device=device),   # (M,17,3)
             "up": None if memory is None else torch.as_tensor(up_direction(memory), device=device),  # (3,)
             "n_unpaired": n_unpaired, "paired": torch.as_tensor(pool[:n_paired]),    # (Np,) rows, CPU
+            # beside the unpaired terms each training frame counts once: the paired term weighs the
+            # labelled share of the frames (a few labelled sessions must not outweigh all 2D inputs)
+            "sup_w": n_paired / len(tr["x2d"]) if n_unpaired else 1.0,
             "y_rel": None if y3d is None else y3d - y3d[:, :1]}                        # root-relative
 
 def draw_batch(data, gen, args, dist):
@@ -638,7 +642,7 @@ def draw_batch(data, gen, args, dist):
     return {"x2d": t["x2d"][rows], "cam": t["cam"][rows], "n_unpaired": nu,             # (nu+Bp,17,2)
             "dist": None if t["dist"] is None else t["dist"][rows],                     # (nu+Bp,5)
             "real": real,                                                               # (B,17,3)
-            "y3d": t["y_rel"][ip] if t["y_rel"] is not None else None}                  # (Bp,17,3)
+            "y3d": t["y_rel"][ip] if t["y_rel"] is not None else None, "sup_w": t["sup_w"]}  # (Bp,17,3)
 
 def train_step(nets, opts, batch, args, dist, step):
     """One D step, then one G step. Returns the losses (0 where a term is switched off)."""
@@ -670,7 +674,7 @@ def train_step(nets, opts, batch, args, dist, step):
     if batch["y3d"] is not None:
         # paired supervision where labels exist: ||G(x) - y||^2 on root-relative joints (metres)
         loss_sup = (pose[nu:] - batch["y3d"]).pow(2).sum(-1).mean()
-        loss_g = loss_g + args.lambda_sup * loss_sup
+        loss_g = loss_g + args.lambda_sup * batch["sup_w"] * loss_sup          # x labelled share
         losses["loss_sup"] = loss_sup.item()
     common.optimiser_step(opts["G"], loss_g, dist, G)                        # plumbing: the G update
     return losses

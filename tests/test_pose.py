@@ -619,6 +619,31 @@ def test_paired_actions_pair_the_first_frames_of_those_actions_only():
         P.training_set(P.get_args(["--paired-frac", "1", "--paired-actions", "b", "z"]), data, torch.device("cpu"))
 
 
+def test_paired_term_weighs_the_labelled_share_beside_the_unpaired_terms(monkeypatch):
+    """AIGN + pairs: each training frame counts once, so the paired 3D term is weighted by n_paired / N_train
+    (data/pose_s10/RULE.md); supervised-only keeps weight 1. The G loss handed to the optimiser is exactly
+    lambda_rec rec + lambda_adv adv + lambda_sup share sup."""
+    pc, cam = random_poses(20)                                                    # (40,17,3), (40,4)
+    tr = {"x2d": B.project_np(pc, cam).astype(np.float32), "cam": cam.astype(np.float32), "dist": None,
+          "y3d": pc.astype(np.float32), "action": np.array(["a"] * 40)}
+    data = {"train": tr, "memory": pc.astype(np.float32), "memory_src": "m", "elevation": (-10, 40)}
+    seen = []
+    monkeypatch.setattr(common, "optimiser_step", lambda opt, loss, *a: seen.append(float(loss)))
+    for flags, weight in ((["--paired-frac", "0.25"], 10 / 40),
+                          (["--paired-frac", "0.25", "--lambda-rec", "0", "--lambda-adv", "0"], 1.0)):
+        args = P.get_args(["--batch-size", "8", *flags])
+        data["train_set"] = P.training_set(args, data, torch.device("cpu"))
+        assert data["train_set"]["sup_w"] == pytest.approx(weight)
+        batch = P.draw_batch(data, torch.Generator().manual_seed(0), args, common.Dist("cpu"))
+        torch.manual_seed(0)
+        nets = P.build_nets(args, torch.device("cpu"))
+        seen.clear()
+        losses = P.train_step(nets, {"G": None, "D": None}, batch, args, common.Dist("cpu"), 0)
+        expected = (args.lambda_rec * losses["loss_rec"] + args.lambda_adv * losses["loss_adv"]
+                    + args.lambda_sup * weight * losses["loss_sup"])
+        assert losses["loss_sup"] > 0 and seen[-1] == pytest.approx(expected, rel=1e-5)
+
+
 def test_loaders_refuse_millimetres_collapsed_poses_points_behind_the_camera_non_pixels_and_empty_splits(tmp_path):
     bad, d = tmp_path / "bad.npz", write_generic_npz(tmp_path / "good.npz")
     for override, needle in (({"poses_3d": d["poses_3d"] * 1000}, "median bone length of .*millimetres"),
