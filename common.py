@@ -23,6 +23,7 @@ import signal
 import socket
 import sys
 import time
+import zipfile
 
 import numpy as np
 import torch
@@ -98,13 +99,15 @@ def add_common_args(p, *, steps, batch_size, lr, eval_every):
 
 def check_args(args, nonneg_ints=(), positive_ints=()):
     """One validation of the shared values, so a typo stops the run before anything is written:
-    steps >= 0, eval-every >= 1, batch >= 1, seed >= 0, finite lr > 0, every --lambda-* finite >= 0,
+    steps >= 0, eval-every >= 1, batch >= 1, seed in [0, 2^63), finite lr > 0, every --lambda-* finite >= 0,
     every --*-frac in [0, 1]; plus the script's own integer flags (by attribute name)."""
     def bad(flag, want, value):
         raise InputError(f"--{flag.replace('_', '-')} {value}: expected {want}")
     for name in ("steps", "seed", *nonneg_ints):
         if getattr(args, name) < 0:
             bad(name, "an integer >= 0", getattr(args, name))
+    if args.seed >= 2**63:
+        bad("seed", "an integer in [0, 2^63)", args.seed)
     for name in ("eval_every", "batch_size", *positive_ints):
         if getattr(args, name) < 1:
             bad(name, "an integer >= 1", getattr(args, name))
@@ -526,6 +529,12 @@ def load_checkpoint(path, script, nets=()):
     missing += [f"nets/{k}" for k in nets if k not in state.get("nets", {})]
     if missing or not isinstance(state["args"], dict):
         raise InputError(f"--resume {path}: incomplete checkpoint of {script}.py (missing {missing})")
+    kinds = {"step": int, "samples": int, "wall_s": (int, float), "nets": dict, "opts": dict}
+    wrong = [f"{k} is {type(state[k]).__name__}" for k, t in kinds.items()
+             if isinstance(state[k], bool) or not isinstance(state[k], t)]
+    if wrong or state["step"] < 0:
+        raise InputError(f"--resume {path}: a damaged checkpoint of {script}.py ({', '.join(wrong) or 'step < 0'}"
+                         f"; expected step and samples integers >= 0, wall_s a number, nets and opts dicts)")
     return state
 
 
@@ -545,15 +554,20 @@ def resume_args(args, state, argv, arch, path):
     """--resume brings the run's settings back: the networks' (arch) always; when training goes on, also
     every other flag this command line does not give (e.g. it may give a larger --steps), so a resumed
     run trains exactly as it began. --eval-only and --predict take only arch (they may run elsewhere)."""
-    arch_from_checkpoint(args, state, arch, path)
-    if args.eval_only or args.predict:
-        return
     names, given = sorted(vars(args)), set()
     for token in sys.argv[1:] if argv is None else argv:
         if token.startswith("--"):  # argparse also accepts a unique prefix of a flag
             name = token[2:].split("=")[0].replace("-", "_")
             found = [k for k in names if k == name] or [k for k in names if k.startswith(name)]
             given.update(found if len(found) == 1 else ())
+    asked = {k: getattr(args, k) for k in arch if k in given}
+    arch_from_checkpoint(args, state, arch, path)
+    for k, v in asked.items():
+        if v != getattr(args, k):
+            log(f"note: --{k.replace('_', '-')} {v} is not used: the network of --resume {path} was built with "
+                f"{getattr(args, k)} (its shape comes from the checkpoint)")
+    if args.eval_only or args.predict:
+        return
     for k, v in state["args"].items():
         if k in names and k not in given and k not in NOT_RESUMED and k not in arch:
             setattr(args, k, v)
@@ -563,12 +577,16 @@ def resume_args(args, state, argv, arch, path):
 
 
 def load_weights(module, sd, path, name):
-    """module.load_state_dict with a clear error when the checkpoint's tensors do not fit."""
+    """module.load_state_dict with a clear error when the checkpoint's tensors do not fit or are not finite."""
     try:
         module.load_state_dict(sd)
     except (RuntimeError, KeyError, TypeError, AttributeError) as e:
         first = str(e).strip().splitlines()[0][:200]
         raise InputError(f"--resume {path}: weights of {name} do not fit this network ({first})") from None
+    bad = [k for k, v in module.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:  # training never saves these (stop_if_diverged): a damaged or edited file
+        raise InputError(f"--resume {path}: weights of {name} hold NaN or inf ({len(bad)} tensor(s), e.g. "
+                         f"{bad[0]}); expected a checkpoint written by a run (damaged or edited file?)")
 
 
 def restore_training(state, nets, opts, data_rng, path):
@@ -629,6 +647,12 @@ def load_npz(path, required=(), what="an npz file"):
     """np.load with allow_pickle=False; a missing file or key is an InputError naming the layout."""
     if not os.path.isfile(path):
         raise InputError(f"{path}: no such file (expected {what})")
+    if not zipfile.is_zipfile(path):  # np.load would take it for a .npy or a pickle
+        with open(path, "rb") as f:
+            head = f.read(8)
+        found = ("it is a single .npy array (np.save)" if head.startswith(b"\x93NUMPY") else "it is a pickle"
+                 if head[:1] == b"\x80" else f"its first bytes are {head!r}")
+        raise InputError(f"{path}: not an .npz archive (np.savez; {found}); expected {what}")
     try:
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}

@@ -161,8 +161,39 @@ def make_split(path, x2d, cam, y3d=None, action=None, what=NPZ_LAYOUT, dist=None
         raise InputError(f"{path}: the 2D poses span a median {span:.3g} px, {off:.3g} focal lengths off "
                          f"the principal point; expected pixels of the camera in 'camera' (fx fy cx cy), "
                          f"poses > 2 px within 10 focals{hint}")
+    check_projection(path, "poses_3d", x2d, cam, dist, y3d)
     action = np.array(["all"] * n) if action is None else np.asarray(action).astype(str)
     return {"x2d": x2d, "cam": cam, "y3d": y3d, "action": action, "dist": dist}
+
+def check_projection(path, key, x2d, cam, dist, y3d, most=20000):
+    """The camera model must fit the data (on up to `most` frames): the lens is invertible where the
+    keypoints are, and 3D given with the 2D projects onto it, to within 10% of a pose's extent (the 2D
+    may be a detector's). Distortion in another order, 3D in a world frame or another joint order, x/y
+    swapped or frames misaligned are an error here rather than a silent bad fit."""
+    i = np.unique(np.linspace(0, len(x2d) - 1, min(most, len(x2d))).astype(int))    # (n,) frames checked
+    f, c = (torch.as_tensor(cam[i, None, k:k + 2], dtype=torch.float64) for k in (0, 2))  # (n,1,2)
+    xd = (torch.as_tensor(x2d[i], dtype=torch.float64) - c) / f                   # (n,17,2) normalised
+    lens = None if dist is None else torch.as_tensor(dist[i], dtype=torch.float64)  # (n,5)
+    if lens is not None:
+        gap = (distort(undistort(xd, lens), lens) - xd).norm(dim=-1)                # (n,17) focals; NaN: gap
+        if (gap > 1e-3).float().mean() > 0.01:
+            j = int(i[int((gap > 1e-3).any(-1).nonzero()[0])])
+            raise InputError(f"{path}: the lens distortion cannot be inverted at {(gap > 1e-3).float().mean():.0%} "
+                             f"of the keypoints (e.g. frame {j}: {np.round(dist[j], 4).tolist()}); expected "
+                             f"k1 k2 k3 p1 p2 of normalised coordinates, VideoPose3D's order (OpenCV's is k1 k2 "
+                             f"p1 p2 k3; Human3.6M's lenses are all below 0.25)")
+    if y3d is None:
+        return
+    xy = torch.as_tensor(y3d[i, :, :2] / y3d[i, :, 2:], dtype=torch.float64)     # (n,17,2)
+    err = (((xy if lens is None else distort(xy, lens)) - xd) * f).norm(dim=-1).nanmean(-1)   # (n,) px
+    span = np.nanmax(np.nanmax(x2d[i], 1) - np.nanmin(x2d[i], 1), -1)            # (n,) px
+    off = np.nanmedian(err.numpy() / span)
+    if off > 0.1:
+        raise InputError(f"{path}: {key} does not project onto poses_2d through 'camera'"
+                         f"{' and distortion' if dist is not None else ''}: a median {off:.0%} of a pose's "
+                         f"extent off ({float(err.median()):.1f} px); expected camera coordinates of the same "
+                         f"frames in H36M-17 order (world coordinates, another joint order, x/y swapped or "
+                         f"frames misaligned?)")
 
 def load_pose_npz(path):
     """Generic npz (see NPZ_LAYOUT) -> (split, subject array or None)."""
@@ -176,20 +207,26 @@ def load_pose_npz(path):
 
 def load_memory(path):
     """--memory, or a folder's memory.npz: poses_3d (N,17,3) metres, finite."""
-    poses = common.load_npz(path, ["poses_3d"], MEMORY_LAYOUT)["poses_3d"]
-    return check_poses(poses, path, "poses_3d", MEMORY_LAYOUT)
+    poses = check_poses(common.load_npz(path, ["poses_3d"], MEMORY_LAYOUT)["poses_3d"], path, "poses_3d",
+                        MEMORY_LAYOUT)
+    if (poses - poses[:, :1]).std(0).max() < 1e-3:  # D would learn one pose
+        raise InputError(f"{path}: the {len(poses)} poses of 'poses_3d' are all one pose; expected a memory of "
+                         f"varied poses ({MEMORY_LAYOUT})")
+    return poses
 
 def check_poses(poses, path, key, what):
-    """3D poses (N,17,3), finite, whose median bone is a human one (0.01-5 m): millimetres or collapsed
-    joints are an error."""
+    """3D poses (N,17,3), finite, whose median bone is a human one (0.08-0.5 m; about 0.22 for an adult):
+    centimetres, millimetres or collapsed joints are an error."""
     poses = common.check_array(poses, path, key, (None, NJ, 3), what)
     if not len(poses):
         raise InputError(f"{path}: '{key}' holds 0 poses; expected {what}")
     bones = np.linalg.norm(poses[:, 1:] - poses[:, PARENTS[1:]], axis=-1)                    # (N,16)
     bone = float(np.median(bones))
-    if not 0.01 <= bone <= 5:
-        raise InputError(f"{path}: '{key}' has a median bone length of {bone:.4g}; expected metres (a "
-                         f"human's bones: 0.05-0.5 m){' - millimetres? divide by 1000' if bone > 5 else ''}")
+    if not 0.08 <= bone <= 0.5:
+        scale = 10 ** round(np.log10(bone / 0.22)) if bone > 0.5 else 0                # 100: centimetres?
+        unit = {10: "decimetres", 100: "centimetres", 1000: "millimetres"}.get(scale)
+        raise InputError(f"{path}: '{key}' has a median bone length of {bone:.4g}, {bone / 0.22:.3g}x an adult's "
+                         f"0.22 m; expected metres (a median bone of 0.08-0.5 m){f' - {unit}?' if unit else ''}")
     return poses
 
 class SafeUnpickler(pickle.Unpickler):
@@ -216,9 +253,13 @@ def load_pickled_dict(path, key):
     except (OSError, KeyError, zipfile.BadZipFile, ValueError, pickle.UnpicklingError, EOFError) as e:
         raise InputError(f"{path}: cannot read {what}: {e}") from None
     obj = obj.item() if isinstance(obj, np.ndarray) and obj.shape == () else obj
-    if not isinstance(obj, dict) or not all(isinstance(v, dict) for v in obj.values()):
+    if not isinstance(obj, dict):
         raise InputError(f"{path}: {key} holds {'a numeric array' if obj is None else type(obj).__name__}; "
                          f"expected {what}")
+    for s, v in obj.items():
+        if not isinstance(v, dict):
+            raise InputError(f"{path}: {key}[{s!r}] is {type(v).__name__}, not a dict action -> array(s); "
+                             f"expected {what}")
     return obj
 
 def as_numbers(value, path, key, what, dtype=np.float64):
@@ -264,12 +305,17 @@ def load_h36m(folder, keypoints):
                     if kp.ndim != 3 or kp.shape[1] != NJ or kp.shape[2] < 2:
                         raise InputError(f"{p2}: {s}/{action} camera {c} has shape {kp.shape}; expected "
                                          f"(N, 17, 2)")
-                    n = min(len(kp), len(world))
+                    if len(kp) < len(world):
+                        raise InputError(f"{p2}: {s}/{action} camera {c} has {len(kp)} frames of 2D, fewer than "
+                                         f"the {len(world)} of its 3D in {p3}; expected at least as many")
+                    n = len(world)  # some videos hold extra frames: trimmed, as VideoPose3D does
                     q, t = H36M_EXTRINSICS[s][c][:4], H36M_EXTRINSICS[s][c][4:] / 1000
                     x2d.append(kp[:n, :, :2])
                     y3d.append(((world[:n] - t) @ quat_to_matrix(q)).astype(np.float32))  # R^T (X - t)
                     cams.append(np.tile(H36M_INTRINSICS[c].astype(np.float32), (n, 1)))
                     dists.append(np.tile(H36M_DISTORTION[c].astype(np.float32), (n, 1)))
+                    check_projection(p2, f"{p3} {s}/{action}, camera {c},", x2d[-1], cams[-1], dists[-1],
+                                     y3d[-1], most=500)
                     acts += [action.split(" ")[0]] * n
         if not x2d:
             raise InputError(f"{p3}: no frames for the {role} subjects {' '.join(subjects)}; expected (N, 32, 3) "
@@ -723,7 +769,8 @@ KEYPOINTS_LAYOUT = ("'keypoints' (N,17,2 or 3) pixels in H36M-17 or COCO-17 orde
 
 def load_keypoints(path, order):
     """--predict FILE, npz or JSON (KEYPOINTS_LAYOUT) -> a split without 3D."""
-    z = common.read_json(path, KEYPOINTS_LAYOUT) if path.endswith(".json") else common.load_npz(path, ())
+    npz = zipfile.is_zipfile(path) or path.lower().endswith((".npz", ".npy"))     # else JSON, whatever its name
+    z = common.load_npz(path, ()) if npz else common.read_json(path, KEYPOINTS_LAYOUT)
     if not (isinstance(z, dict) and {"keypoints", "poses_2d"} & set(z) and {"camera", "image_size"} & set(z)):
         raise InputError(f"{path}: found {sorted(z) if isinstance(z, dict) else type(z).__name__}; expected "
                          f"{KEYPOINTS_LAYOUT}")

@@ -23,7 +23,7 @@ def parse(*argv):
     (["--steps", "-5"], "--steps"), (["--batch-size", "0"], "--batch-size"),
     (["--eval-every", "0"], "--eval-every"), (["--lr", "nan"], "--lr"), (["--lr", "0"], "--lr"),
     (["--lambda-adv", "-1"], "--lambda-adv"), (["--lambda-adv", "inf"], "--lambda-adv"),
-    (["--paired-frac", "1.5"], "--paired-frac"), (["--seed", "-1"], "--seed"),
+    (["--paired-frac", "1.5"], "--paired-frac"), (["--seed", "-1"], "--seed"), (["--seed", str(2**70)], r"2\^63"),
     (["--eval-only"], "--resume"), (["--predict", "x", "--eval-only", "--resume", "c"], "choose one")])
 def test_check_args_refuses_bad_values(argv, flag):
     with pytest.raises(InputError, match=flag):
@@ -87,6 +87,12 @@ def test_checkpoint_round_trip_and_refusals(tmp_path):
         common.load_checkpoint(path, "demo", nets=("G", "D"))
     with pytest.raises(InputError, match="do not fit"):
         common.restore_training(state, {"G": torch.nn.Linear(4, 2)}, {"G": opt2}, gen2, path)
+    nan = {**state["nets"]["G"], "bias": torch.tensor([0.0, float("nan")])}    # a damaged or edited file
+    with pytest.raises(InputError, match="weights of G hold NaN or inf .*bias"):
+        common.load_weights(net2, nan, path, "G")
+    torch.save({**state, "step": "7"}, path)
+    with pytest.raises(InputError, match="damaged checkpoint of demo.py .*step is str"):
+        common.load_checkpoint(path, "demo")
     torch.save({"step": 1}, path)
     with pytest.raises(InputError, match="not a checkpoint"):
         common.load_checkpoint(path, "demo")
@@ -119,6 +125,11 @@ def test_readers_turn_failures_into_input_errors(tmp_path):
     bad_json.write_text("{")
     with pytest.raises(InputError, match="not valid JSON"):
         common.read_json(str(bad_json), "a dict")
+    for name, write, needle in (("a.npy", lambda p: np.save(p, np.zeros(3)), "single .npy array"),
+                                ("b.npz", lambda p: p.write_text("frame,x,y\n"), "its first bytes are b'frame,x,'")):
+        write(tmp_path / name)
+        with pytest.raises(InputError, match=f"not an .npz archive .*{needle}.*; expected poses"):
+            common.load_npz(str(tmp_path / name), (), "poses")
     obj = tmp_path / "obj.npy"
     np.save(obj, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(InputError, match="without pickles"):
@@ -236,6 +247,10 @@ def test_resume_brings_back_every_setting_the_command_line_does_not_give(capsys)
     state["step"] = 30
     common.resume_args(args, state, argv, ("task",), "a/ckpt.pt")  # already past --steps 20: say so
     assert "has trained 30 steps (>= --steps 20): nothing is left to train" in capsys.readouterr().out
+    argv = ["--resume", "a/ckpt.pt", "--task", "sr"]  # the networks' shape is the checkpoint's: say so
+    args = p.parse_args(argv)
+    common.resume_args(args, state, argv, ("task",), "a/ckpt.pt")
+    assert args.task == "inpaint" and "--task sr is not used" in capsys.readouterr().out
     argv = ["--resume", "a/ckpt.pt", "--eval-only"]  # evaluation elsewhere: only the networks' settings
     args = p.parse_args(argv)
     common.resume_args(args, state, argv, ("task",), "a/ckpt.pt")

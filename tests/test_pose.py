@@ -654,7 +654,7 @@ def test_loaders_refuse_millimetres_collapsed_poses_points_behind_the_camera_non
         write_generic_npz(bad, **override)
         with pytest.raises(InputError, match=needle):
             P.load_pose_npz(str(bad))
-    for poses, needle in ((d["poses_3d"] * 1000, "millimetres"), (np.zeros((30, 17, 3)), "median bone length of 0;")):
+    for poses, needle in ((d["poses_3d"] * 1000, "millimetres"), (np.zeros((30, 17, 3)), "median bone length of 0,")):
         np.savez(bad, poses_3d=poses)
         with pytest.raises(InputError, match=needle):
             P.load_memory(str(bad))
@@ -677,6 +677,40 @@ def test_loaders_refuse_millimetres_collapsed_poses_points_behind_the_camera_non
         P.load_h36m(str(tmp_path), "cpn")
 
 
+def test_loaders_refuse_a_camera_model_or_3d_that_does_not_fit_the_2d_and_degenerate_memories(tmp_path):
+    """Found by a hostile-input audit: a lens that cannot be inverted, 3D that does not project onto its 2D
+    (x/y swapped, a world frame), centimetres, a memory of one pose, 2D shorter than its Human3.6M 3D and a
+    subject that is not a dict are each one clear error; detector-like 2D noise (3% of a pose) is not."""
+    bad, d = tmp_path / "bad.npz", write_generic_npz(tmp_path / "good.npz")
+    span = np.median(np.ptp(d["poses_2d"], 1).max(-1))
+    noisy = d["poses_2d"] + np.random.default_rng(0).normal(0, 0.03 * span / 1.25, d["poses_2d"].shape)
+    for override, needle in (({"distortion": np.array([100.0, 0, 0, 0, 0])}, "lens distortion cannot be inverted"),
+                             ({"poses_3d": d["poses_3d"][..., [1, 0, 2]]}, "does not project onto poses_2d"),
+                             ({"poses_3d": d["poses_3d"] + [2.0, 0, 0]}, r"a median \d+% of a pose's extent off"),
+                             ({"poses_3d": d["poses_3d"] * 100}, "centimetres"),
+                             ({"poses_2d": noisy.astype(np.float32)}, None)):
+        write_generic_npz(bad, **override)
+        if needle is None:
+            P.load_pose_npz(str(bad))
+            continue
+        with pytest.raises(InputError, match=needle):
+            P.load_pose_npz(str(bad))
+    np.savez(bad, poses_3d=np.repeat(d["poses_3d"][:1], 30, 0))
+    with pytest.raises(InputError, match="the 30 poses of 'poses_3d' are all one pose"):
+        P.load_memory(str(bad))
+    write_h36m(tmp_path)
+    pos2d = P.load_pickled_dict(str(tmp_path / "data_2d_h36m_gt.npz"), "positions_2d")
+    (tmp_path / "short").mkdir()
+    shutil.copy(tmp_path / "data_3d_h36m.npz", tmp_path / "short")
+    pos2d["S1"]["Walking 1"] = [v[:3] for v in pos2d["S1"]["Walking 1"]]
+    np.savez(tmp_path / "short" / "data_2d_h36m_gt.npz", positions_2d=pos2d)
+    with pytest.raises(InputError, match="S1/Walking 1 camera 0 has 3 frames of 2D, fewer than the 6 of its 3D"):
+        P.load_h36m(str(tmp_path / "short"), "gt")
+    np.savez(tmp_path / "short" / "data_2d_h36m_gt.npz", positions_2d={**pos2d, "S1": [1, 2]})
+    with pytest.raises(InputError, match=r"positions_2d\['S1'\] is list, not a dict"):
+        P.load_h36m(str(tmp_path / "short"), "gt")
+
+
 def test_a_diverging_run_stops_with_one_clear_error_and_no_checkpoint(tmp_path):
     write_generic_npz(tmp_path / "d.npz")
     write_mem(tmp_path / "mem.npz")
@@ -692,7 +726,7 @@ def write_h36m(folder, frames=6, evil=False):
     intrinsics, extrinsics = P.H36M_INTRINSICS, P.H36M_EXTRINSICS
     pos3d, pos2d = {}, {}
     for s in P.H36M_TRAIN + P.H36M_TEST:
-        world = rng.normal(0, 0.3, (frames, 32, 3)).astype(np.float32) + np.array([0, 0, 1.0], np.float32)
+        world = rng.normal(0, 0.1, (frames, 32, 3)).astype(np.float32) + np.array([0, 0, 1.0], np.float32)
         pos3d[s] = {"Walking 1": world, "Directions": world[:4]}
         pos2d[s] = {}
         for action, w in pos3d[s].items():
@@ -754,6 +788,9 @@ def test_predict_input_coco_json(tmp_path):
     np.testing.assert_allclose(split["x2d"][:, 0], (h36m[:, 1] + h36m[:, 4]) / 2, atol=1e-3)  # pelvis = mid-hip
     assert np.isnan(split["x2d"][0, 13]).all() and np.isfinite(split["x2d"][1, 13]).all()
     np.testing.assert_allclose(split["cam"][0], [1000, 1000, 500, 500])
+    for name in ("kp.JSON", "kp.txt"):  # JSON is read by its content, whatever the file's name
+        (tmp_path / name).write_text(path.read_text())
+        np.testing.assert_array_equal(P.load_keypoints(str(tmp_path / name), None)["x2d"], split["x2d"])
 
 
 # ---------------------------------------------------------------------------------------------
