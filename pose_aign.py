@@ -210,8 +210,9 @@ def load_memory(path):
     poses = check_poses(common.load_npz(path, ["poses_3d"], MEMORY_LAYOUT)["poses_3d"], path, "poses_3d",
                         MEMORY_LAYOUT)
     if (poses - poses[:, :1]).std(0).max() < 1e-3:  # D would learn one pose
-        raise InputError(f"{path}: the {len(poses)} poses of 'poses_3d' are all one pose; expected a memory of "
-                         f"varied poses ({MEMORY_LAYOUT})")
+        again = f", repeated {len(poses)} times" if len(poses) > 1 else ""
+        raise InputError(f"{path}: 'poses_3d' holds one pose{again}; expected a memory of varied poses "
+                         f"({MEMORY_LAYOUT})")
     return poses
 
 def check_poses(poses, path, key, what):
@@ -292,6 +293,8 @@ def load_h36m(folder, keypoints):
                 raise InputError(f"{p3} / {p2}: no subject {s} (found {sorted(pos3d)} / {sorted(pos2d)})")
             for action, world in pos3d[s].items():
                 world = as_numbers(world, p3, f"{s}/{action}", "(N, 32, 3) metres", np.float32)
+                if world.ndim == 3 and not len(world):
+                    continue  # an action without frames adds nothing
                 world = check_poses(world[:, H36M_KEEP] if world.shape[1:] == (32, 3) else world, p3,
                                     f"{s}/{action}", "all 32 or the 17 kept joints")
                 memory += [world] if role == "train" else []

@@ -696,7 +696,7 @@ def test_loaders_refuse_a_camera_model_or_3d_that_does_not_fit_the_2d_and_degene
         with pytest.raises(InputError, match=needle):
             P.load_pose_npz(str(bad))
     np.savez(bad, poses_3d=np.repeat(d["poses_3d"][:1], 30, 0))
-    with pytest.raises(InputError, match="the 30 poses of 'poses_3d' are all one pose"):
+    with pytest.raises(InputError, match="'poses_3d' holds one pose, repeated 30 times"):
         P.load_memory(str(bad))
     write_h36m(tmp_path)
     pos2d = P.load_pickled_dict(str(tmp_path / "data_2d_h36m_gt.npz"), "positions_2d")
