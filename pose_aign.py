@@ -8,7 +8,7 @@ body stands relative to the camera (--tilt-prior).
 Results card (built-in test split, mm, seeds 0-2, 3000 steps, 1 thread; docs/pose.md): unpaired default
 P-MPJPE 46.7 ± 1.0 synthetic, 63.2 ± 2.8 real CMU (targets 50 / 70 met; 183-202 s a run), 86.0 on the build
 without overhead clips. MPJPE 1.50x P-MPJPE (target 1.3x not met; 1.27-1.32x with the ideal rotation).
-AIGN + pairs 0.53 / 0.56 / 0.72 / 0.78x supervised-only at 1/2/5/10% labels.
+AIGN + pairs 0.44 / 0.48 / 0.64 / 0.70x supervised-only at 1/2/5/10% labels.
 Usage:
     python3 pose_aign.py                                     # unpaired AIGN on the built-in data
     python3 pose_aign.py --data poses.npz --memory mem.npz   # your 2D + a 3D memory (or --data H36M_DIR)
