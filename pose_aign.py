@@ -175,10 +175,10 @@ def check_projection(path, key, x2d, cam, dist, y3d, most=20000):
     xd = (torch.as_tensor(x2d[i], dtype=torch.float64) - c) / f                   # (n,17,2) normalised
     lens = None if dist is None else torch.as_tensor(dist[i], dtype=torch.float64)  # (n,5)
     if lens is not None:
-        gap = (distort(undistort(xd, lens), lens) - xd).norm(dim=-1)                # (n,17) focals; NaN: gap
-        if (gap > 1e-3).float().mean() > 0.01:
-            j = int(i[int((gap > 1e-3).any(-1).nonzero()[0])])
-            raise InputError(f"{path}: the lens distortion cannot be inverted at {(gap > 1e-3).float().mean():.0%} "
+        miss = (distort(undistort(xd, lens), lens) - xd).norm(dim=-1) > 1e-3        # (n,17); NaN: not a miss
+        if miss.float().mean() > 0.01:
+            j = int(i[int(miss.any(-1).nonzero()[0])])
+            raise InputError(f"{path}: the lens distortion cannot be inverted at {miss.float().mean():.0%} "
                              f"of the keypoints (e.g. frame {j}: {np.round(dist[j], 4).tolist()}); expected "
                              f"k1 k2 k3 p1 p2 of normalised coordinates, VideoPose3D's order (OpenCV's is k1 k2 "
                              f"p1 p2 k3; Human3.6M's lenses are all below 0.25)")
