@@ -35,7 +35,8 @@ JOINTS = ["pelvis", "r_hip", "r_knee", "r_ankle", "l_hip", "l_knee", "l_ankle", 
           "neck_nose", "head", "l_shoulder", "l_elbow", "l_wrist", "r_shoulder", "r_elbow", "r_wrist"]
 PARENTS = [-1, 0, 1, 2, 0, 4, 5, 0, 7, 8, 9, 8, 11, 12, 8, 14, 15]
 NJ = 17
-# COCO-17 (detector order) -> H36M-17, for --predict: each H36M joint is the mean of these COCO joints.
+# COCO-17 (detector order) -> H36M-17, for --predict and COCO-layout Human3.6M 2D (detectron_pt_coco):
+# each H36M joint is the mean of these COCO joints.
 COCO_TO_H36M = [[11, 12], [12], [14], [16], [11], [13], [15], [5, 6, 11, 12], [5, 6], [0], [1, 2, 3, 4],
                 [5], [7], [9], [6], [8], [10]]
 # Human3.6M: the 17 of 32 joints kept, the standard split, and the public camera constants of
@@ -86,7 +87,8 @@ def get_args(argv=None):
     common.add_common_args(p, steps=3000, batch_size=256, lr=2e-4, eval_every=1000)
     p.add_argument("--memory", help=f"unpaired 3D memory, {MEMORY_LAYOUT} (default: a folder's memory.npz, "
                    "Human3.6M's training subjects; a single --data npz needs it)")
-    p.add_argument("--keypoints", default="gt", help="Human3.6M 2D: data_2d_h36m_<this>.npz (default: gt)")
+    p.add_argument("--keypoints", default="gt", help="Human3.6M 2D: data_2d_h36m_<this>.npz, H36M or COCO "
+                   "layout, e.g. cpn_ft_h36m_dbb, detectron_pt_coco (default: gt)")
     p.add_argument("--paired-frac", type=float, default=0.0, help="fraction of training frames (the first "
                    "ones: whole sequences) whose 3D pose is used as paired supervision (default: 0)")
     p.add_argument("--paired-actions", nargs="+", metavar="ACTION", help="pair only training frames of these "
@@ -242,18 +244,22 @@ class SafeUnpickler(pickle.Unpickler):
             module = module.replace("numpy.core", "numpy._core")
         return super().find_class(module, name)
 
-def load_pickled_dict(path, key):
-    """VideoPose3D's `key` (a pickled dict subject -> action -> arrays) of an npz, via SafeUnpickler."""
-    what = f"'{key}' as VideoPose3D's pickled dict subject -> action -> array(s)"
+def read_pickled(path, key, what):
+    """An npz's `key` via SafeUnpickler: VideoPose3D's pickled objects, None for a plain numeric array."""
     try:
         with zipfile.ZipFile(path) as zf, zf.open(key + ".npy") as f:
             fp = io.BytesIO(f.read())
         fmt = np.lib.format
         header = fmt.read_array_header_1_0 if fmt.read_magic(fp) == (1, 0) else fmt.read_array_header_2_0
-        obj = SafeUnpickler(fp).load() if header(fp)[2].hasobject else None    # None: a plain array
+        obj = SafeUnpickler(fp).load() if header(fp)[2].hasobject else None
     except (OSError, KeyError, zipfile.BadZipFile, ValueError, pickle.UnpicklingError, EOFError) as e:
         raise InputError(f"{path}: cannot read {what}: {e}") from None
-    obj = obj.item() if isinstance(obj, np.ndarray) and obj.shape == () else obj
+    return obj.item() if isinstance(obj, np.ndarray) and obj.shape == () else obj
+
+def load_pickled_dict(path, key):
+    """VideoPose3D's `key` (a pickled dict subject -> action -> arrays) of an npz."""
+    what = f"'{key}' as VideoPose3D's pickled dict subject -> action -> array(s)"
+    obj = read_pickled(path, key, what)
     if not isinstance(obj, dict):
         raise InputError(f"{path}: {key} holds {'a numeric array' if obj is None else type(obj).__name__}; "
                          f"expected {what}")
@@ -262,6 +268,23 @@ def load_pickled_dict(path, key):
             raise InputError(f"{path}: {key}[{s!r}] is {type(v).__name__}, not a dict action -> array(s); "
                              f"expected {what}")
     return obj
+
+def keypoint_layout(path):
+    """The joint order of a VideoPose3D 2D file from its 'metadata' (none: h36m): 'h36m' or 'coco'
+    (e.g. data_2d_h36m_detectron_pt_coco.npz, mapped to H36M-17 on loading)."""
+    with zipfile.ZipFile(path) as zf:
+        if "metadata.npy" not in zf.namelist():
+            return "h36m"
+    meta = read_pickled(path, "metadata", "'metadata' as VideoPose3D's dict (layout_name, num_joints, ...)")
+    layout = str(meta.get("layout_name", "h36m")).lower() if isinstance(meta, dict) else None
+    if layout not in ("h36m", "coco"):
+        found = {k: meta.get(k) for k in ("layout_name", "num_joints")} if isinstance(meta, dict) else meta
+        raise InputError(f"{path}: metadata {found}; expected 17 keypoints with layout_name 'h36m' or 'coco'")
+    return layout
+
+def coco_to_h36m(kp):
+    """(N,17,2) COCO-17 keypoints -> (N,17,2) H36M-17: each joint the mean of its COCO joints."""
+    return np.stack([kp[:, idx].mean(1) for idx in COCO_TO_H36M], 1)
 
 def as_numbers(value, path, key, what, dtype=np.float64):
     """A value read from a file as a numeric array; ragged lists or non-numbers are an InputError."""
@@ -285,6 +308,7 @@ def load_h36m(folder, keypoints):
                        and f.endswith(".npz"))
         raise InputError(f"{p2}: no such file (--keypoints {keypoints}); found --keypoints {found or 'none'}")
     pos3d, pos2d = load_pickled_dict(p3, "positions_3d"), load_pickled_dict(p2, "positions_2d")
+    layout = keypoint_layout(p2)                                       # the 2D's joint order
     splits, memory = {}, []
     for role, subjects in (("train", H36M_TRAIN), ("test", H36M_TEST)):
         x2d, cams, dists, y3d, acts = [], [], [], [], []
@@ -307,7 +331,8 @@ def load_h36m(folder, keypoints):
                     kp = as_numbers(kp, p2, f"{s}/{action} camera {c}", "(N, 17, 2)", np.float32)
                     if kp.ndim != 3 or kp.shape[1] != NJ or kp.shape[2] < 2:
                         raise InputError(f"{p2}: {s}/{action} camera {c} has shape {kp.shape}; expected "
-                                         f"(N, 17, 2)")
+                                         f"(N, 17, 2) in its metadata's layout, {layout}")
+                    kp = coco_to_h36m(kp[..., :2]) if layout == "coco" else kp      # (N,17,2) H36M-17
                     if len(kp) < len(world):
                         raise InputError(f"{p2}: {s}/{action} camera {c} has {len(kp)} frames of 2D, fewer than "
                                          f"the {len(world)} of its 3D in {p3}; expected at least as many")
@@ -784,8 +809,7 @@ def load_keypoints(path, order):
     kp = np.where(kp[..., 2:] > 0, kp[..., :2], np.nan) if kp.shape[2] == 3 else kp   # confidence 0: missing
     if (order := order or str(z.get("layout", "h36m")).lower()) not in ("h36m", "coco"):
         raise InputError(f"{path}: 'layout' is {order!r}; expected 'h36m' or 'coco' ({KEYPOINTS_LAYOUT})")
-    if order == "coco":  # H36M joint = mean of its COCO joints
-        kp = np.stack([kp[:, idx].mean(1) for idx in COCO_TO_H36M], 1)
+    kp = coco_to_h36m(kp) if order == "coco" else kp
     key = "camera" if "camera" in z else "image_size"
     cam = as_numbers(z[key], path, f"'{key}'", KEYPOINTS_LAYOUT)
     if key == "image_size":  # f = max(w, h), the principal point in the middle

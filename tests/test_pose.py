@@ -720,13 +720,19 @@ def test_a_diverging_run_stops_with_one_clear_error_and_no_checkpoint(tmp_path):
     assert not (tmp_path / "o" / "ckpt.pt").exists()
 
 
-def write_h36m(folder, frames=6, evil=False):
-    """VideoPose3D layout: pickled dicts in npz; 2D made consistent with the 3D and the cameras."""
+def write_h36m(folder, frames=6, evil=False, layout="h36m"):
+    """VideoPose3D layout: pickled dicts in npz; 2D made consistent with the 3D and the cameras. With
+    layout="coco" the 2D is a COCO-17 detector's (data_2d_h36m_detectron_pt_coco.npz): the 3D's pelvis,
+    spine and thorax are then the means of its hips and shoulders, as the COCO -> H36M mapping reads them."""
     rng = np.random.default_rng(0)
     intrinsics, extrinsics = P.H36M_INTRINSICS, P.H36M_EXTRINSICS
+    keep = np.array(P.H36M_KEEP)
     pos3d, pos2d = {}, {}
     for s in P.H36M_TRAIN + P.H36M_TEST:
         world = rng.normal(0, 0.1, (frames, 32, 3)).astype(np.float32) + np.array([0, 0, 1.0], np.float32)
+        if layout == "coco":  # pelvis, thorax, spine: the means of these H36M joints
+            for j, parts in {0: [1, 4], 8: [11, 14], 7: [1, 4, 11, 14]}.items():
+                world[:, keep[j]] = world[:, keep[parts]].mean(1)
         pos3d[s] = {"Walking 1": world, "Directions": world[:4]}
         pos2d[s] = {}
         for action, w in pos3d[s].items():
@@ -734,12 +740,16 @@ def write_h36m(folder, frames=6, evil=False):
             for c in range(4):
                 q, t = np.array(extrinsics[s][c][:4]), np.array(extrinsics[s][c][4:]) / 1000
                 xc = (w[:, P.H36M_KEEP] - t) @ P.quat_to_matrix(q)
-                views.append(naive_h36m_project(xc, np.tile(intrinsics[c], (len(w), 1)),
-                                                np.tile(P.H36M_DISTORTION[c], (len(w), 1))).astype(np.float32))
+                kp = naive_h36m_project(xc, np.tile(intrinsics[c], (len(w), 1)),
+                                        np.tile(P.H36M_DISTORTION[c], (len(w), 1))).astype(np.float32)
+                if layout == "coco":  # COCO joint k sits at the H36M joint listed k-th (eyes, ears: the head)
+                    kp = kp[:, [9, 10, 10, 10, 10, 11, 14, 12, 15, 13, 16, 4, 1, 5, 2, 6, 3]]
+                views.append(kp)
             pos2d[s][action] = views
     np.savez(os.path.join(folder, "data_3d_h36m.npz"), positions_3d=pos3d)
-    np.savez(os.path.join(folder, "data_2d_h36m_gt.npz"), positions_2d=pos2d,
-             metadata={"layout_name": "h36m", "num_joints": 17})
+    np.savez(os.path.join(folder, "data_2d_h36m_gt.npz" if layout == "h36m" else
+                          "data_2d_h36m_detectron_pt_coco.npz"), positions_2d=pos2d,
+             metadata={"layout_name": layout, "num_joints": 17})
     if evil:  # a pickle that would run code if loaded naively
         class Evil:
             def __reduce__(self):
@@ -763,6 +773,27 @@ def test_h36m_loader_standard_split_and_cameras(tmp_path):
     xy = P.distort(torch.tensor(tr["y3d"][..., :2] / tr["y3d"][..., 2:]), torch.tensor(tr["dist"])).numpy()
     np.testing.assert_allclose(xy * tr["cam"][:, None, :2] + tr["cam"][:, None, 2:], tr["x2d"], rtol=1e-4, atol=1e-2)
     assert np.abs(B.project_np(tr["y3d"], tr["cam"]) - tr["x2d"]).max() > 1.0   # a pinhole would miss
+
+
+def test_h36m_loader_maps_coco_layout_2d_by_its_metadata(tmp_path):
+    """VideoPose3D's detectron_pt_coco 2D is in COCO order (metadata layout_name 'coco'): it is mapped
+    to H36M-17 and then fits the 3D; an unknown layout (the MPII-16 hourglass files) is a clear error."""
+    write_h36m(tmp_path)
+    ref = P.load_h36m(str(tmp_path), "gt")[0]["train"]
+    write_h36m(tmp_path, layout="coco")
+    tr = P.load_h36m(str(tmp_path), "detectron_pt_coco")[0]["train"]
+    assert tr["x2d"].shape == ref["x2d"].shape
+    single = [1, 2, 3, 4, 5, 6, 9, 11, 12, 13, 14, 15, 16]      # joints with one COCO counterpart
+    xy = P.distort(torch.tensor(tr["y3d"][..., :2] / tr["y3d"][..., 2:]), torch.tensor(tr["dist"])).numpy()
+    px = xy * tr["cam"][:, None, :2] + tr["cam"][:, None, 2:]
+    np.testing.assert_allclose(tr["x2d"][:, single], px[:, single], atol=1e-2)
+    np.testing.assert_allclose(tr["x2d"][:, 0], tr["x2d"][:, [1, 4]].mean(1), atol=1e-3)   # pelvis: the hips
+    assert np.abs(tr["x2d"][:, 0] - px[:, 0]).max() < 2.0     # the mean of projections ~ the projected mean
+    z = dict(np.load(tmp_path / "data_2d_h36m_detectron_pt_coco.npz", allow_pickle=True))
+    np.savez(tmp_path / "data_2d_h36m_sh_pt_mpii.npz", positions_2d=z["positions_2d"],
+             metadata={"layout_name": "mpii", "num_joints": 16})
+    with pytest.raises(P.InputError, match=r"sh_pt_mpii.npz: metadata .*'mpii'.*16.*expected 17 keypoints"):
+        P.load_h36m(str(tmp_path), "sh_pt_mpii")
 
 
 def test_h36m_loader_refuses_code_in_pickles(tmp_path):
