@@ -628,7 +628,7 @@ def test_paired_term_weighs_the_labelled_share_beside_the_unpaired_terms(monkeyp
           "y3d": pc.astype(np.float32), "action": np.array(["a"] * 40)}
     data = {"train": tr, "memory": pc.astype(np.float32), "memory_src": "m", "elevation": (-10, 40)}
     seen = []
-    monkeypatch.setattr(common, "optimiser_step", lambda opt, loss, *a: seen.append(float(loss)))
+    monkeypatch.setattr(common, "optimiser_step", lambda opt, loss, *a: seen.append(float(loss.detach())))
     for flags, weight in ((["--paired-frac", "0.25"], 10 / 40),
                           (["--paired-frac", "0.25", "--lambda-rec", "0", "--lambda-adv", "0"], 1.0)):
         args = P.get_args(["--batch-size", "8", *flags])
