@@ -74,7 +74,7 @@ H36M_CAMERAS = np.array("""
 H36M_INTRINSICS = H36M_CAMERAS[:16].reshape(4, 4)                                  # (camera, fx fy cx cy)
 H36M_DISTORTION = H36M_CAMERAS[16:36].reshape(4, 5)                          # (camera, k1 k2 k3 p1 p2)
 H36M_EXTRINSICS = dict(zip(H36M_TRAIN + H36M_TEST, H36M_CAMERAS[36:].reshape(7, 4, 7)))  # (camera, q t)
-NPZ_LAYOUT = ("poses_2d (N,17,2) pixels, camera (4,) or (N,4) = fx fy cx cy; optional distortion (5,) or "
+NPZ_LAYOUT = ("poses_2d (N,17,2) pixels (or (N,17,3) x, y, confidence: 0 = missing), camera (4,) or (N,4) = fx fy cx cy; optional distortion (5,) or "
               "(N,5) = k1 k2 k3 p1 p2 (VideoPose3D's lens model), poses_3d (N,17,3) metres in camera "
               "coordinates, subject/action (N,) strings; H36M-17 joint order")
 MEMORY_LAYOUT = "an npz with poses_3d (N,17,3) metres, H36M-17 order (BVH -> npz: tools/bvh_to_memory.py)"
@@ -128,6 +128,8 @@ def get_args(argv=None):
 # coordinates or None; "action": (N,) str}, plus the memory (M,17,3) of 3D poses in any world frame.
 def make_split(path, x2d, cam, y3d=None, action=None, what=NPZ_LAYOUT, dist=None):
     """Every loader's arrays, checked: shapes, one N, finite positive focal lengths, NaN (not inf) = a gap."""
+    if x2d.dtype.kind in "fiu" and x2d.shape[1:] == (NJ, 3):  # a detector's x, y, confidence: 0 = missing
+        x2d = np.where(x2d[..., 2:] > 0, x2d[..., :2], np.nan)
     common.check_array(np.nan_to_num(x2d) if x2d.dtype.kind == "f" else x2d, path, "poses_2d", (None, NJ, 2),
                        what)                                                   # the shape (NaN, inf: below)
     x2d, n = np.ascontiguousarray(x2d, np.float32), len(x2d)

@@ -569,6 +569,12 @@ def test_generic_npz_loader_and_errors(tmp_path):
     write_generic_npz(bad, poses_2d=np.zeros((len(d["camera"]), 16, 2), np.float32))
     with pytest.raises(InputError, match=r"bad.npz.*poses_2d.*\(N, 17, 2\)"):
         P.load_pose_npz(str(bad))
+    conf = np.ones(d["poses_2d"].shape[:2] + (1,), np.float32)
+    conf[2, [5, 9]] = 0                                                   # a detector missed 2 joints
+    write_generic_npz(bad, poses_2d=np.concatenate([d["poses_2d"], conf], -1))
+    x2d = P.load_pose_npz(str(bad))[0]["x2d"]                             # (N,17,2), missed joints NaN
+    assert np.isnan(x2d).sum() == 4 and np.isnan(x2d[2, [5, 9]]).all()
+    np.testing.assert_array_equal(np.nan_to_num(x2d), np.where(conf > 0, d["poses_2d"], 0))
     nan = d["poses_2d"].copy()
     nan[3] = np.nan
     write_generic_npz(bad, poses_2d=nan)
