@@ -74,9 +74,10 @@ H36M_CAMERAS = np.array("""
 H36M_INTRINSICS = H36M_CAMERAS[:16].reshape(4, 4)                                  # (camera, fx fy cx cy)
 H36M_DISTORTION = H36M_CAMERAS[16:36].reshape(4, 5)                          # (camera, k1 k2 k3 p1 p2)
 H36M_EXTRINSICS = dict(zip(H36M_TRAIN + H36M_TEST, H36M_CAMERAS[36:].reshape(7, 4, 7)))  # (camera, q t)
-NPZ_LAYOUT = ("poses_2d (N,17,2) pixels (or (N,17,3) x, y, confidence: 0 = missing), camera (4,) or (N,4) = fx fy cx cy; optional distortion (5,) or "
+NPZ_LAYOUT = ("poses_2d (N,17,2) pixels (or (N,17,3) x, y, confidence: 0 = missing) in H36M-17 order, or "
+              "COCO-17 with layout 'coco', camera (4,) or (N,4) = fx fy cx cy; optional distortion (5,) or "
               "(N,5) = k1 k2 k3 p1 p2 (VideoPose3D's lens model), poses_3d (N,17,3) metres in camera "
-              "coordinates, subject/action (N,) strings; H36M-17 joint order")
+              "coordinates (H36M-17), subject/action (N,) strings")
 MEMORY_LAYOUT = "an npz with poses_3d (N,17,3) metres, H36M-17 order (BVH -> npz: tools/bvh_to_memory.py)"
 
 
@@ -111,8 +112,8 @@ def get_args(argv=None):
                    "(default: Human3.6M's training cameras' range for Human3.6M data, else -10 40)")
     p.add_argument("--hidden", type=int, default=512, help="width of G's residual MLP (default: 512)")
     p.add_argument("--blocks", type=int, default=2, help="residual blocks in G (default: 2)")
-    p.add_argument("--keypoint-order", choices=["h36m", "coco"], help="joint order of --predict input "
-                   "(default: the file's 'layout', else h36m)")
+    p.add_argument("--keypoint-order", choices=["h36m", "coco"], help="joint order of the 2D in --data npz "
+                   "files and --predict input (default: the file's 'layout', else h36m; Human3.6M: its metadata)")
     args = p.parse_args(argv)
     common.check_args(args, nonneg_ints=("blocks",), positive_ints=("hidden",))
     lo, hi = args.elevation or (0, 0)
@@ -128,8 +129,6 @@ def get_args(argv=None):
 # coordinates or None; "action": (N,) str}, plus the memory (M,17,3) of 3D poses in any world frame.
 def make_split(path, x2d, cam, y3d=None, action=None, what=NPZ_LAYOUT, dist=None):
     """Every loader's arrays, checked: shapes, one N, finite positive focal lengths, NaN (not inf) = a gap."""
-    if x2d.dtype.kind in "fiu" and x2d.shape[1:] == (NJ, 3):  # a detector's x, y, confidence: 0 = missing
-        x2d = np.where(x2d[..., 2:] > 0, x2d[..., :2], np.nan)
     common.check_array(np.nan_to_num(x2d) if x2d.dtype.kind == "f" else x2d, path, "poses_2d", (None, NJ, 2),
                        what)                                                   # the shape (NaN, inf: below)
     x2d, n = np.ascontiguousarray(x2d, np.float32), len(x2d)
@@ -199,11 +198,11 @@ def check_projection(path, key, x2d, cam, dist, y3d, most=20000):
                          f"frames in H36M-17 order (world coordinates, another joint order, x/y swapped or "
                          f"frames misaligned?)")
 
-def load_pose_npz(path):
+def load_pose_npz(path, order=None):
     """Generic npz (see NPZ_LAYOUT) -> (split, subject array or None)."""
     z = common.load_npz(path, ["poses_2d", "camera"], NPZ_LAYOUT)
-    split = make_split(path, z["poses_2d"], z["camera"], z.get("poses_3d"), z.get("action"),
-                       dist=z.get("distortion"))
+    split = make_split(path, to_h36m(z["poses_2d"], layout_of(z, order, path, NPZ_LAYOUT)), z["camera"],
+                       z.get("poses_3d"), z.get("action"), dist=z.get("distortion"))
     subject = z["subject"].astype(str) if "subject" in z else None
     if subject is not None and subject.shape != (len(split["x2d"]),):
         raise InputError(f"{path}: 'subject' has shape {subject.shape}; expected (N,) strings ({NPZ_LAYOUT})")
@@ -284,9 +283,21 @@ def keypoint_layout(path):
         raise InputError(f"{path}: metadata {found}; expected 17 keypoints with layout_name 'h36m' or 'coco'")
     return layout
 
-def coco_to_h36m(kp):
-    """(N,17,2) COCO-17 keypoints -> (N,17,2) H36M-17: each joint the mean of its COCO joints."""
-    return np.stack([kp[:, idx].mean(1) for idx in COCO_TO_H36M], 1)
+def layout_of(z, order, path, what):
+    """The joint order of a file's 2D keypoints: --keypoint-order, else its 'layout', else h36m."""
+    if (layout := order or str(z.get("layout", "h36m")).lower()) not in ("h36m", "coco"):
+        raise InputError(f"{path}: 'layout' is {layout!r}; expected 'h36m' or 'coco' ({what})")
+    return layout
+
+def to_h36m(kp, layout="h36m"):
+    """2D keypoints (N,17,2), or (N,17,3) with a detector's confidence (0: missing), in H36M-17 or COCO-17
+    order -> (N,17,2) H36M-17, NaN = missing (a COCO-mapped joint is missing if one of its joints is).
+    Other shapes pass unchanged, for make_split to name."""
+    if kp.dtype.kind in "fiu" and kp.shape[1:] == (NJ, 3):
+        kp = np.where(kp[..., 2:] > 0, kp[..., :2], np.nan)
+    if layout == "coco" and kp.shape[1:] == (NJ, 2):  # each H36M joint: the mean of its COCO joints
+        kp = np.stack([kp[:, idx].mean(1) for idx in COCO_TO_H36M], 1)
+    return kp
 
 def as_numbers(value, path, key, what, dtype=np.float64):
     """A value read from a file as a numeric array; ragged lists or non-numbers are an InputError."""
@@ -334,7 +345,7 @@ def load_h36m(folder, keypoints):
                     if kp.ndim != 3 or kp.shape[1] != NJ or kp.shape[2] < 2:
                         raise InputError(f"{p2}: {s}/{action} camera {c} has shape {kp.shape}; expected "
                                          f"(N, 17, 2) in its metadata's layout, {layout}")
-                    kp = coco_to_h36m(kp[..., :2]) if layout == "coco" else kp      # (N,17,2) H36M-17
+                    kp = to_h36m(kp[..., :2], layout)                               # (N,17,2) H36M-17
                     if len(kp) < len(world):
                         raise InputError(f"{p2}: {s}/{action} camera {c} has {len(kp)} frames of 2D, fewer than "
                                          f"the {len(world)} of its 3D in {p3}; expected at least as many")
@@ -378,12 +389,12 @@ def load_data(args, dist):
         if not all(os.path.exists(os.path.join(path, f"{r}.npz")) for r in ("train", "test")):
             raise InputError(f"{path}: expected train.npz and test.npz (and optional val.npz, memory.npz) in "
                              f"the generic layout, or Human3.6M's data_3d_h36m.npz + data_2d_h36m_<src>.npz")
-        splits = {r: load_pose_npz(os.path.join(path, f"{r}.npz"))[0] for r in ("train", "test")}
+        splits = {r: load_pose_npz(os.path.join(path, f"{r}.npz"), args.keypoint_order)[0] for r in ("train", "test")}
         val, memory_src = os.path.join(path, "val.npz"), os.path.join(path, "memory.npz")
-        splits["val"] = load_pose_npz(val)[0] if os.path.exists(val) else None
+        splits["val"] = load_pose_npz(val, args.keypoint_order)[0] if os.path.exists(val) else None
         memory = load_memory(memory_src) if os.path.exists(memory_src) else None
     else:  # one npz: hold out the last ~20% of subjects (or of frames) as the test split
-        split, subj = load_pose_npz(path)
+        split, subj = load_pose_npz(path, args.keypoint_order)
         names = sorted(set(subj)) if subj is not None else []
         test = (np.isin(subj, names[-max(1, round(0.2 * len(names))):]) if len(names) >= 2
                 else np.arange(len(split["x2d"])) >= int(0.8 * len(split["x2d"])))
@@ -808,10 +819,7 @@ def load_keypoints(path, order):
     kp = kp[None] if kp.ndim == 2 else kp                                                  # (N,17,2|3)
     if kp.ndim != 3 or kp.shape[1] != NJ or kp.shape[2] not in (2, 3):
         raise InputError(f"{path}: keypoints have shape {kp.shape}; expected {KEYPOINTS_LAYOUT}")
-    kp = np.where(kp[..., 2:] > 0, kp[..., :2], np.nan) if kp.shape[2] == 3 else kp   # confidence 0: missing
-    if (order := order or str(z.get("layout", "h36m")).lower()) not in ("h36m", "coco"):
-        raise InputError(f"{path}: 'layout' is {order!r}; expected 'h36m' or 'coco' ({KEYPOINTS_LAYOUT})")
-    kp = coco_to_h36m(kp) if order == "coco" else kp
+    kp = to_h36m(kp, layout_of(z, order, path, KEYPOINTS_LAYOUT))                  # (N,17,2) H36M-17
     key = "camera" if "camera" in z else "image_size"
     cam = as_numbers(z[key], path, f"'{key}'", KEYPOINTS_LAYOUT)
     if key == "image_size":  # f = max(w, h), the principal point in the middle

@@ -601,6 +601,26 @@ def test_generic_npz_loader_and_errors(tmp_path):
         P.load_pose_npz(str(tmp_path / "missing.npz"))
 
 
+def test_generic_npz_reads_coco_order_2d_by_its_layout_or_the_flag(tmp_path):
+    """A detector's COCO-17 2D (+ confidence) beside H36M-17 3D: mapped to H36M-17 by 'layout' or
+    --keypoint-order; the single-joint mappings land on the true projections, the 3D check passes."""
+    d = write_generic_npz(tmp_path / "h36m.npz")
+    coco = np.concatenate([d["poses_2d"][:, H36M_AT_COCO], np.ones((len(d["camera"]), 17, 1), np.float32)], -1)
+    coco[0, 9, 2] = 0                                                         # a missed left wrist
+    write_generic_npz(tmp_path / "coco.npz", poses_2d=coco, layout=np.array("coco"))
+    write_generic_npz(tmp_path / "flag.npz", poses_2d=coco)
+    single = [1, 2, 3, 4, 5, 6, 9, 11, 12, 13, 14, 15, 16]
+    for x2d in (P.load_pose_npz(str(tmp_path / "coco.npz"))[0]["x2d"],
+                P.load_pose_npz(str(tmp_path / "flag.npz"), "coco")[0]["x2d"]):
+        np.testing.assert_allclose(x2d[1:, single], d["poses_2d"][1:, single], atol=1e-3)
+        assert np.isnan(x2d[0, 13]).all() and np.isfinite(x2d[0, single[:-4]]).all()
+    with pytest.raises(InputError, match="does not project onto poses_2d"):        # COCO read as H36M
+        P.load_pose_npz(str(tmp_path / "flag.npz"))
+    write_generic_npz(tmp_path / "mpii.npz", layout=np.array("mpii"))
+    with pytest.raises(InputError, match=r"mpii.npz: 'layout' is 'mpii'; expected 'h36m' or 'coco'"):
+        P.load_pose_npz(str(tmp_path / "mpii.npz"))
+
+
 def test_paired_actions_pair_the_first_frames_of_those_actions_only():
     """--paired-actions b c --paired-frac 0.5: the paired rows are the first half (rounded) of the frames of
     actions b and c, in file order, and each drawn paired 2D row comes with its own frame's 3D target; without
@@ -726,6 +746,10 @@ def test_a_diverging_run_stops_with_one_clear_error_and_no_checkpoint(tmp_path):
     assert not (tmp_path / "o" / "ckpt.pt").exists()
 
 
+H36M_AT_COCO = [9, 10, 10, 10, 10, 11, 14, 12, 15, 13, 16, 4, 1, 5, 2, 6, 3]  # COCO joint k: this H36M joint's
+# position (eyes, ears: the head), to write COCO-17 fixtures from H36M-17 2D
+
+
 def write_h36m(folder, frames=6, evil=False, layout="h36m"):
     """VideoPose3D layout: pickled dicts in npz; 2D made consistent with the 3D and the cameras. With
     layout="coco" the 2D is a COCO-17 detector's (data_2d_h36m_detectron_pt_coco.npz): the 3D's pelvis,
@@ -748,8 +772,7 @@ def write_h36m(folder, frames=6, evil=False, layout="h36m"):
                 xc = (w[:, P.H36M_KEEP] - t) @ P.quat_to_matrix(q)
                 kp = naive_h36m_project(xc, np.tile(intrinsics[c], (len(w), 1)),
                                         np.tile(P.H36M_DISTORTION[c], (len(w), 1))).astype(np.float32)
-                if layout == "coco":  # COCO joint k sits at the H36M joint listed k-th (eyes, ears: the head)
-                    kp = kp[:, [9, 10, 10, 10, 10, 11, 14, 12, 15, 13, 16, 4, 1, 5, 2, 6, 3]]
+                kp = kp[:, H36M_AT_COCO] if layout == "coco" else kp
                 views.append(kp)
             pos2d[s][action] = views
     np.savez(os.path.join(folder, "data_3d_h36m.npz"), positions_3d=pos3d)
