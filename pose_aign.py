@@ -389,7 +389,8 @@ def load_data(args, dist):
         if not all(os.path.exists(os.path.join(path, f"{r}.npz")) for r in ("train", "test")):
             raise InputError(f"{path}: expected train.npz and test.npz (and optional val.npz, memory.npz) in "
                              f"the generic layout, or Human3.6M's data_3d_h36m.npz + data_2d_h36m_<src>.npz")
-        splits = {r: load_pose_npz(os.path.join(path, f"{r}.npz"), args.keypoint_order)[0] for r in ("train", "test")}
+        splits = {r: load_pose_npz(os.path.join(path, f"{r}.npz"), args.keypoint_order)[0]
+                  for r in ("train", "test")}
         val, memory_src = os.path.join(path, "val.npz"), os.path.join(path, "memory.npz")
         splits["val"] = load_pose_npz(val, args.keypoint_order)[0] if os.path.exists(val) else None
         memory = load_memory(memory_src) if os.path.exists(memory_src) else None
