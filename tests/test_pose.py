@@ -25,6 +25,10 @@ from conftest import ROOT, one_line_error, run_cli, standalone_copy
 torch.set_num_threads(1)
 
 
+H36M_AT_COCO = [9, 10, 10, 10, 10, 11, 14, 12, 15, 13, 16, 4, 1, 5, 2, 6, 3]  # COCO joint k: this H36M joint's
+# position (eyes, ears: the head), to write COCO-17 fixtures from H36M-17 2D
+
+
 def random_poses(n, seed=0):
     """Plausible root-relative poses from the built-in generator, in a camera frame, metres."""
     rng = np.random.default_rng(seed)
@@ -545,6 +549,39 @@ def test_bvh_to_memory_cli_writes_a_memory_the_script_reads(tmp_path):
                    "c.bvh", "lacks joints")
 
 
+def test_videopose3d_custom_videos_convert_to_an_npz_the_script_lifts_and_trains_on(tmp_path):
+    """tools/videopose3d_to_npz.py: VideoPose3D's data_2d_custom_*.npz (its Detectron2 in-the-wild 2D,
+    pickled dicts) -> a generic npz in COCO order, a camera per video from its size; --predict lifts it,
+    a run trains on it with a memory (no 3D: no metrics); a broken file is one clear error."""
+    d = write_generic_npz(tmp_path / "h36m.npz", n=36)
+    coco = d["poses_2d"][:, H36M_AT_COCO]                                        # (N,17,2) COCO-17
+    pos = {"clip_b": {"custom": [coco[:10]]}, "clip_a": {"custom": [coco[10:]]}}
+    meta = {"layout_name": "coco", "num_joints": 17, "keypoints_symmetry": [[1, 3], [2, 4]],
+            "video_metadata": {"clip_a": {"w": 1920, "h": 1080}, "clip_b": {"w": 1000, "h": 1000}}}
+    np.savez(tmp_path / "custom.npz", positions_2d=pos, metadata=meta)
+    run_cli("tools/videopose3d_to_npz.py", tmp_path / "custom.npz", "--out", tmp_path / "mine.npz")
+    z = np.load(tmp_path / "mine.npz")                                           # plain arrays only
+    assert z["subject"].tolist() == ["clip_a"] * (len(coco) - 10) + ["clip_b"] * 10 and str(z["layout"]) == "coco"
+    np.testing.assert_array_equal(z["poses_2d"], np.concatenate([coco[10:], coco[:10]]))
+    np.testing.assert_array_equal(z["camera"][[0, -1]], [[1920, 1920, 960, 540], [1000, 1000, 500, 500]])
+    x2d = P.load_keypoints(str(tmp_path / "mine.npz"), None)["x2d"]             # H36M-17 again
+    single = [1, 2, 3, 4, 5, 6, 9, 11, 12, 13, 14, 15, 16]
+    np.testing.assert_allclose(x2d[:, single], np.concatenate([d["poses_2d"][10:], d["poses_2d"][:10]])[:, single])
+    write_mem(tmp_path / "mem.npz")
+    out = tmp_path / "run"
+    run_cli("pose_aign.py", *TINY, "--batch-size", "8", "--steps", "2", "--data", tmp_path / "mine.npz",
+            "--memory", tmp_path / "mem.npz", "--out", out)
+    res = json.loads((out / "results.json").read_text())
+    assert res["steps"] == 2 and "mpjpe" not in res
+    run_cli("pose_aign.py", "--predict", tmp_path / "mine.npz", "--resume", out / "ckpt.pt", "--device", "cpu",
+            "--out", tmp_path / "pred")
+    assert np.load(tmp_path / "pred" / "predictions.npz")["poses_3d"].shape == (len(coco), 17, 3)
+    del meta["video_metadata"]["clip_b"]
+    np.savez(tmp_path / "custom.npz", positions_2d=pos, metadata=meta)
+    one_line_error(run_cli("tools/videopose3d_to_npz.py", tmp_path / "custom.npz", "--out", tmp_path / "x.npz",
+                           check=False), "custom.npz", "video 'clip_b'", "video_metadata")
+
+
 def test_builtin_builder_does_not_import_the_script():
     code = "import sys; sys.path.insert(0, 'tools'); import pose_builtin; assert 'pose_aign' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
@@ -744,10 +781,6 @@ def test_a_diverging_run_stops_with_one_clear_error_and_no_checkpoint(tmp_path):
                    "--memory", tmp_path / "mem.npz", "--lr", "1e30", "--out", tmp_path / "o", check=False)
     one_line_error(proc, "training diverged by step 2", "NaN/inf")
     assert not (tmp_path / "o" / "ckpt.pt").exists()
-
-
-H36M_AT_COCO = [9, 10, 10, 10, 10, 11, 14, 12, 15, 13, 16, 4, 1, 5, 2, 6, 3]  # COCO joint k: this H36M joint's
-# position (eyes, ears: the head), to write COCO-17 fixtures from H36M-17 2D
 
 
 def write_h36m(folder, frames=6, evil=False, layout="h36m"):
