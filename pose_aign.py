@@ -75,9 +75,10 @@ H36M_INTRINSICS = H36M_CAMERAS[:16].reshape(4, 4)                               
 H36M_DISTORTION = H36M_CAMERAS[16:36].reshape(4, 5)                          # (camera, k1 k2 k3 p1 p2)
 H36M_EXTRINSICS = dict(zip(H36M_TRAIN + H36M_TEST, H36M_CAMERAS[36:].reshape(7, 4, 7)))  # (camera, q t)
 NPZ_LAYOUT = ("poses_2d (N,17,2) pixels (or (N,17,3) x, y, confidence: 0 = missing) in H36M-17 order, or "
-              "COCO-17 with layout 'coco', camera (4,) or (N,4) = fx fy cx cy; optional distortion (5,) or "
-              "(N,5) = k1 k2 k3 p1 p2 (VideoPose3D's lens model), poses_3d (N,17,3) metres in camera "
-              "coordinates (H36M-17), subject/action (N,) strings")
+              "COCO-17 with layout 'coco'; camera (4,) or (N,4) = fx fy cx cy (or K (3,3), (N,3,3); or image_size "
+              "w h); optional distortion (5,) or (N,5) = k1 k2 k3 p1 p2 (VideoPose3D's lens model; in OpenCV's "
+              "order: dist_coeffs k1 k2 p1 p2 [k3]); poses_3d (N,17,3) metres in camera coordinates (H36M-17); "
+              "subject/action (N,) strings")
 MEMORY_LAYOUT = "an npz with poses_3d (N,17,3) metres, H36M-17 order (BVH -> npz: tools/bvh_to_memory.py)"
 
 
@@ -200,9 +201,10 @@ def check_projection(path, key, x2d, cam, dist, y3d, most=20000):
 
 def load_pose_npz(path, order=None):
     """Generic npz (see NPZ_LAYOUT) -> (split, subject array or None)."""
-    z = common.load_npz(path, ["poses_2d", "camera"], NPZ_LAYOUT)
-    split = make_split(path, to_h36m(z["poses_2d"], layout_of(z, order, path, NPZ_LAYOUT)), z["camera"],
-                       z.get("poses_3d"), z.get("action"), dist=z.get("distortion"))
+    z = common.load_npz(path, ["poses_2d"], NPZ_LAYOUT)
+    cam, lens = camera_of(z, path, NPZ_LAYOUT)
+    split = make_split(path, to_h36m(z["poses_2d"], layout_of(z, order, path, NPZ_LAYOUT)), cam,
+                       z.get("poses_3d"), z.get("action"), dist=lens)
     subject = z["subject"].astype(str) if "subject" in z else None
     if subject is not None and subject.shape != (len(split["x2d"]),):
         raise InputError(f"{path}: 'subject' has shape {subject.shape}; expected (N,) strings ({NPZ_LAYOUT})")
@@ -282,6 +284,33 @@ def keypoint_layout(path):
         found = {k: meta.get(k) for k in ("layout_name", "num_joints")} if isinstance(meta, dict) else meta
         raise InputError(f"{path}: metadata {found}; expected 17 keypoints with layout_name 'h36m' or 'coco'")
     return layout
+
+def camera_of(z, path, what):
+    """A file's camera -> (cam (4,)|(N,4) fx fy cx cy, lens (5,)|(N,5) k1 k2 k3 p1 p2 or None). 'camera' is fx fy
+    cx cy or OpenCV's K (3,3)|(N,3,3), else 'image_size' (w, h) gives f = max(w, h) at the middle; the lens is
+    'distortion' (VideoPose3D's order) or OpenCV's 'dist_coeffs' k1 k2 p1 p2 [k3], reordered."""
+    if "camera" not in z and "image_size" not in z:
+        raise InputError(f"{path}: no 'camera' or 'image_size'; found {sorted(z)} (expected {what})")
+    cam = as_numbers(z.get("camera", z.get("image_size")), path, "the camera", what)
+    if "camera" not in z:
+        w, h = common.check_array(cam, path, "image_size", (2,), what)
+        if not (w > 0 and h > 0):
+            raise InputError(f"{path}: 'image_size' is {w:g} x {h:g}; expected a positive width and height")
+        cam = np.array([max(w, h), max(w, h), w / 2, h / 2])
+    elif cam.shape[-2:] == (3, 3):  # K = [[fx, 0, cx], [0, fy, cy], [0, 0, 1]]
+        if not (np.abs(cam[..., [0, 1, 2, 2], [1, 0, 0, 1]]).max() < 1e-3 and np.allclose(cam[..., 2, 2], 1)):
+            raise InputError(f"{path}: 'camera' as K must be [[fx, 0, cx], [0, fy, cy], [0, 0, 1]] (no skew); "
+                             f"found {cam.reshape(-1, 9)[0].round(4).tolist()}")
+        cam = cam[..., [0, 1, 0, 1], [0, 1, 2, 2]]
+    lens = z.get("distortion")
+    if "dist_coeffs" in z:
+        d = as_numbers(z["dist_coeffs"], path, "'dist_coeffs'", what)
+        if lens is not None or d.ndim not in (1, 2) or d.shape[-1] < 4 or np.abs(d[..., 5:]).max(initial=0) > 0:
+            raise InputError(f"{path}: 'dist_coeffs' has shape {d.shape}{' beside distortion' * (lens is not None)}; "
+                             f"expected OpenCV's k1 k2 p1 p2 [k3] (4 or 5 values, (N,4|5)), or 'distortion' alone")
+        d = np.concatenate([d[..., :5], np.zeros(d.shape[:-1] + (max(0, 5 - d.shape[-1]),))], -1)
+        lens = d[..., [0, 1, 4, 2, 3]]                                            # -> k1 k2 k3 p1 p2
+    return cam, lens
 
 def layout_of(z, order, path, what):
     """The joint order of a file's 2D keypoints: --keypoint-order, else its 'layout', else h36m."""
@@ -807,7 +836,8 @@ def train(args, dist, data, nets, opts, state, run_dir):
 # ----------------------------------------------------------------------------------------------
 # Prediction
 KEYPOINTS_LAYOUT = ("'keypoints' (N,17,2 or 3) pixels in H36M-17 or COCO-17 order, plus 'camera' "
-                    "(fx, fy, cx, cy) or 'image_size' (w, h), optional 'distortion' (k1 k2 k3 p1 p2)")
+                    "(fx, fy, cx, cy, or K) or 'image_size' (w, h), optional 'distortion' (k1 k2 k3 p1 p2) or "
+                    "OpenCV's 'dist_coeffs' (k1 k2 p1 p2 [k3])")
 
 def load_keypoints(path, order):
     """--predict FILE, npz or JSON (KEYPOINTS_LAYOUT) -> a split without 3D."""
@@ -821,14 +851,8 @@ def load_keypoints(path, order):
     if kp.ndim != 3 or kp.shape[1] != NJ or kp.shape[2] not in (2, 3):
         raise InputError(f"{path}: keypoints have shape {kp.shape}; expected {KEYPOINTS_LAYOUT}")
     kp = to_h36m(kp, layout_of(z, order, path, KEYPOINTS_LAYOUT))                  # (N,17,2) H36M-17
-    key = "camera" if "camera" in z else "image_size"
-    cam = as_numbers(z[key], path, f"'{key}'", KEYPOINTS_LAYOUT)
-    if key == "image_size":  # f = max(w, h), the principal point in the middle
-        w, h = common.check_array(cam, path, key, (2,), KEYPOINTS_LAYOUT)
-        if not (w > 0 and h > 0):
-            raise InputError(f"{path}: 'image_size' is {w:g} x {h:g}; expected a positive width and height")
-        cam = np.array([max(w, h), max(w, h), w / 2, h / 2], np.float32)
-    return make_split(path, kp, cam, what=KEYPOINTS_LAYOUT, dist=z.get("distortion"))
+    cam, lens = camera_of(z, path, KEYPOINTS_LAYOUT)
+    return make_split(path, kp, cam, what=KEYPOINTS_LAYOUT, dist=lens)
 
 def run_predict(args, dist, G, run_dir):
     """Lift --predict's keypoints: predictions.npz/.json (camera-frame poses) and predictions.png."""

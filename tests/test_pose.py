@@ -658,6 +658,33 @@ def test_generic_npz_reads_coco_order_2d_by_its_layout_or_the_flag(tmp_path):
         P.load_pose_npz(str(tmp_path / "mpii.npz"))
 
 
+def test_generic_npz_takes_opencv_cameras_k_and_dist_coeffs_and_image_size(tmp_path):
+    """OpenCV's K (3,3)/(N,3,3) and dist_coeffs (k1 k2 p1 p2 [k3 ...]) load as the same camera and lens as
+    fx fy cx cy and VideoPose3D's k1 k2 k3 p1 p2; image_size gives f = max(w, h) at the middle; a skewed K,
+    or both lens keys at once, are one clear error."""
+    d = write_generic_npz(tmp_path / "ref.npz", distortion=np.float32([0.02, -0.01, 0.003, 0.001, -0.002]))
+    ref = P.load_pose_npz(str(tmp_path / "ref.npz"))[0]
+    (fx, fy, cx, cy), o, i = d["camera"].T, np.zeros(len(d["camera"])), np.ones(len(d["camera"]))
+    K = np.stack([fx, o, cx, o, fy, cy, o, o, i], 1).reshape(-1, 3, 3)               # (N,3,3)
+    for coeffs in ([0.02, -0.01, 0.001, -0.002, 0.003], [0.02, -0.01, 0.001, -0.002, 0.003, 0, 0, 0]):
+        write_generic_npz(tmp_path / "cv.npz", camera=K, distortion=None, dist_coeffs=np.float32(coeffs))
+        cv = P.load_pose_npz(str(tmp_path / "cv.npz"))[0]
+        np.testing.assert_allclose(cv["cam"], ref["cam"], rtol=1e-6)
+        np.testing.assert_allclose(cv["dist"], ref["dist"], rtol=1e-6)
+    (tmp_path / "k.json").write_text(json.dumps({"keypoints": d["poses_2d"][:1].tolist(), "camera": K[0].tolist()}))
+    np.testing.assert_allclose(P.load_keypoints(str(tmp_path / "k.json"), None)["cam"], ref["cam"][:1], rtol=1e-6)
+    skew = K.copy()
+    skew[:, 0, 1] = 0.5
+    for bad, needle in (({"camera": skew}, r"'camera' as K must be .*no skew"),
+                        ({"dist_coeffs": np.zeros(5)}, r"'dist_coeffs' has shape \(5,\) beside distortion"),
+                        ({"distortion": None, "dist_coeffs": np.zeros(3)}, r"'dist_coeffs' has shape \(3,\); ")):
+        write_generic_npz(tmp_path / "bad.npz", **{"distortion": d["distortion"], **bad})
+        with pytest.raises(InputError, match=needle):
+            P.load_pose_npz(str(tmp_path / "bad.npz"))
+    write_generic_npz(tmp_path / "size.npz", camera=None, poses_3d=None, image_size=np.array([1000, 800]))
+    np.testing.assert_allclose(P.load_pose_npz(str(tmp_path / "size.npz"))[0]["cam"][0], [1000, 1000, 500, 400])
+
+
 def test_paired_actions_pair_the_first_frames_of_those_actions_only():
     """--paired-actions b c --paired-frac 0.5: the paired rows are the first half (rounded) of the frames of
     actions b and c, in file order, and each drawn paired 2D row comes with its own frame's 3D target; without
