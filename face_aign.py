@@ -11,6 +11,7 @@ DCGAN faces, 500 balanced test faces, 1 CPU thread; tools/face_bench.py; docs/fa
     averaged over ~10 steps, seeds 0-2, weakest seed +22.8 / +32.4). The CNN judges' A - B on true faces: +31
     gender, +12 age, +62 mouth. Chosen on validation faces. Default run, 1 thread: sr ~2.5, inpaint ~7 min."""
 import argparse
+import collections
 import copy
 import glob
 import importlib.util
@@ -41,7 +42,7 @@ BOXES = {"mouth": (0.66, 0.90, 0.30, 0.70), "nose": (0.46, 0.70, 0.38, 0.62)}
 # ----------------------------------------------------------------------------------------------
 # Args
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], exit_on_error=False)
     common.add_common_args(p, steps="400 sr, 800 inpaint", batch_size=32, lr=2e-4, eval_every=200)
     add = p.add_argument
     add("--task", choices=["sr", "inpaint"], default="sr", help="sr or inpaint (default: sr)")
@@ -77,7 +78,10 @@ def get_args(argv=None):
         "(default: auto = both on the built-in faces, cnn on labelled --data; each where its tools/ file is)")
     add("--judge-attr", default=None, help="attribute to judge (default: --bias, else -Male)")
     add("--judge-steps", type=int, default=1000, help="training steps of the CNN judge (default: 1000)")
-    args = p.parse_args(glue_negated(sys.argv[1:] if argv is None else argv, ("--bias", "--judge-attr")))
+    try:
+        args = p.parse_args(glue_negated(sys.argv[1:] if argv is None else argv, ("--bias", "--judge-attr")))
+    except argparse.ArgumentError as e:  # a wrong type or choice
+        raise InputError(str(e)) from None
     sr = args.task == "sr"  # the per-task defaults below were chosen on the validation faces (docs/face.md)
     args.steps = args.steps if args.steps is not None else 400 if sr else 800
     args.d_pool, args.d_region = args.d_pool or (2 if sr else 1), args.d_region or ("face" if sr else "both")
@@ -98,6 +102,14 @@ def get_args(argv=None):
         if bad:
             raise InputError(msg)
     return args
+
+def checked(args, path):
+    """The flag checks on the values --resume brought back (a damaged or edited checkpoint: one error)."""
+    try:
+        return get_args([f"--{k.replace('_', '-')}" + ("" if v is True else f"={v}")
+                         for k, v in vars(args).items() if v is not None and v is not False])
+    except InputError as e:
+        raise InputError(f"--resume {path}: a damaged or edited checkpoint ({e})") from None
 
 def glue_negated(argv, flags):
     """`--bias -Male` reads as two flags to argparse: glue a negated attribute to its flag."""
@@ -133,11 +145,17 @@ def to_square(img, size):
 
 def list_images(folder):
     if not os.path.isdir(folder):
-        raise InputError(f"{folder}: no such folder (expected a folder of RGB face images)")
+        raise InputError(f"{folder}: {'not a' if os.path.exists(folder) else 'no such'} folder (expected a "
+                         f"folder of RGB face images)")
     files = sorted(f for f in glob.glob(os.path.join(folder, "*")) if f.lower().endswith(IMAGE_EXT))
     if not files:
         raise InputError(f"{folder}: no images found (expected {'/'.join(IMAGE_EXT)} face images)")
     return files
+
+def celeba_path(root, name, *dirs):
+    """root/<dir>/name for the first dir where it exists (the official download: Anno/, Eval/, Img/)."""
+    paths = [os.path.join(root, d, name) for d in dirs]
+    return next((p for p in paths if os.path.exists(p)), paths[0])
 
 def load_images(files, size, what, show):
     return torch.stack([to_square(read_rgb(f), size)  # (N, 3, size, size) uint8
@@ -147,7 +165,7 @@ def read_rows(path, allowed, attrs=False):
     """A CelebA list: `filename v1 .. vn` rows with every v in `allowed`, after a count line and a line of
     n attribute names if `attrs` (else n = 1) -> (names, files, (N, n) str array), or an InputError."""
     what = "a count line, a line of attribute names, `file v1 .. vA` rows" if attrs else "`file p` rows"
-    lines = [ln.split() for ln in common.read_text(path, what).splitlines() if ln.strip()]
+    lines = [ln.split() for ln in common.read_text(path, what).lstrip("\ufeff").splitlines() if ln.strip()]
     if len(lines) < 1 + 2 * attrs:
         raise InputError(f"{path}: expected {what}")
     names, rows, n = (lines[1], lines[2:], len(lines[1])) if attrs else (None, lines, 1)
@@ -156,7 +174,10 @@ def read_rows(path, allowed, attrs=False):
     for i, r in enumerate(rows, 1 + 2 * attrs):
         if len(r) != n + 1 or any(v not in allowed for v in r[1:]):
             raise InputError(f"{path}:{i}: expected {what}, v in {{{', '.join(allowed)}}}; found {r[:4]}")
-    return names, [r[0] for r in rows], np.array([r[1:] for r in rows]).reshape(-1, n)
+    files, seen = [r[0] for r in rows], set()
+    if dup := next((f for f in files if f in seen or seen.add(f)), None):  # a face in two roles (test leaks)
+        raise InputError(f"{path}: {dup} has two rows (expected one row per image)")
+    return names, files, np.array([r[1:] for r in rows]).reshape(-1, n)
 
 def load_data(args, dist):
     """--data, or the built-in faces (built once into $AIGN_CACHE by tools/face_builtin.py)."""
@@ -174,7 +195,8 @@ def load_faces(args, root, show):
     labels exist), then generator inputs and memory (halves of what is left; a --memory folder: all of
     it inputs). Test and validation are balanced on the judged attribute."""
     rng, cut, attrs, partition, labelled = np.random.default_rng(0), args.max_images or None, None, None, {}
-    attr_file, part_file = (os.path.join(root, f"list_{f}.txt") for f in ("attr_celeba", "eval_partition"))
+    attr_file, part_file = (celeba_path(root, f"list_{f}.txt", "", d)
+                            for f, d in (("attr_celeba", "Anno"), ("eval_partition", "Eval")))
     if os.path.isfile(attr_file):  # CelebA layout (also the built-in data)
         names, files, vals = read_rows(attr_file, ("1", "-1"), attrs=True)  # a count, names, `file 1 -1 ..`
         files, attrs = files[:cut], torch.from_numpy(vals[:cut] == "1")
@@ -185,8 +207,10 @@ def load_faces(args, root, show):
                 raise InputError(f"{part_file}: no row for {len(missing)} image(s) of {attr_file}, e.g. "
                                  f"{missing[0]}; expected a `file p` row for each (0 train, 1 val, 2 test)")
             partition = np.array([part[fn] for fn in files])
-        paths = [os.path.join(root, "img_align_celeba", fn) for fn in files]  # missing: read_rgb's error
-        judged = args.judge in ("cnn", "both") or args.judge_attr.lstrip("-") in names
+        img_dir = os.path.dirname(celeba_path(root, os.path.join("img_align_celeba", files[0]), "", "Img",
+                                              "img_align_celeba"))  # flat, official Img/, Kaggle's nested
+        paths = [os.path.join(img_dir, fn) for fn in files]  # missing: read_rgb's error
+        judged = args.judge in ("cnn", "both") or args.judge_attr != "-Male" or "Male" in names
         for attr in [a for a in (args.judge_attr if judged else None, args.bias) if a]:  # 'Male' or '-Male'
             if attr.lstrip("-") not in names:
                 raise InputError(f"attribute {attr!r}: not in {attr_file} (expected one of "
@@ -207,6 +231,9 @@ def load_faces(args, root, show):
         rest = rng.permutation(rest)
         val, train = rest[:max(1, len(rest) // 10)], rest[max(1, len(rest) // 10):]
     n_judge = len(train) // 5 if judged is not None else 0
+    if n_judge == 0 and args.judge in ("cnn", "both"):
+        raise InputError(f"--judge {args.judge}: {root}: {len(hr)} faces leave {len(train)} training faces, "
+                         f"none held out for the CNN judge (expected >= 5; or --judge none)")
     judge_faces, train = train[:n_judge], train[n_judge:]
     if args.memory:  # a folder memory: every remaining training face of --data is a generator input
         inputs, mem = train, load_images(list_images(args.memory), args.size, "memory", show)
@@ -214,10 +241,10 @@ def load_faces(args, root, show):
         inputs, mem_pool = train[:len(train) // 2], train[len(train) // 2:]
         mem = hr[mem_pool[labelled[args.bias][mem_pool]] if args.bias else mem_pool]
     test, val = (balanced(ids, judged, args.test_size, rng) for ids in (test, val))
-    if len(mem) < args.batch_size and not args.eval_only:
+    if len(mem) < (1 if args.eval_only else args.batch_size):
         src = f"--memory {args.memory}" if args.memory else f"--bias {args.bias}" if args.bias else "--data"
-        raise InputError(f"memory: {len(mem)} faces ({src}), expected at least one batch "
-                         f"(--batch-size {args.batch_size})")
+        raise InputError(f"memory: {len(mem)} faces ({src}), expected at least one "
+                         + ("(--eval-only)" if args.eval_only else f"batch (--batch-size {args.batch_size})"))
     if len(inputs) == 0:
         raise InputError(f"{root}: {len(hr)} faces leave no generator inputs (expected >= 12)")
 
@@ -226,7 +253,7 @@ def load_faces(args, root, show):
     # the first --paired-frac of the (shuffled) inputs are the paired ones: their ground truth may be used
     return dict(inputs=hr[inputs], mem=mem, test=hr[test], val=hr[val], test_labels=label(test),
                 val_labels=label(val), n_paired=round(args.paired_frac * len(inputs)),
-                judge_data=None if judged is None else (hr[judge_faces], label(judge_faces)))
+                judge_data=None if judged is None or n_judge == 0 else (hr[judge_faces], label(judge_faces)))
 
 def balanced(ids, judged, size, rng):
     """At most `size` of the face indices ids, half with and half without the judged attribute if labelled."""
@@ -604,12 +631,15 @@ def predict(args, G, device, run_dir):
     """--predict DIR: each image (sr: low-res, resized to G's input; inpaint: aligned face) -> PNG of G(x)."""
     G.eval()
     mask = box_masks(1, args.size, args.region, torch.zeros(1, 2, dtype=torch.long, device=device))
-    for f in list_images(args.predict):
+    files = list_images(args.predict)
+    stems = collections.Counter(os.path.splitext(os.path.basename(f))[0] for f in files)
+    for f in files:
         x = to_float(to_square(read_rgb(f), args.size // (args.scale if args.task == "sr" else 1))[None])
         x = x.to(device)  # (1, 3, s, s)
         with torch.no_grad():  # (1, 3, S, S)
             y = G(x) if args.task == "sr" else generate(G, args, render_inpaint(x, mask), mask)
-        name = os.path.splitext(os.path.basename(f))[0] + ".png"
+        stem = os.path.splitext(os.path.basename(f))[0]  # a.jpg and a.png: a.jpg.png, a.png.png
+        name = (stem if stems[stem] == 1 else os.path.basename(f)) + ".png"
         common.write_png(os.path.join(run_dir, name), u8_of(y[0]).cpu())
     common.log(f"wrote predictions of {args.predict} to {run_dir}")
 
@@ -622,6 +652,7 @@ def main(argv=None):
     state = common.load_checkpoint(args.resume, SCRIPT, nets=NETS) if args.resume else None
     if state is not None:
         common.resume_args(args, state, argv, ARCH, args.resume)
+        args = checked(args, args.resume)
     common.seed_everything(args.seed, args.deterministic)  # same seed on every rank: same init
     run_dir = common.make_run_dir(args, SCRIPT, dist)
     nets = build_nets(args, dist.device)

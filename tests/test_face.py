@@ -703,3 +703,61 @@ def test_bound_tool_nearest_explain_and_30_db():
     assert torch.allclose(bound.lr_psnr(half, x, 4), torch.full((3,), 30.0, dtype=torch.float64), atol=0.05)
     close = exact + 0.001 * torch.randn(exact.shape, generator=g)       # above 30 dB already: kept as it is
     assert torch.allclose(bound.at_psnr(close, exact, x, 4, target=30.0), close.clamp(-1, 1), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# Real CelebA layouts, and hostile lists, folders, flags and checkpoints (one clear error each).
+def test_official_celeba_layouts_and_a_bom_load(tmp_path):
+    import shutil
+    ref = make_celeba(tmp_path / "flat", n=12)
+    want = fa.load_faces(fa.get_args(["--data", ref, "--size", "32", "--batch-size", "2"]), ref, show=False)
+    for name, img_dir in (("official", "Img/img_align_celeba"), ("kaggle", "img_align_celeba/img_align_celeba")):
+        d = tmp_path / name  # the Google Drive download: Anno/, Eval/, Img/; Kaggle's nested image folder
+        shutil.copytree(os.path.join(ref, "img_align_celeba"), d / img_dir)
+        (d / "Anno").mkdir()
+        (d / "Eval").mkdir()
+        for f, sub in (("list_attr_celeba.txt", "Anno"), ("list_eval_partition.txt", "Eval")):
+            text = open(os.path.join(ref, f), "rb").read().replace(b"\n", b"\r\n")
+            (d / sub / f).write_bytes(b"\xef\xbb\xbf" + text if name == "kaggle" else text)  # a BOM, CRLF
+        data = fa.load_faces(fa.get_args(["--data", str(d), "--size", "32", "--batch-size", "2"]), str(d), False)
+        assert all(torch.equal(data[k], want[k]) for k in ("inputs", "mem", "val", "test"))
+
+
+def test_hostile_lists_folders_and_flags_are_one_line_errors(tmp_path):
+    d = make_celeba(tmp_path / "c", n=8)
+    small = ["--size", "32", "--batch-size", "2", "--test-size", "4"]
+    load = lambda *a: fa.load_faces(fa.get_args(["--data", d, *small, *a]), d, show=False)  # noqa: E731
+    with pytest.raises(InputError, match="Beard.: not in"):  # an explicit --judge-attr is not silently dropped
+        load("--judge-attr", "Beard")
+    with pytest.raises(InputError, match="--judge cnn: .* 6 faces leave 4 training faces, none held out"):
+        load("--judge", "cnn", "--max-images", "6")
+    assert load("--max-images", "6")["judge_data"] is None  # auto: no CNN judge then (was a traceback)
+    with pytest.raises(InputError, match=r"memory: 0 faces \(--bias -Male\), expected at least one \(--eval"):
+        load("--bias", "-Male", "--eval-only", "--resume", "x.pt", "--max-images", "1")  # D's accuracy: NaN
+    path = os.path.join(d, "list_attr_celeba.txt")
+    open(path, "a").write("000001.jpg 1 1 1\n")  # a face twice: it could be a test face and a training face
+    with pytest.raises(InputError, match="000001.jpg has two rows"):
+        load()
+    with pytest.raises(InputError, match="list_attr_celeba.txt: not a folder"):
+        fa.list_images(path)
+    with pytest.raises(InputError, match="argument --task: invalid choice"):  # one line, not argparse's usage
+        fa.get_args(["--task", "denoise"])
+
+
+def test_damaged_checkpoint_args_and_predict_name_clashes(tmp_path, celeba, sr_run):
+    import imageio.v3 as iio
+    state = torch.load(sr_run / "ckpt.pt", weights_only=True)
+    for key, value, match in (("size", 32.5, "invalid int value: '32.5'"), ("region", "ear", "invalid choice"),
+                              ("channels", -8, "--channels -8"), ("lr", "fast", "invalid float value")):
+        edited = {**state, "args": {**state["args"], key: value}}
+        torch.save(edited, tmp_path / f"{key}.pt")
+        bad(["--data", celeba, "--resume", str(tmp_path / f"{key}.pt"), "--out", str(tmp_path / key), *SMALL,
+             *(["--eval-only"] if key != "lr" else [])], f"--resume .*{key}.pt: a damaged or edited .*{match}")
+    d = make_folder(tmp_path / "lr", 2, size=8)
+    iio.imwrite(os.path.join(d, "face0.jpg"), np.zeros((8, 8, 3), np.uint8))  # face0.jpg beside face0.png
+    try:
+        fa.main(["--predict", d, "--resume", str(sr_run / "ckpt.pt"), "--out", str(tmp_path / "pred")])
+    finally:
+        common.release_lock()
+    assert sorted(f for f in os.listdir(tmp_path / "pred") if f.endswith(".png")) == \
+        ["face0.jpg.png", "face0.png.png", "face1.png"]  # none overwrites another
