@@ -528,7 +528,8 @@ def load_checkpoint(path, script, nets=()):
     missing = [k for k in CKPT_KEYS if k not in state]
     missing += [f"nets/{k}" for k in nets if k not in state.get("nets", {})]
     if missing or not isinstance(state["args"], dict):
-        raise InputError(f"--resume {path}: incomplete checkpoint of {script}.py (missing {missing})")
+        found = f"missing {missing}" if missing else f"args is {type(state['args']).__name__}, not a dict"
+        raise InputError(f"--resume {path}: incomplete checkpoint of {script}.py ({found})")
     kinds = {"step": int, "samples": int, "wall_s": (int, float), "nets": dict, "opts": dict}
     wrong = [f"{k} is {type(state[k]).__name__}" for k, t in kinds.items()
              if isinstance(state[k], bool) or not isinstance(state[k], t)]
@@ -611,7 +612,7 @@ def restore_training(state, nets, opts, data_rng, path):
 def read_text(path, what):
     """A text file's contents; missing, unreadable or not UTF-8 is an InputError naming `what`."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # a byte-order mark (Windows editors) is dropped
             return f.read()
     except FileNotFoundError:
         raise InputError(f"{path}: no such file (expected {what})") from None

@@ -165,7 +165,7 @@ def read_rows(path, allowed, attrs=False):
     """A CelebA list: `filename v1 .. vn` rows with every v in `allowed`, after a count line and a line of
     n attribute names if `attrs` (else n = 1) -> (names, files, (N, n) str array), or an InputError."""
     what = "a count line, a line of attribute names, `file v1 .. vA` rows" if attrs else "`file p` rows"
-    lines = [ln.split() for ln in common.read_text(path, what).lstrip("\ufeff").splitlines() if ln.strip()]
+    lines = [ln.split() for ln in common.read_text(path, what).splitlines() if ln.strip()]
     if len(lines) < 1 + 2 * attrs:
         raise InputError(f"{path}: expected {what}")
     names, rows, n = (lines[1], lines[2:], len(lines[1])) if attrs else (None, lines, 1)

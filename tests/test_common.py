@@ -90,6 +90,9 @@ def test_checkpoint_round_trip_and_refusals(tmp_path):
     nan = {**state["nets"]["G"], "bias": torch.tensor([0.0, float("nan")])}    # a damaged or edited file
     with pytest.raises(InputError, match="weights of G hold NaN or inf .*bias"):
         common.load_weights(net2, nan, path, "G")
+    torch.save({**state, "args": ["--lr", "1"]}, path)
+    with pytest.raises(InputError, match=r"incomplete checkpoint of demo.py \(args is list, not a dict\)"):
+        common.load_checkpoint(path, "demo")
     torch.save({**state, "step": "7"}, path)
     with pytest.raises(InputError, match="damaged checkpoint of demo.py .*step is str"):
         common.load_checkpoint(path, "demo")
@@ -108,6 +111,9 @@ def test_readers_turn_failures_into_input_errors(tmp_path):
     latin.write_bytes("caf\xe9 1 2\n".encode("latin-1"))
     with pytest.raises(InputError, match="not UTF-8"):
         common.read_text(str(latin), "a table")
+    bom = tmp_path / "bom.json"
+    bom.write_bytes(b"\xef\xbb\xbf" + b'{"a": 1}')                    # as Windows editors save it
+    assert common.read_json(str(bom), "a table") == {"a": 1}
     ragged = tmp_path / "ragged.txt"
     ragged.write_text("1 2 3\n4 5\n")
     with pytest.raises(InputError, match="unequal length"):
