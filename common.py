@@ -7,6 +7,7 @@ for data files that turn every failure into one clear ``InputError``, and image/
 Models, renderers and losses stay in the task scripts: each script, copied alone with this file,
 runs on a user's data.
 """
+import argparse
 import ast
 import atexit
 import contextlib
@@ -63,6 +64,13 @@ def run_main(main):
         os._exit(code)
     if code:
         sys.exit(code)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors (a wrong type or choice, an unknown flag) are an InputError: one line."""
+
+    def error(self, message):
+        raise InputError(message)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ DCGAN faces, 500 balanced test faces, 1 CPU thread; tools/face_bench.py; docs/fa
     400 steps, seeds 0-2, LR PSNR 35.2-39.6 dB); open vs closed mouth +39.9 / +45.7 (inpaint, 800 steps, G
     averaged over ~10 steps, seeds 0-2, weakest seed +22.8 / +32.4). The CNN judges' A - B on true faces: +31
     gender, +12 age, +62 mouth. Chosen on validation faces. Default run, 1 thread: sr ~2.5, inpaint ~7 min."""
-import argparse
 import collections
 import copy
 import glob
@@ -42,7 +41,7 @@ BOXES = {"mouth": (0.66, 0.90, 0.30, 0.70), "nose": (0.46, 0.70, 0.38, 0.62)}
 # ----------------------------------------------------------------------------------------------
 # Args
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], exit_on_error=False)
+    p = common.ArgumentParser(description=__doc__.split("\n")[0])
     common.add_common_args(p, steps="400 sr, 800 inpaint", batch_size=32, lr=2e-4, eval_every=200)
     add = p.add_argument
     add("--task", choices=["sr", "inpaint"], default="sr", help="sr or inpaint (default: sr)")
@@ -78,10 +77,7 @@ def get_args(argv=None):
         "(default: auto = both on the built-in faces, cnn on labelled --data; each where its tools/ file is)")
     add("--judge-attr", default=None, help="attribute to judge (default: --bias, else -Male)")
     add("--judge-steps", type=int, default=1000, help="training steps of the CNN judge (default: 1000)")
-    try:
-        args = p.parse_args(glue_negated(sys.argv[1:] if argv is None else argv, ("--bias", "--judge-attr")))
-    except argparse.ArgumentError as e:  # a wrong type or choice
-        raise InputError(str(e)) from None
+    args = p.parse_args(glue_negated(sys.argv[1:] if argv is None else argv, ("--bias", "--judge-attr")))
     sr = args.task == "sr"  # the per-task defaults below were chosen on the validation faces (docs/face.md)
     args.steps = args.steps if args.steps is not None else 400 if sr else 800
     args.d_pool, args.d_region = args.d_pool or (2 if sr else 1), args.d_region or ("face" if sr else "both")

@@ -15,7 +15,6 @@ Usage:
     python3 pose_aign.py --eval-only --resume runs/X/ckpt.pt --data ...   # or --predict keypoints.json
     torchrun --nproc_per_node 2 pose_aign.py --device cpu
 """
-import argparse
 import io
 import os
 import pickle
@@ -85,7 +84,7 @@ MEMORY_LAYOUT = "an npz with poses_3d (N,17,3) metres, H36M-17 order (BVH -> npz
 # ----------------------------------------------------------------------------------------------
 # Args
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = common.ArgumentParser(description=__doc__.split("\n")[0])
     common.add_common_args(p, steps=3000, batch_size=256, lr=2e-4, eval_every=1000)
     p.add_argument("--memory", help=f"unpaired 3D memory, {MEMORY_LAYOUT} (default: a folder's memory.npz, "
                    "Human3.6M's training subjects; a single --data npz needs it)")

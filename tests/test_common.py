@@ -226,6 +226,15 @@ def test_a_diverged_loss_is_one_clear_error():
         common.stop_if_diverged({"loss_g": 0.5}, 3, dist_state, {"G": net})
 
 
+def test_argument_errors_are_input_errors():
+    p = common.ArgumentParser()
+    p.add_argument("--steps", type=int)
+    for argv, needle in ((["--steps", "x"], "argument --steps: invalid int value: 'x'"),
+                         (["--nope"], "unrecognized arguments: --nope")):
+        with pytest.raises(InputError, match=needle):
+            p.parse_args(argv)
+
+
 def test_the_error_line_is_not_glued_to_an_open_progress_bar(capsys):
     from tqdm import tqdm
 

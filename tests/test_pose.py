@@ -981,7 +981,8 @@ def test_cli_resume_of_a_finished_run_keeps_its_stats(tmp_path, cache_root):
 
 @pytest.mark.parametrize("flag, value", [("--steps", "-5"), ("--batch-size", "0"), ("--lambda-adv", "-1"),
                                          ("--eval-every", "0"), ("--paired-frac", "1.5"), ("--lr", "nan"),
-                                         ("--hidden", "0"), ("--blocks", "-1")])
+                                         ("--hidden", "0"), ("--blocks", "-1"), ("--steps", "abc"),
+                                         ("--camera", "fisheye")])
 def test_cli_refuses_bad_values_before_writing(tmp_path, flag, value):
     proc = run_cli("pose_aign.py", flag, value, "--out", tmp_path / "o", check=False)
     one_line_error(proc, flag)
