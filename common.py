@@ -585,6 +585,22 @@ def resume_args(args, state, argv, arch, path):
             f"is left to train; it is evaluated (give a larger --steps to train on)")
 
 
+def checked_args(args, get_args, path):
+    """The script's flag checks (get_args) once more on the settings --resume brought back: a damaged or
+    edited checkpoint (hidden='big', camera='fisheye', ...) is one error, not a traceback or a silent default."""
+    argv = []
+    for k, v in vars(args).items():
+        flag = "--" + k.replace("_", "-")
+        if isinstance(v, (list, tuple)):  # nargs flags
+            argv += [flag, *map(str, v)]
+        elif v is not None and v is not False:
+            argv.append(flag if v is True else f"{flag}={v}")
+    try:
+        return get_args(argv)
+    except InputError as e:
+        raise InputError(f"--resume {path}: a damaged or edited checkpoint ({e})") from None
+
+
 def load_weights(module, sd, path, name):
     """module.load_state_dict with a clear error when the checkpoint's tensors do not fit or are not finite."""
     try:

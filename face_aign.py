@@ -99,14 +99,6 @@ def get_args(argv=None):
             raise InputError(msg)
     return args
 
-def checked(args, path):
-    """The flag checks on the values --resume brought back (a damaged or edited checkpoint: one error)."""
-    try:
-        return get_args([f"--{k.replace('_', '-')}" + ("" if v is True else f"={v}")
-                         for k, v in vars(args).items() if v is not None and v is not False])
-    except InputError as e:
-        raise InputError(f"--resume {path}: a damaged or edited checkpoint ({e})") from None
-
 def glue_negated(argv, flags):
     """`--bias -Male` reads as two flags to argparse: glue a negated attribute to its flag."""
     argv = list(argv)
@@ -648,7 +640,7 @@ def main(argv=None):
     state = common.load_checkpoint(args.resume, SCRIPT, nets=NETS) if args.resume else None
     if state is not None:
         common.resume_args(args, state, argv, ARCH, args.resume)
-        args = checked(args, args.resume)
+        args = common.checked_args(args, get_args, args.resume)
     common.seed_everything(args.seed, args.deterministic)  # same seed on every rank: same init
     run_dir = common.make_run_dir(args, SCRIPT, dist)
     nets = build_nets(args, dist.device)

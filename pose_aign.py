@@ -878,6 +878,7 @@ def main(argv=None):
     state = common.load_checkpoint(args.resume, SCRIPT, nets=("G", "D")) if args.resume else None
     if state is not None:
         common.resume_args(args, state, argv, ARCH, args.resume)
+        args = common.checked_args(args, get_args, args.resume)
     common.seed_everything(args.seed, args.deterministic)    # same seed on every rank: same init
     run_dir = common.make_run_dir(args, SCRIPT, dist)        # eval-only/predict get their own folder
     nets = build_nets(args, dist.device)

@@ -235,6 +235,20 @@ def test_argument_errors_are_input_errors():
             p.parse_args(argv)
 
 
+def test_checked_args_reparses_what_a_checkpoint_brought_back():
+    def get_args(argv):
+        p = common.ArgumentParser()
+        p.add_argument("--hidden", type=int, default=8)
+        p.add_argument("--range", type=float, nargs=2)
+        p.add_argument("--fast", action="store_true")
+        return p.parse_args(argv)
+    args = get_args(["--range", "-10", "40", "--fast"])
+    assert vars(common.checked_args(args, get_args, "c.pt")) == vars(args)
+    args.hidden = "big"
+    with pytest.raises(InputError, match=r"--resume c.pt: a damaged or edited checkpoint \(argument --hidden"):
+        common.checked_args(args, get_args, "c.pt")
+
+
 def test_the_error_line_is_not_glued_to_an_open_progress_bar(capsys):
     from tqdm import tqdm
 

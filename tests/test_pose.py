@@ -977,6 +977,12 @@ def test_cli_resume_of_a_finished_run_keeps_its_stats(tmp_path, cache_root):
     again = json.loads((out / "results.json").read_text())
     assert first["samples_per_s"] and (again["samples_per_s"], again["wall_s"]) == (first["samples_per_s"],
                                                                                     first["wall_s"])
+    state = torch.load(out / "ckpt.pt", weights_only=True)
+    for key, value, needle in (("hidden", "big", "--hidden: invalid int value: 'big'"),
+                               ("camera", "fisheye", "--camera: invalid choice: 'fisheye'")):
+        torch.save({**state, "args": {**state["args"], key: value}}, tmp_path / "edited.pt")   # a damaged file
+        one_line_error(run_cli("pose_aign.py", "--eval-only", "--resume", tmp_path / "edited.pt", check=False),
+                       "edited.pt: a damaged or edited checkpoint", needle)
 
 
 @pytest.mark.parametrize("flag, value", [("--steps", "-5"), ("--batch-size", "0"), ("--lambda-adv", "-1"),
