@@ -50,8 +50,8 @@ LAYOUTS = """--data layouts (details: README; frames and K are resized to --heig
 # ----------------------------------------------------------------------------------------------
 # Args
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=LAYOUTS,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.ArgumentParser(description=__doc__.split("\n")[0], epilog=LAYOUTS,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_common_args(p, steps=2000, batch_size=8, lr=2e-4, eval_every=500)
     add = p.add_argument
     add("--memory", help="unpaired memory: sequence folders with depth/*.npy|png and/or poses.txt, not "
@@ -81,9 +81,9 @@ def get_args(argv=None):
     common.check_args(args, nonneg_ints=("adv_warmup",))
     if min(args.height, args.width) < 16:
         raise InputError(f"--height {args.height} --width {args.width}: expected sizes >= 16")
-    if not (0 < args.min_depth < args.max_depth < math.inf and 0 < args.eval_cap < math.inf):
+    if not (1e-6 <= args.min_depth < args.max_depth <= 1e6 and 1e-3 < args.eval_cap <= 1e6):  # float32-safe
         raise InputError(f"--min-depth {args.min_depth} --max-depth {args.max_depth} --eval-cap "
-                         f"{args.eval_cap}: expected 0 < min < max and a finite cap > 0")
+                         f"{args.eval_cap}: expected metres, 1e-6 <= min < max <= 1e6, a cap in (0.001, 1e6]")
     return args
 
 
@@ -100,13 +100,15 @@ def read_image(path, hw, dtype=np.uint8):
         img = np.asarray(iio.imread(path))
     except Exception as e:
         raise InputError(f"{path}: cannot be read as an image ({type(e).__name__})") from None
-    if hw is not None and img.ndim == 2:
-        img = np.repeat(img[..., None], 3, -1)  # grey -> RGB
-    if img.dtype != dtype or (hw is not None and (img.ndim != 3 or img.shape[-1] not in (3, 4))):
+    if hw is not None and img.ndim == 3 and img.shape[-1] == 2:
+        img = img[..., 0]  # grey + alpha -> grey
+    if img.dtype != dtype or (hw is not None and img.ndim != 2 and (img.ndim != 3 or img.shape[-1] not in (3, 4))):
         raise InputError(f"{path}: expected an 8-bit grey/RGB/RGBA image (16-bit for depth), found shape "
                          f"{img.shape} {img.dtype}")
     if hw is None:
         return img
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, -1)  # grey -> RGB
     x = torch.from_numpy(np.ascontiguousarray(img[..., :3])).permute(2, 0, 1)[None].float()  # (1,3,h,w)
     shrink = x.shape[-2] >= hw[0] and x.shape[-1] >= hw[1]
     x = F.interpolate(x, size=hw, mode="area" if shrink else "bilinear")
@@ -157,6 +159,9 @@ def read_poses(path, n=None):
     if len(bad):
         raise InputError(f"{path}: line {bad[0] + 1}: the 3x3 part is not a rotation (singular or not "
                          f"orthonormal: |R^T R - I| = {err[bad[0]]:.3g}); expected camera-to-world [R|t]")
+    if (far := np.abs(P[:, :3, 3]).max(1) > 1e7).any():  # beyond, ATE's sums of squares overflow to inf
+        i = far.argmax()
+        raise InputError(f"{path}: line {i + 1}: translation {P[i, :3, 3].tolist()}; expected metres, |t| <= 1e7")
     return P
 
 def read_depth(path, size):
@@ -186,14 +191,21 @@ def list_files(folder, ext=(".png", ".jpg", ".jpeg")):
     order = lambda p: [int(t) if i % 2 else t for i, t in enumerate(re.split(r"(\d+)", os.path.basename(p)))]
     return sorted((p for p in glob.glob(os.path.join(folder, "*")) if p.lower().endswith(ext)), key=order)
 
-def make_sequence(name, paths, K, poses_path, hw, depth_dir=None, where=None):
-    """Read one sequence (the frames of folder `where`) frame by frame at the training size hw; rescale K."""
+def make_sequence(name, paths, K, poses_path, hw, depth_dir=None, where=None, k_path=None):
+    """Read one sequence (the frames of folder `where`) frame by frame at the training size hw; rescale K
+    (read from k_path: checked against the frames' size)."""
     if len(paths) < 3:
         raise InputError(f"{where or name}: expected at least 3 frames (*.png|jpg), found {len(paths)}")
     frames, sizes = zip(*(read_image(p, hw) for p in paths))
     for p, s in zip(paths, sizes):
         if s != sizes[0]:
             raise InputError(f"{p}: expected the sequence's image size {sizes[0]} (as {paths[0]}), found {s}")
+    (h, w) = sizes[0]
+    fov = 2 * np.degrees(np.arctan2([w / 2, h / 2], [K[0, 0], K[1, 1]]))  # horizontal, vertical
+    if k_path and not (-0.5 <= K[0, 2] <= w - 0.5 and -0.5 <= K[1, 2] <= h - 0.5 and fov.max() < 175):
+        raise InputError(f"{k_path}: fx fy cx cy = {K[0, 0]:g} {K[1, 1]:g} {K[0, 2]:g} {K[1, 2]:g} for frames of "
+                         f"{w}x{h} ({paths[0]}): expected pixels of this size (principal point inside the frame, "
+                         f"field of view < 175 deg; K of another resolution, or normalised?)")
     depth = {}  # frame index -> its GT file (.npy before .png)
     for i, p in enumerate(paths if depth_dir else []):
         stem = os.path.join(depth_dir, os.path.splitext(os.path.basename(p))[0])
@@ -201,6 +213,10 @@ def make_sequence(name, paths, K, poses_path, hw, depth_dir=None, where=None):
         if found:
             depth[i] = found[0]
             read_depth(found[0], sizes[0])  # checked now, read again when evaluated
+    if depth_dir and not depth and (maps := list_files(depth_dir, (".npy", ".png"))):
+        stem = os.path.splitext(os.path.basename(paths[0]))[0]
+        raise InputError(f"{depth_dir}: expected depth maps named as the frames ({os.path.basename(paths[0])} -> "
+                         f"{stem}.npy|png), found none such (e.g. {os.path.basename(maps[0])})")
     images = torch.stack(frames).contiguous(memory_format=torch.channels_last)  # (N, 3, H, W) uint8, NHWC
     return dict(name=name, images=images, size=sizes[0], depth=depth,
                 poses=read_poses(poses_path, len(paths)) if os.path.exists(poses_path) else None,
@@ -210,35 +226,38 @@ def load_sequences(root, hw):
     """The sequences of root in its layout: KITTI odometry, KITTI raw, or generic sequence folders."""
     if not os.path.isdir(root):
         raise InputError(f"{root}: no such folder (expected a dataset folder; layouts: --help)")
-    calibs = sorted(glob.glob(os.path.join(root, "*", "calib_cam_to_cam.txt")) or  # ROOT or ROOT/<date>
-                    glob.glob(os.path.join(root, "calib_cam_to_cam.txt")))
+    # KITTI raw drives (ROOT/<date>/ or ROOT = one <date>): with image_02/ or beside a calibration, so a date
+    # folder that lacks its calibration is an error, not skipped (generic folders may be named *_sync too)
+    drives = sorted(d for d in glob.glob(os.path.join(root, "*", "*_sync")) + glob.glob(os.path.join(root, "*_sync"))
+                    if os.path.isdir(os.path.join(d, "image_02")) or
+                    os.path.isfile(os.path.join(os.path.dirname(d), "calib_cam_to_cam.txt")))
     if os.path.isdir(os.path.join(root, "sequences")):  # KITTI odometry
-        found = [(d, "image_2", read_intrinsics(os.path.join(d, "calib.txt"), "P2"),
+        found = [(d, "image_2", os.path.join(d, "calib.txt"), "P2",
                   os.path.join(root, "poses", os.path.basename(d) + ".txt"), None)
-                 for d in sorted(glob.glob(os.path.join(root, "sequences", "*")))]
-    elif calibs:  # KITTI raw
-        found = [(d, os.path.join("image_02", "data"), read_intrinsics(c, "P_rect_02"),
-                  os.path.join(d, "poses.txt"), None)
-                 for c in calibs for d in sorted(glob.glob(os.path.join(os.path.dirname(c), "*_sync")))]
+                 for d in sorted(glob.glob(os.path.join(root, "sequences", "*"))) if os.path.isdir(d)]
+    elif drives:  # KITTI raw
+        found = [(d, os.path.join("image_02", "data"), os.path.join(os.path.dirname(d), "calib_cam_to_cam.txt"),
+                  "P_rect_02", os.path.join(d, "poses.txt"), None) for d in drives]
     else:  # generic
         dirs = [d for d in sorted(glob.glob(os.path.join(root, "*")))
                 if os.path.isdir(os.path.join(d, "images"))]
-        found = [(d, "images", read_intrinsics(os.path.join(d, "intrinsics.txt")),
-                  os.path.join(d, "poses.txt"), os.path.join(d, "depth")) for d in dirs]
+        found = [(d, "images", os.path.join(d, "intrinsics.txt"), None, os.path.join(d, "poses.txt"),
+                  os.path.join(d, "depth")) for d in dirs]
     if not found:
         raise InputError(f"{root}: expected sequence folders <seq>/images/*.png with <seq>/intrinsics.txt, "
                          "KITTI raw <date>/<date>_drive_XXXX_sync/image_02/data/ or KITTI odometry "
                          "sequences/NN/image_2/, found none (layouts: --help)")
-    return [make_sequence(os.path.basename(d), list_files(os.path.join(d, images)), K, poses, hw, depth,
-                          os.path.join(d, images)) for d, images, K, poses, depth in found]
+    return [make_sequence(os.path.basename(d), list_files(os.path.join(d, images)), read_intrinsics(k, key),
+                          poses, hw, depth, os.path.join(d, images), k) for d, images, k, key, poses, depth in found]
 
 def attach_gt_depth(seqs, path):
     """Eigen-style GT: depth maps (at the frames' size) for listed frames '<sequence> <frame index>'."""
     what = "'depth' (N,H,W) metres at the frames' size and 'frames' (N,) '<sequence> <frame index>'"
     z = common.load_npz(path, required=("depth", "frames"), what=what)
     depth = check_metres(common.check_array(z["depth"], path, "depth", (None, None, None), what), path)
-    if z["frames"].shape != (len(depth),):
-        raise InputError(f"{path}: 'frames' {z['frames'].shape}, 'depth' {depth.shape}; expected {what}")
+    if z["frames"].shape != (len(depth),) or len(set(map(str, z["frames"]))) < len(depth):
+        raise InputError(f"{path}: 'frames' {z['frames'].shape} ({len(set(map(str, z['frames'])))} distinct), "
+                         f"'depth' {depth.shape}; expected {what}, one map per frame")
     by_name = {s["name"]: s for s in seqs}
     for entry, d in zip(map(str, z["frames"]), depth):
         name, _, idx = entry.partition(" ")
@@ -256,10 +275,15 @@ def load_memory(root, hw, max_depth):
     for d in sorted(d for d in glob.glob(os.path.join(root, "*")) if os.path.isdir(d)):
         for f in list_files(os.path.join(d, "depth"), (".npy", ".png")):
             x = torch.from_numpy(read_depth(f, (None, None)))[None, None]  # (1, 1, h, w), 0 = invalid
+            if not (x > 0).any():  # it would teach D a wall at --max-depth
+                raise InputError(f"{f}: no pixel > 0; expected a depth map in metres (0 = invalid) with valid pixels")
             x = F.interpolate(x, size=hw, mode="nearest")[0]
             depths.append(torch.where(x > 0, x, torch.full_like(x, max_depth)).clamp(max=max_depth))
         if os.path.isfile(os.path.join(d, "poses.txt")):
             P = torch.from_numpy(read_poses(os.path.join(d, "poses.txt")))
+            if len(P) < 4:  # fewer: no motion, or one (whose spread, the D's scale, is NaN)
+                raise InputError(f"{d}/poses.txt: {len(P)} pose(s); expected >= 4 (memory motions come from "
+                                 "triplets of consecutive frames)")
             T = torch.stack([torch.linalg.inv(P[:-2]) @ P[1:-1], torch.linalg.inv(P[2:]) @ P[1:-1]], 1)
             motions.append(matrix_to_pose6(T).flatten(1))  # (N-2, 12)
     if not depths and not motions:
@@ -774,6 +798,10 @@ def predict(args, nets, device, run_dir):
         raise InputError(f"--predict {args.predict}: no such folder (expected frames *.png|jpg, or "
                          "FOLDER/images/)")
     paths = list_files(args.predict) or list_files(os.path.join(args.predict, "images"))
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    if dup := [p for p, s in zip(paths, stems) if stems.count(s) > 1]:  # outputs would overwrite each other
+        raise InputError(f"--predict {args.predict}: frames {dup[:2]} share a name; expected one frame per name "
+                         "(the outputs are depth/<name>.npy|png)")
     seq = make_sequence(f"--predict {args.predict}", paths, np.eye(3), "", (args.height, args.width))
     depth, poses = predict_sequence(nets, seq["images"], device)
     os.makedirs(os.path.join(run_dir, "depth"), exist_ok=True)
@@ -807,6 +835,7 @@ def main(argv=None):
     state = common.load_checkpoint(args.resume, SCRIPT, nets=NETS) if args.resume else None
     if state is not None:
         common.resume_args(args, state, argv, ARCH, args.resume)
+        args = common.checked_args(args, get_args, args.resume)
     common.seed_everything(args.seed, args.deterministic)  # same seed on every rank: same init
     run_dir = common.make_run_dir(args, SCRIPT, dist)  # eval-only/predict get their own folder
     nets = build_nets(args, dist.device)

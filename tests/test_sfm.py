@@ -350,7 +350,8 @@ def test_kitti_raw_and_odometry_loaders(tmp_path):
     for depth, names, msg in ((np.full((1, 20, 64), 9.0), ["nope 1"], "frame entry 'nope 1'"),
                               (np.full((1, 20, 60), 9.0), ["2011_09_26_drive_0001_sync 1"], "size (20, 60)"),
                               (np.full((20, 64), 9.0), ["2011_09_26_drive_0001_sync 1"], "(N, N, N)"),
-                              (np.full((2, 20, 64), 9.0), ["2011_09_26_drive_0001_sync 1"], "'frames' (1,), 'depth' (2, 20, 64)"),
+                              (np.full((2, 20, 64), 9.0), ["2011_09_26_drive_0001_sync 1"], "'frames' (1,) (1 distinct), 'depth' (2, 20, 64)"),
+                              (np.full((2, 20, 64), 9.0), ["2011_09_26_drive_0001_sync 1"] * 2, "(2,) (1 distinct)"),
                               (np.full((1, 20, 64), np.nan), ["2011_09_26_drive_0001_sync 1"], "NaN")):
         np.savez(gt, depth=depth, frames=np.array(names))
         with pytest.raises(S.InputError, match=re.escape(msg)):
@@ -386,12 +387,16 @@ def test_kitti_raw_and_odometry_loaders(tmp_path):
     ("poses_nan", "poses.txt: 'values' holds 3 NaN/inf"),
     ("poses_singular", "poses.txt: line 3: the 3x3 part is not a rotation"),
     ("poses_ragged", "poses.txt: non-numeric values or rows of unequal length"),
+    ("poses_far", "poses.txt: line 2: translation [1e+200, 0.0, 0.0]; expected metres"),  # ATE would be inf
     ("unreadable", "0002.png: cannot be read as an image"),
     ("depth", "0000.npy: 'depth' has shape (10, 60)"),
     ("depth_nan", "0000.npy: 'depth' holds 1 NaN/inf"),
     ("depth_pickle", "0000.npy: cannot be read as a .npy array without pickles"),
     ("depth_png8", "0001.png: expected an 8-bit grey/RGB/RGBA image (16-bit for depth)"),
     ("depth_mm", "0000.npy: median depth 5000; expected metres (millimetres?"),
+    ("depth_names", "depth: expected depth maps named as the frames (0000.png -> 0000.npy|png)"),
+    ("intrinsics_fullres", "fx fy cx cy = 721 721 609 172 for frames of 60x20"),  # K of the full-size frames
+    ("intrinsics_normalised", "field of view < 175 deg; K of another resolution, or normalised?"),
     ("empty", "expected sequence folders"),
 ])
 def test_loader_errors(tmp_path, breakage, message):
@@ -401,7 +406,8 @@ def test_loader_errors(tmp_path, breakage, message):
         os.remove(d / "intrinsics.txt")
     elif breakage.startswith("intrinsics_"):
         text = {"nan": "nan 30 29.5 9.5\n", "zero": "0 30 29.5 9.5\n", "negative": "30 -30 29.5 9.5\n",
-                "count": "30 30 29.5 9.5 1\n", "matrix": "30 0 29.5\n0 30 9.5\n0 0 2\n"}.get(breakage[11:])
+                "count": "30 30 29.5 9.5 1\n", "matrix": "30 0 29.5\n0 30 9.5\n0 0 2\n",
+                "fullres": "721 721 609 172\n", "normalised": "0.58 1.92 0.5 0.5\n"}.get(breakage[11:])
         (d / "intrinsics.txt").write_bytes(text.encode() if text else b"30 30 29.5 9.5 \xe9\n")
     elif breakage == "size":
         write_png(str(d / "images" / "0003.png"), frames(1, 22, 60)[0])
@@ -411,6 +417,9 @@ def test_loader_errors(tmp_path, breakage, message):
         (d / "poses.txt").write_bytes(b"\xff\xfe1 0 0 0\n")
     elif breakage in ("poses_nan", "poses_singular"):
         P[2, :3] = np.nan if breakage == "poses_nan" else 0  # NaN, or a zero first row of R
+        np.savetxt(d / "poses.txt", P)
+    elif breakage == "poses_far":
+        P[:, 3] = 1e200 * np.arange(4)
         np.savetxt(d / "poses.txt", P)
     elif breakage == "poses_ragged":
         (d / "poses.txt").write_text("1 0 0 0 0 1 0 0 0 0 1 0\n" * 3 + "1 0 0\n")
@@ -428,6 +437,9 @@ def test_loader_errors(tmp_path, breakage, message):
         write_png(str(d / "depth" / "0001.png"), np.full((20, 60), 7, np.uint8))
     elif breakage == "depth_mm":
         np.save(d / "depth" / "0000.npy", np.full((20, 60), 5000, np.float32))
+    elif breakage == "depth_names":  # maps that match no frame: nothing would be evaluated
+        for f in os.listdir(d / "depth"):
+            os.rename(d / "depth" / f, d / "depth" / ("gt_" + f))
     elif breakage == "empty":
         os.rename(d / "images", d / "frames")
     with pytest.raises(S.InputError) as e:
@@ -440,7 +452,9 @@ def test_loader_errors(tmp_path, breakage, message):
     ("ragged", "cannot be read as a .npy array without pickles"),
     ("nan", "'depth' holds 1 NaN/inf"),
     ("mm", "0.npy: median depth 5000; expected metres"),
+    ("all_invalid", "0.npy: no pixel > 0; expected a depth map in metres"),  # D would learn a wall at max depth
     ("poses", "line 2: the 3x3 part is not a rotation"),
+    ("short_poses", "poses.txt: 3 pose(s); expected >= 4"),  # 1 motion: its spread is NaN (0 motions: a crash)
     ("empty", "--memory"),
 ])
 def test_memory_errors(tmp_path, breakage, message):
@@ -451,6 +465,8 @@ def test_memory_errors(tmp_path, breakage, message):
         np.save(d / "depth" / "0.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
     elif breakage == "ragged":
         np.save(d / "depth" / "0.npy", np.array([np.ones(3), np.ones(2)], dtype=object), allow_pickle=True)
+    elif breakage == "all_invalid":
+        np.save(d / "depth" / "0.npy", np.zeros((8, 24), np.float32))
     elif breakage in ("nan", "mm"):
         depth[3, 4] = np.nan
         np.save(d / "depth" / "0.npy", depth if breakage == "nan" else np.full((8, 24), 5000, np.float32))
@@ -458,9 +474,70 @@ def test_memory_errors(tmp_path, breakage, message):
         P = np.tile(np.eye(4)[:3], (4, 1, 1)).reshape(4, 12)
         P[1, :3] *= 2  # a scaled rotation: not orthonormal
         np.savetxt(d / "poses.txt", P)
+    elif breakage == "short_poses":
+        poses_txt(d / "poses.txt", 3)
     with pytest.raises(S.InputError) as e:
         S.load_memory(str(tmp_path / "mem"), (8, 24), 100.0)
     assert message in str(e.value)
+
+
+def test_kitti_layout_edges(tmp_path):
+    """KITTI raw: a date folder without its calibration is an error (not skipped); odometry: a stray file
+    in sequences/ is not a sequence."""
+    calib = "P_rect_02: 7.2e+01 0 3.2e+01 4.5e+01 0 7.2e+01 1.0e+01 -3.4e-01 0 0 1 4.9e-03\n"
+    for date in ("2011_09_26", "2011_09_28"):
+        for i, im in enumerate(frames(3, 20, 64)):
+            write_png(str(tmp_path / "raw" / date / f"{date}_drive_0001_sync" / "image_02" / "data" / f"{i:010d}.png"), im)
+    (tmp_path / "raw" / "2011_09_26" / "calib_cam_to_cam.txt").write_text(calib)
+    with pytest.raises(S.InputError, match=r"2011_09_28/calib_cam_to_cam.txt: no such file"):
+        S.load_sequences(str(tmp_path / "raw"), (10, 32))
+    odo = tmp_path / "odo" / "sequences"
+    for i, im in enumerate(frames(3, 20, 64)):
+        write_png(str(odo / "00" / "image_2" / f"{i:06d}.png"), im)
+    (odo / "00" / "calib.txt").write_text(calib.replace("P_rect_02", "P2"))
+    (odo / "README.txt").write_text("downloaded from cvlibs.net\n")
+    assert [s["name"] for s in S.load_sequences(str(tmp_path / "odo"), (10, 32))] == ["00"]
+
+
+def test_frame_formats(tmp_path):
+    """Grey + alpha frames are read as grey; a 16-bit grey frame's error shows the file's own shape."""
+    from PIL import Image
+    im = frames(1, 20, 60)[0]
+    Image.fromarray(im).convert("LA").save(tmp_path / "la.png")
+    x, size = S.read_image(str(tmp_path / "la.png"), (20, 60))
+    assert size == (20, 60) and (x[0] == x[1]).all() and (x[0] == x[2]).all()
+    assert (x[0].numpy() == np.asarray(Image.fromarray(im).convert("L"))).all()
+    write_png(str(tmp_path / "grey16.png"), np.full((20, 60), 1000, np.uint16))
+    with pytest.raises(S.InputError, match=re.escape("found shape (20, 60) uint16")):
+        S.read_image(str(tmp_path / "grey16.png"), (20, 60))
+
+
+def test_predict_refuses_frames_sharing_a_name(tmp_path):
+    """1.png and 1.jpg would write the same depth/1.npy: refused, not one silently overwritten."""
+    for name, im in zip(("1.png", "1.jpg", "2.png"), frames(3, 20, 60)):
+        write_png(str(tmp_path / "in" / name), im)
+    args = S.get_args(["--predict", str(tmp_path / "in"), "--resume", "x.pt", "--height", "16", "--width", "48"])
+    with pytest.raises(S.InputError, match=r"frames \[.*1.jpg', .*1.png'\] share a name"):
+        S.predict(args, S.build_nets(args, torch.device("cpu")), torch.device("cpu"), str(tmp_path / "out"))
+
+
+@pytest.mark.parametrize("setting, value, needle", [
+    ("height", "16.5", "argument --height: invalid int value: '16.5'"), ("height", -16, "--height -16"),
+    ("min_depth", 200.0, "--min-depth 200.0 --max-depth 100.0"), ("gan", "hinge", "--gan: invalid choice: 'hinge'"),
+    ("lambda_adv", float("nan"), "--lambda-adv nan")])
+def test_resumed_settings_are_checked(tmp_path, setting, value, needle):
+    """A checkpoint's settings (which --resume brings back) pass the command line's checks: a damaged one is
+    one line naming the checkpoint, not a traceback or a run with nonsense settings."""
+    args = S.get_args(["--height", "16", "--width", "48"])
+    nets = S.build_nets(args, torch.device("cpu"))
+    setattr(args, setting, value)
+    ckpt = tmp_path / "ckpt.pt"
+    common.save_checkpoint(str(ckpt), script="sfm_aign", step=1, args=args, nets=nets, opts={},
+                           data_rng=torch.Generator(), wall_s=0.0, samples=0)
+    for mode in (["--eval-only"], ["--steps", "2"])[setting not in S.ARCH:]:  # evaluating takes only S.ARCH
+        with pytest.raises(S.InputError, match=re.escape(f"--resume {ckpt}: a damaged or edited checkpoint")) as e:
+            S.main([*mode, "--resume", str(ckpt), "--data", str(tmp_path), "--out", str(tmp_path / "run")])
+        assert needle in str(e.value)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -469,7 +546,9 @@ def test_memory_errors(tmp_path, breakage, message):
     (["--steps", "-5"], "--steps"), (["--batch-size", "0"], "--batch-size"),
     (["--lambda-adv", "-1"], "--lambda-adv"), (["--eval-every", "0"], "--eval-every"),
     (["--paired-frac", "1.5"], "--paired-frac"), (["--lr", "nan"], "--lr"), (["--height", "8"], "--height"),
-    (["--min-depth", "0"], "--min-depth"), (["--eval-only"], "--resume")])
+    (["--min-depth", "0"], "--min-depth"), (["--eval-only"], "--resume"),
+    (["--min-depth", "1e-40"], "--min-depth"),  # 1/min overflows float32: NaN losses, not a clear error
+    (["--eval-cap", "1e-4"], "--eval-cap")])  # below the GT floor 0.001: nothing would be evaluated
 def test_cli_refuses_bad_values(tmp_path, flags, needle):
     proc = run_cli(SCRIPT, "--data", tmp_path, "--out", tmp_path / "run", *flags, check=False)
     one_line_error(proc, needle)
