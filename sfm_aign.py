@@ -74,6 +74,8 @@ def get_args(argv=None):
     add("--lr-d", type=float, default=None, help="discriminator learning rate (default: --lr)")
     add("--min-depth", type=float, default=0.5, help="smallest predictable depth, m (default: 0.5)")
     add("--max-depth", type=float, default=100.0, help="largest predictable depth, m (default: 100)")
+    add("--depth-png-scale", type=float, default=1000.0, help="16-bit depth PNGs hold depth x this (default: "
+        "1000, millimetres; KITTI's depth benchmark PNGs: 256)")
     add("--eval-cap", type=float, default=80.0, help="evaluate depth on GT in 0.001..CAP m (default: 80)")
     add("--eval-crop", choices=["garg", "none"], help="depth evaluation window: the Eigen split's Garg "
         "crop or the whole frame (default: garg with --gt-depth, else none)")
@@ -81,6 +83,8 @@ def get_args(argv=None):
     common.check_args(args, nonneg_ints=("adv_warmup",))
     if min(args.height, args.width) < 16:
         raise InputError(f"--height {args.height} --width {args.width}: expected sizes >= 16")
+    if not 0 < args.depth_png_scale < math.inf:
+        raise InputError(f"--depth-png-scale {args.depth_png_scale}: expected a positive PNG value per metre")
     if not (1e-6 <= args.min_depth < args.max_depth <= 1e6 and 1e-3 < args.eval_cap <= 1e6):  # float32-safe
         raise InputError(f"--min-depth {args.min_depth} --max-depth {args.max_depth} --eval-cap "
                          f"{args.eval_cap}: expected metres, 1e-6 <= min < max <= 1e6, a cap in (0.001, 1e6]")
@@ -164,18 +168,18 @@ def read_poses(path, n=None):
         raise InputError(f"{path}: line {i + 1}: translation {P[i, :3, 3].tolist()}; expected metres, |t| <= 1e7")
     return P
 
-def read_depth(path, size):
-    """depth/<frame>.npy (float metres, 0 = invalid) or a 16-bit PNG in millimetres -> float32 (h,w)."""
-    what = f"a depth map of size {size}: float metres (.npy) or 16-bit millimetres (.png)"
+def read_depth(path, size, png_scale=1000.0):
+    """depth/<frame>.npy (float metres, 0 = invalid) or a 16-bit PNG of depth x png_scale -> float32 (h,w)."""
+    what = f"a depth map of size {size}: float metres (.npy) or 16-bit metres x {png_scale:g} (.png)"
     if path.endswith(".npy"):
         return check_metres(common.check_array(common.load_npy(path, what), path, "depth", size, what), path)
-    return common.check_array(read_image(path, None, np.uint16) / 1e3, path, "depth", size, what)
+    return common.check_array(read_image(path, None, np.uint16) / png_scale, path, "depth", size, what)
 
 def check_metres(depth, path):
     """Float depth maps must be metres: a median beyond a kilometre is millimetres (or another unit)."""
     if (median := np.median(depth[depth > 0]) if (depth > 0).any() else 0) > 1000:
         raise InputError(f"{path}: median depth {median:g}; expected metres "
-                         f"(millimetres? divide by 1000; 16-bit PNG depth maps are read as millimetres)")
+                         f"(millimetres? divide by 1000; 16-bit PNG depth maps are divided by --depth-png-scale)")
     return depth
 
 def gt_depth(seq, i, hw=None):
@@ -183,7 +187,7 @@ def gt_depth(seq, i, hw=None):
     that size by nearest neighbour (which never mixes valid and invalid pixels)."""
     d = seq["depth"][i]
     if isinstance(d, str):
-        d = read_depth(d, seq["size"])
+        d = read_depth(d, seq["size"], seq["png_scale"])
     return d if hw is None else F.interpolate(torch.from_numpy(d)[None, None], size=hw, mode="nearest")[0]
 
 def list_files(folder, ext=(".png", ".jpg", ".jpeg")):
@@ -191,9 +195,9 @@ def list_files(folder, ext=(".png", ".jpg", ".jpeg")):
     order = lambda p: [int(t) if i % 2 else t for i, t in enumerate(re.split(r"(\d+)", os.path.basename(p)))]
     return sorted((p for p in glob.glob(os.path.join(folder, "*")) if p.lower().endswith(ext)), key=order)
 
-def make_sequence(name, paths, K, poses_path, hw, depth_dir=None, where=None, k_path=None):
+def make_sequence(name, paths, K, poses_path, hw, depth_dir=None, where=None, k_path=None, png_scale=1000.0):
     """Read one sequence (the frames of folder `where`) frame by frame at the training size hw; rescale K
-    (read from k_path: checked against the frames' size)."""
+    (read from k_path: checked against the frames' size); its GT depth PNGs hold depth x png_scale."""
     if len(paths) < 3:
         raise InputError(f"{where or name}: expected at least 3 frames (*.png|jpg), found {len(paths)}")
     frames, sizes = zip(*(read_image(p, hw) for p in paths))
@@ -212,17 +216,17 @@ def make_sequence(name, paths, K, poses_path, hw, depth_dir=None, where=None, k_
         found = [f for f in (stem + ".npy", stem + ".png") if os.path.isfile(f)]
         if found:
             depth[i] = found[0]
-            read_depth(found[0], sizes[0])  # checked now, read again when evaluated
+            read_depth(found[0], sizes[0], png_scale)  # checked now, read again when evaluated
     if depth_dir and not depth and (maps := list_files(depth_dir, (".npy", ".png"))):
         stem = os.path.splitext(os.path.basename(paths[0]))[0]
         raise InputError(f"{depth_dir}: expected depth maps named as the frames ({os.path.basename(paths[0])} -> "
                          f"{stem}.npy|png), found none such (e.g. {os.path.basename(maps[0])})")
     images = torch.stack(frames).contiguous(memory_format=torch.channels_last)  # (N, 3, H, W) uint8, NHWC
-    return dict(name=name, images=images, size=sizes[0], depth=depth,
+    return dict(name=name, images=images, size=sizes[0], depth=depth, png_scale=png_scale,
                 poses=read_poses(poses_path, len(paths)) if os.path.exists(poses_path) else None,
                 K=rescale_K(K, hw[1] / sizes[0][1], hw[0] / sizes[0][0]))
 
-def load_sequences(root, hw):
+def load_sequences(root, hw, png_scale=1000.0):
     """The sequences of root in its layout: KITTI odometry, KITTI raw, or generic sequence folders."""
     if not os.path.isdir(root):
         raise InputError(f"{root}: no such folder (expected a dataset folder; layouts: --help)")
@@ -248,7 +252,8 @@ def load_sequences(root, hw):
                          "KITTI raw <date>/<date>_drive_XXXX_sync/image_02/data/ or KITTI odometry "
                          "sequences/NN/image_2/, found none (layouts: --help)")
     return [make_sequence(os.path.basename(d), list_files(os.path.join(d, images)), read_intrinsics(k, key),
-                          poses, hw, depth, os.path.join(d, images), k) for d, images, k, key, poses, depth in found]
+                          poses, hw, depth, os.path.join(d, images), k, png_scale)
+            for d, images, k, key, poses, depth in found]
 
 def attach_gt_depth(seqs, path):
     """Eigen-style GT: depth maps (at the frames' size) for listed frames '<sequence> <frame index>'."""
@@ -268,13 +273,13 @@ def attach_gt_depth(seqs, path):
                              "and its frames' size")
         s["depth"][int(idx)] = d
 
-def load_memory(root, hw, max_depth):
+def load_memory(root, hw, max_depth, png_scale=1000.0):
     """The unpaired memory (sequences not trained on): depth maps at the training size (M,1,H,W), invalid
     -> max depth, and the two motions t->t-1, t->t+1 of every triplet of their poses (Q,12)."""
     depths, motions = [], []
     for d in sorted(d for d in glob.glob(os.path.join(root, "*")) if os.path.isdir(d)):
         for f in list_files(os.path.join(d, "depth"), (".npy", ".png")):
-            x = torch.from_numpy(read_depth(f, (None, None)))[None, None]  # (1, 1, h, w), 0 = invalid
+            x = torch.from_numpy(read_depth(f, (None, None), png_scale))[None, None]  # (1, 1, h, w), 0 = invalid
             if not (x > 0).any():  # it would teach D a wall at --max-depth
                 raise InputError(f"{f}: no pixel > 0; expected a depth map in metres (0 = invalid) with valid pixels")
             x = F.interpolate(x, size=hw, mode="nearest")[0]
@@ -296,14 +301,15 @@ def load_data(args, dist):
     root = args.data or common.builtin_dataset(__file__, "sfm", "sfm_builtin", dist, device=str(dist.device))
     splits = [k for k in ("train", "val", "test") if os.path.isdir(os.path.join(root, k))]
     if "train" in splits and "test" in splits:
-        data = {k: load_sequences(os.path.join(root, k), hw) for k in splits}
+        data = {k: load_sequences(os.path.join(root, k), hw, args.depth_png_scale) for k in splits}
     else:
-        data = dict.fromkeys(("train", "test"), load_sequences(root, hw))
+        data = dict.fromkeys(("train", "test"), load_sequences(root, hw, args.depth_png_scale))
     if args.gt_depth:
         attach_gt_depth(data["test"], args.gt_depth)
     memory = args.memory or os.path.join(root, "memory")  # the data's own memory/ unless --memory is given
     found = args.memory or os.path.isdir(memory)
-    data["mem_depth"], data["mem_motion"] = load_memory(memory, hw, args.max_depth) if found else (None, None)
+    data["mem_depth"], data["mem_motion"] = (load_memory(memory, hw, args.max_depth, args.depth_png_scale) if found
+                                             else (None, None))
     return data
 
 
