@@ -113,6 +113,8 @@ def glue_negated(argv, flags):
 def read_rgb(path):
     """One RGB image as uint8 (H, W, 3); anything else is a clear InputError."""
     import imageio.v3 as iio
+    if not os.path.isfile(path):  # e.g. a CelebA list naming an image the folder lacks
+        raise InputError(f"{path}: no such file (expected an RGB JPEG/PNG face image)")
     try:
         img = iio.imread(path)
     except Exception as e:
@@ -137,7 +139,9 @@ def list_images(folder):
                          f"folder of RGB face images)")
     files = sorted(f for f in glob.glob(os.path.join(folder, "*")) if f.lower().endswith(IMAGE_EXT))
     if not files:
-        raise InputError(f"{folder}: no images found (expected {'/'.join(IMAGE_EXT)} face images)")
+        inside = [d for d in ("img_align_celeba", "images") if os.path.isdir(os.path.join(folder, d))]
+        raise InputError(f"{folder}: no images found (expected {'/'.join(IMAGE_EXT)} face images"
+                         + (f"; they may be in {os.path.join(folder, inside[0])})" if inside else ")"))
     return files
 
 def celeba_path(root, name, *dirs):

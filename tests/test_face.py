@@ -209,6 +209,11 @@ def test_bad_inputs(tmp_path, celeba, cache_root):
     (tmp_path / "empty").mkdir()
     bad(["--data", str(tmp_path / "empty"), *out], "no images found")
     bad(["--data", str(tmp_path / "missing"), *out], "no such folder")
+    (tmp_path / "root" / "img_align_celeba").mkdir(parents=True)                 # the CelebA root, given as faces
+    with pytest.raises(InputError, match=r"no images found .*they may be in .*root/img_align_celeba"):
+        fa.list_images(str(tmp_path / "root"))
+    with pytest.raises(InputError, match=r"000009.jpg: no such file \(expected an RGB"):
+        fa.read_rgb(str(tmp_path / "root" / "img_align_celeba" / "000009.jpg"))
     d = make_folder(tmp_path / "broken", 3)
     (tmp_path / "broken" / "zz.jpg").write_bytes(b"not an image")
     bad(["--data", d, *out], "zz.jpg: cannot be read as an image")
