@@ -851,14 +851,14 @@ def load_keypoints(path, order):
         raise InputError(f"{path}: keypoints have shape {kp.shape}; expected {KEYPOINTS_LAYOUT}")
     kp = to_h36m(kp, layout_of(z, order, path, KEYPOINTS_LAYOUT))                  # (N,17,2) H36M-17
     cam, lens = camera_of(z, path, KEYPOINTS_LAYOUT)
-    return make_split(path, kp, cam, what=KEYPOINTS_LAYOUT, dist=lens)
+    return make_split(path, kp, cam, action=z.get("subject"), what=KEYPOINTS_LAYOUT, dist=lens)  # its clips
 
 def run_predict(args, dist, G, run_dir):
     """Lift --predict's keypoints: predictions.npz/.json (camera-frame poses) and predictions.png."""
     split = load_keypoints(args.predict, args.keypoint_order)
     rel, placed = (p.numpy() for p in predict(G, split, args, dist.device)[:2])
     np.savez(os.path.join(run_dir, "predictions.npz"), poses_3d=placed, poses_3d_root_relative=rel,
-             camera=split["cam"])
+             camera=split["cam"], clip=split["action"])                   # clip: the input's subject, else all
     common.write_json(os.path.join(run_dir, "predictions.json"), {
         "joints": JOINTS, "units": "metres, camera coordinates (x right, y down, z forward)",
         "poses_3d": placed.round(4).tolist()})

@@ -575,7 +575,8 @@ def test_videopose3d_custom_videos_convert_to_an_npz_the_script_lifts_and_trains
     assert res["steps"] == 2 and "mpjpe" not in res
     run_cli("pose_aign.py", "--predict", tmp_path / "mine.npz", "--resume", out / "ckpt.pt", "--device", "cpu",
             "--out", tmp_path / "pred")
-    assert np.load(tmp_path / "pred" / "predictions.npz")["poses_3d"].shape == (len(coco), 17, 3)
+    pred = np.load(tmp_path / "pred" / "predictions.npz")
+    assert pred["poses_3d"].shape == (len(coco), 17, 3) and pred["clip"].tolist() == z["subject"].tolist()
     del meta["video_metadata"]["clip_b"]
     np.savez(tmp_path / "custom.npz", positions_2d=pos, metadata=meta)
     one_line_error(run_cli("tools/videopose3d_to_npz.py", tmp_path / "custom.npz", "--out", tmp_path / "x.npz",
