@@ -15,9 +15,11 @@ import ctypes
 import datetime
 import functools
 import hashlib
+import io
 import json
 import math
 import os
+import pickle
 import platform
 import random
 import signal
@@ -691,6 +693,42 @@ def load_npz(path, required=(), what="an npz file"):
     if missing:
         raise InputError(f"{path}: missing key(s) {missing}; found {sorted(data)} (expected {what})")
     return data
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists and numpy arrays (VideoPose3D's pickled npz entries) and refuses every
+    other class: no code runs."""
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict")} | {
+        (f"numpy.{c}.multiarray", n) for c in ("core", "_core") for n in ("_reconstruct", "scalar")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        if hasattr(np, "_core"):  # numpy >= 2 reads numpy 1.x pickles
+            module = module.replace("numpy.core", "numpy._core")
+        return super().find_class(module, name)
+
+
+def read_pickled(path, key, what):
+    """An npz's `key` via SafeUnpickler: VideoPose3D's pickled objects, None for a plain numeric array."""
+    try:
+        with zipfile.ZipFile(path) as zf, zf.open(key + ".npy") as f:
+            fp = io.BytesIO(f.read())
+        fmt = np.lib.format
+        header = fmt.read_array_header_1_0 if fmt.read_magic(fp) == (1, 0) else fmt.read_array_header_2_0
+        obj = SafeUnpickler(fp).load() if header(fp)[2].hasobject else None
+    except (OSError, KeyError, zipfile.BadZipFile, ValueError, pickle.UnpicklingError, EOFError) as e:
+        raise InputError(f"{path}: cannot read {what}: {e}") from None
+    return obj.item() if isinstance(obj, np.ndarray) and obj.shape == () else obj
+
+
+def as_numbers(value, path, key, what, dtype=np.float64):
+    """A value read from a file as a numeric array; ragged lists or non-numbers are an InputError."""
+    try:
+        return np.asarray(value, dtype)
+    except (ValueError, TypeError):
+        raise InputError(f"{path}: {key} is not a rectangular array of numbers (lists of unequal length or "
+                         f"non-numbers); expected {what}") from None
 
 
 def load_npy(path, what):

@@ -166,9 +166,9 @@ def read_rows(path, allowed, attrs=False):
     for i, r in enumerate(rows, 1 + 2 * attrs):
         if len(r) != n + 1 or any(v not in allowed for v in r[1:]):
             raise InputError(f"{path}:{i}: expected {what}, v in {{{', '.join(allowed)}}}; found {r[:4]}")
-    files, seen = [r[0] for r in rows], set()
-    if dup := next((f for f in files if f in seen or seen.add(f)), None):  # a face in two roles (test leaks)
-        raise InputError(f"{path}: {dup} has two rows (expected one row per image)")
+    files = [r[0] for r in rows]
+    if dup := [f for f, k in collections.Counter(files).items() if k > 1]:  # a face in two roles (test leaks)
+        raise InputError(f"{path}: {dup[0]} has two rows (expected one row per image)")
     return names, files, np.array([r[1:] for r in rows]).reshape(-1, n)
 
 def load_data(args, dist):
@@ -624,14 +624,14 @@ def predict(args, G, device, run_dir):
     G.eval()
     mask = box_masks(1, args.size, args.region, torch.zeros(1, 2, dtype=torch.long, device=device))
     files = list_images(args.predict)
-    stems = collections.Counter(os.path.splitext(os.path.basename(f))[0] for f in files)
-    for f in files:
+    stems = [os.path.splitext(os.path.basename(f))[0] for f in files]
+    count = collections.Counter(stems)
+    for f, stem in zip(files, stems):
         x = to_float(to_square(read_rgb(f), args.size // (args.scale if args.task == "sr" else 1))[None])
         x = x.to(device)  # (1, 3, s, s)
         with torch.no_grad():  # (1, 3, S, S)
             y = G(x) if args.task == "sr" else generate(G, args, render_inpaint(x, mask), mask)
-        stem = os.path.splitext(os.path.basename(f))[0]  # a.jpg and a.png: a.jpg.png, a.png.png
-        name = (stem if stems[stem] == 1 else os.path.basename(f)) + ".png"
+        name = (stem if count[stem] == 1 else os.path.basename(f)) + ".png"  # a.jpg and a.png: a.jpg.png, a.png.png
         common.write_png(os.path.join(run_dir, name), u8_of(y[0]).cpu())
     common.log(f"wrote predictions of {args.predict} to {run_dir}")
 

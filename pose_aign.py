@@ -15,9 +15,7 @@ Usage:
     python3 pose_aign.py --eval-only --resume runs/X/ckpt.pt --data ...   # or --predict keypoints.json
     torchrun --nproc_per_node 2 pose_aign.py --device cpu
 """
-import io
 import os
-import pickle
 import time
 import zipfile
 
@@ -234,34 +232,10 @@ def check_poses(poses, path, key, what):
                          f"0.22 m; expected metres (a median bone of 0.08-0.5 m){f' - {unit}?' if unit else ''}")
     return poses
 
-class SafeUnpickler(pickle.Unpickler):
-    """Unpickles VideoPose3D's dicts of numpy arrays and refuses every other class: no code runs."""
-    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict")} | {
-        (f"numpy.{c}.multiarray", n) for c in ("core", "_core") for n in ("_reconstruct", "scalar")}
-
-    def find_class(self, module, name):
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-        if hasattr(np, "_core"):  # numpy >= 2 reads numpy 1.x pickles
-            module = module.replace("numpy.core", "numpy._core")
-        return super().find_class(module, name)
-
-def read_pickled(path, key, what):
-    """An npz's `key` via SafeUnpickler: VideoPose3D's pickled objects, None for a plain numeric array."""
-    try:
-        with zipfile.ZipFile(path) as zf, zf.open(key + ".npy") as f:
-            fp = io.BytesIO(f.read())
-        fmt = np.lib.format
-        header = fmt.read_array_header_1_0 if fmt.read_magic(fp) == (1, 0) else fmt.read_array_header_2_0
-        obj = SafeUnpickler(fp).load() if header(fp)[2].hasobject else None
-    except (OSError, KeyError, zipfile.BadZipFile, ValueError, pickle.UnpicklingError, EOFError) as e:
-        raise InputError(f"{path}: cannot read {what}: {e}") from None
-    return obj.item() if isinstance(obj, np.ndarray) and obj.shape == () else obj
-
 def load_pickled_dict(path, key):
     """VideoPose3D's `key` (a pickled dict subject -> action -> arrays) of an npz."""
     what = f"'{key}' as VideoPose3D's pickled dict subject -> action -> array(s)"
-    obj = read_pickled(path, key, what)
+    obj = common.read_pickled(path, key, what)
     if not isinstance(obj, dict):
         raise InputError(f"{path}: {key} holds {'a numeric array' if obj is None else type(obj).__name__}; "
                          f"expected {what}")
@@ -277,7 +251,7 @@ def keypoint_layout(path):
     with zipfile.ZipFile(path) as zf:
         if "metadata.npy" not in zf.namelist():
             return "h36m"
-    meta = read_pickled(path, "metadata", "'metadata' as VideoPose3D's dict (layout_name, num_joints, ...)")
+    meta = common.read_pickled(path, "metadata", "'metadata' as VideoPose3D's dict (layout_name, num_joints, ...)")
     layout = str(meta.get("layout_name", "h36m")).lower() if isinstance(meta, dict) else None
     if layout not in ("h36m", "coco"):
         found = {k: meta.get(k) for k in ("layout_name", "num_joints")} if isinstance(meta, dict) else meta
@@ -290,7 +264,7 @@ def camera_of(z, path, what):
     'distortion' (VideoPose3D's order) or OpenCV's 'dist_coeffs' k1 k2 p1 p2 [k3], reordered."""
     if "camera" not in z and "image_size" not in z:
         raise InputError(f"{path}: no 'camera' or 'image_size'; found {sorted(z)} (expected {what})")
-    cam = as_numbers(z.get("camera", z.get("image_size")), path, "the camera", what)
+    cam = common.as_numbers(z.get("camera", z.get("image_size")), path, "the camera", what)
     if "camera" not in z:
         w, h = common.check_array(cam, path, "image_size", (2,), what)
         if not (w > 0 and h > 0):
@@ -303,7 +277,7 @@ def camera_of(z, path, what):
         cam = cam[..., [0, 1, 0, 1], [0, 1, 2, 2]]
     lens = z.get("distortion")
     if "dist_coeffs" in z:
-        d = as_numbers(z["dist_coeffs"], path, "'dist_coeffs'", what)
+        d = common.as_numbers(z["dist_coeffs"], path, "'dist_coeffs'", what)
         if lens is not None or d.ndim not in (1, 2) or d.shape[-1] < 4 or np.abs(d[..., 5:]).max(initial=0) > 0:
             raise InputError(f"{path}: 'dist_coeffs' has shape {d.shape}{' beside distortion' * (lens is not None)}; "
                              f"expected OpenCV's k1 k2 p1 p2 [k3] (4 or 5 values, (N,4|5)), or 'distortion' alone")
@@ -327,14 +301,6 @@ def to_h36m(kp, layout="h36m"):
         kp = np.stack([kp[:, idx].mean(1) for idx in COCO_TO_H36M], 1)
     return kp
 
-def as_numbers(value, path, key, what, dtype=np.float64):
-    """A value read from a file as a numeric array; ragged lists or non-numbers are an InputError."""
-    try:
-        return np.asarray(value, dtype)
-    except (ValueError, TypeError):
-        raise InputError(f"{path}: {key} is not a rectangular array of numbers (lists of unequal length or "
-                         f"non-numbers); expected {what}") from None
-
 def quat_to_matrix(q):
     w, x, y, z = q
     return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
@@ -357,7 +323,7 @@ def load_h36m(folder, keypoints):
             if s not in pos3d or s not in pos2d:
                 raise InputError(f"{p3} / {p2}: no subject {s} (found {sorted(pos3d)} / {sorted(pos2d)})")
             for action, world in pos3d[s].items():
-                world = as_numbers(world, p3, f"{s}/{action}", "(N, 32, 3) metres", np.float32)
+                world = common.as_numbers(world, p3, f"{s}/{action}", "(N, 32, 3) metres", np.float32)
                 if world.ndim == 3 and not len(world):
                     continue  # an action without frames adds nothing
                 world = check_poses(world[:, H36M_KEEP] if world.shape[1:] == (32, 3) else world, p3,
@@ -369,7 +335,7 @@ def load_h36m(folder, keypoints):
                 for c, kp in enumerate(views):
                     if s == "S11" and action == "Directions" and c == 0:
                         continue  # a known broken clip, dropped by convention
-                    kp = as_numbers(kp, p2, f"{s}/{action} camera {c}", "(N, 17, 2)", np.float32)
+                    kp = common.as_numbers(kp, p2, f"{s}/{action} camera {c}", "(N, 17, 2)", np.float32)
                     if kp.ndim != 3 or kp.shape[1] != NJ or kp.shape[2] < 2:
                         raise InputError(f"{p2}: {s}/{action} camera {c} has shape {kp.shape}; expected "
                                          f"(N, 17, 2) in its metadata's layout, {layout}")
@@ -845,7 +811,7 @@ def load_keypoints(path, order):
     if not (isinstance(z, dict) and {"keypoints", "poses_2d"} & set(z) and {"camera", "image_size"} & set(z)):
         raise InputError(f"{path}: found {sorted(z) if isinstance(z, dict) else type(z).__name__}; expected "
                          f"{KEYPOINTS_LAYOUT}")
-    kp = as_numbers(z.get("keypoints", z.get("poses_2d")), path, "'keypoints'", KEYPOINTS_LAYOUT)
+    kp = common.as_numbers(z.get("keypoints", z.get("poses_2d")), path, "'keypoints'", KEYPOINTS_LAYOUT)
     kp = kp[None] if kp.ndim == 2 else kp                                                  # (N,17,2|3)
     if kp.ndim != 3 or kp.shape[1] != NJ or kp.shape[2] not in (2, 3):
         raise InputError(f"{path}: keypoints have shape {kp.shape}; expected {KEYPOINTS_LAYOUT}")

@@ -20,6 +20,7 @@ abs_rel unscaled / median-scaled, prediction resized as disparity; commands, har
     python3 sfm_aign.py --data DIR --memory MEM       # your sequences (layouts: --help)
 """
 import argparse
+import collections
 import functools
 import glob
 import math
@@ -260,8 +261,9 @@ def attach_gt_depth(seqs, path):
     what = "'depth' (N,H,W) metres at the frames' size and 'frames' (N,) '<sequence> <frame index>'"
     z = common.load_npz(path, required=("depth", "frames"), what=what)
     depth = check_metres(common.check_array(z["depth"], path, "depth", (None, None, None), what), path)
-    if z["frames"].shape != (len(depth),) or len(set(map(str, z["frames"]))) < len(depth):
-        raise InputError(f"{path}: 'frames' {z['frames'].shape} ({len(set(map(str, z['frames'])))} distinct), "
+    distinct = len(set(map(str, z["frames"])))
+    if z["frames"].shape != (len(depth),) or distinct < len(depth):
+        raise InputError(f"{path}: 'frames' {z['frames'].shape} ({distinct} distinct), "
                          f"'depth' {depth.shape}; expected {what}, one map per frame")
     by_name = {s["name"]: s for s in seqs}
     for entry, d in zip(map(str, z["frames"]), depth):
@@ -805,7 +807,8 @@ def predict(args, nets, device, run_dir):
                          "FOLDER/images/)")
     paths = list_files(args.predict) or list_files(os.path.join(args.predict, "images"))
     stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
-    if dup := [p for p, s in zip(paths, stems) if stems.count(s) > 1]:  # outputs would overwrite each other
+    count = collections.Counter(stems)
+    if dup := [p for p, s in zip(paths, stems) if count[s] > 1]:  # outputs would overwrite each other
         raise InputError(f"--predict {args.predict}: frames {dup[:2]} share a name; expected one frame per name "
                          "(the outputs are depth/<name>.npy|png)")
     seq = make_sequence(f"--predict {args.predict}", paths, np.eye(3), "", (args.height, args.width))

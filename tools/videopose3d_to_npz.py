@@ -31,7 +31,7 @@ LAYOUT = ("VideoPose3D's data_2d_custom_*.npz: positions_2d {video: {'custom': [
 def convert(path, out, focal=None):
     """The custom npz `path` -> the generic npz `out`; returns (frames, videos)."""
     pos = P.load_pickled_dict(path, "positions_2d")
-    meta = P.read_pickled(path, "metadata", f"'metadata' ({LAYOUT})")
+    meta = common.read_pickled(path, "metadata", f"'metadata' ({LAYOUT})")
     sizes = meta.get("video_metadata") if isinstance(meta, dict) else None
     if not isinstance(sizes, dict) or str(meta.get("layout_name", "coco")).lower() != "coco":
         found = sorted(meta) if isinstance(meta, dict) else type(meta).__name__
@@ -44,8 +44,8 @@ def convert(path, out, focal=None):
                 and {"w", "h"} <= set(size)):
             raise InputError(f"{path}: video {v!r}: expected positions_2d[{v!r}]['custom'] = [keypoints] and "
                              f"video_metadata[{v!r}] = {{'w': W, 'h': H}} ({LAYOUT})")
-        kp = P.as_numbers(views[0], path, f"{v}/custom", "(N, 17, 2) COCO-17 pixels", np.float32)  # (n,17,2)
-        w, h = P.as_numbers([size["w"], size["h"]], path, f"video_metadata[{v!r}]", "w, h in pixels")
+        kp = common.as_numbers(views[0], path, f"{v}/custom", "(N, 17, 2) COCO-17 pixels", np.float32)  # (n,17,2)
+        w, h = common.as_numbers([size["w"], size["h"]], path, f"video_metadata[{v!r}]", "w, h in pixels")
         if kp.ndim != 3 or kp.shape[1:] != (P.NJ, 2) or not (w > 0 and h > 0):
             raise InputError(f"{path}: video {v!r}: keypoints {kp.shape}, image {w:g} x {h:g}; expected "
                              f"(N, 17, 2) COCO-17 pixels and a positive width and height ({LAYOUT})")
