@@ -670,8 +670,9 @@ def read_numbers(path, what, cols=None):
     return arr
 
 
-def load_npz(path, required=(), what="an npz file"):
-    """np.load with allow_pickle=False; a missing file or key is an InputError naming the layout."""
+def load_npz(path, required=(), what="an npz file", pickled=()):
+    """np.load with allow_pickle=False (the keys in `pickled` may hold arrays of arrays, read by SafeUnpickler);
+    a missing file or key is an InputError naming the layout."""
     if not os.path.isfile(path):
         raise InputError(f"{path}: no such file (expected {what})")
     if not zipfile.is_zipfile(path):  # np.load would take it for a .npy or a pickle
@@ -682,7 +683,12 @@ def load_npz(path, required=(), what="an npz file"):
         raise InputError(f"{path}: not an .npz archive (np.savez; {found}); expected {what}")
     try:
         with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
+            data = {}
+            for k in z.files:
+                obj = read_pickled(path, k, what) if k in pickled else None    # None: a plain array
+                data[k] = z[k] if obj is None else obj
+    except InputError:
+        raise
     except ValueError as e:
         raise InputError(f"{path}: holds pickled objects, which are not loaded for safety "
                          f"(expected {what}; {e})") from None
@@ -696,8 +702,8 @@ def load_npz(path, required=(), what="an npz file"):
 
 
 class SafeUnpickler(pickle.Unpickler):
-    """Unpickles dicts, lists and numpy arrays (VideoPose3D's pickled npz entries) and refuses every
-    other class: no code runs."""
+    """Unpickles dicts, lists and numpy arrays (VideoPose3D's pickled npz entries, Monodepth2's arrays of
+    depth maps) and refuses every other class: no code runs."""
     ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict")} | {
         (f"numpy.{c}.multiarray", n) for c in ("core", "_core") for n in ("_reconstruct", "scalar")}
 
@@ -710,13 +716,14 @@ class SafeUnpickler(pickle.Unpickler):
 
 
 def read_pickled(path, key, what):
-    """An npz's `key` via SafeUnpickler: VideoPose3D's pickled objects, None for a plain numeric array."""
+    """An npz's `key` via SafeUnpickler: pickled objects (latin1: Python 2's array bytes, as numpy reads them),
+    None for a plain numeric array."""
     try:
         with zipfile.ZipFile(path) as zf, zf.open(key + ".npy") as f:
             fp = io.BytesIO(f.read())
         fmt = np.lib.format
         header = fmt.read_array_header_1_0 if fmt.read_magic(fp) == (1, 0) else fmt.read_array_header_2_0
-        obj = SafeUnpickler(fp).load() if header(fp)[2].hasobject else None
+        obj = SafeUnpickler(fp, encoding="latin1").load() if header(fp)[2].hasobject else None
     except (OSError, KeyError, zipfile.BadZipFile, ValueError, pickle.UnpicklingError, EOFError) as e:
         raise InputError(f"{path}: cannot read {what}: {e}") from None
     return obj.item() if isinstance(obj, np.ndarray) and obj.shape == () else obj

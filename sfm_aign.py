@@ -57,7 +57,8 @@ def get_args(argv=None):
     add = p.add_argument
     add("--memory", help="unpaired memory: sequence folders with depth/*.npy|png and/or poses.txt, not "
                          "trained on (default: DATA/memory if it exists; the built-in data has one)")
-    add("--gt-depth", help="test GT npz: 'depth' (N,H,W) m, 'frames' (N,) '<seq> <index>' (default: none)")
+    add("--gt-depth", help="test GT npz: 'depth' (N,H,W) m, 'frames' (N,) '<seq> <index>'; or Monodepth2's "
+                           "splits/<split>/gt_depths.npz beside its test_files.txt (default: none)")
     add("--height", type=int, default=48, help="training image height (default: 48)")
     add("--width", type=int, default=160, help="training image width (default: 160)")
     add("--lambda-rec", type=float, default=1.0, help="weight of the photometric reconstruction (default: 1)")
@@ -95,8 +96,9 @@ def get_args(argv=None):
 # ----------------------------------------------------------------------------------------------
 # Data
 # Every source becomes sequences: dict(name, images (N,3,H,W) uint8 at the training size, size (h,w) of
-# the files, K (3,3) at the training size, poses (N,4,4) camera-to-world or None, depth {frame index:
-# the path of a GT map, checked when loaded and read again when evaluated, or an array}).
+# the files, stems (N,) file names without extension, K (3,3) at the training size, poses (N,4,4) camera-to-
+# world or None, depth {frame index: the path of a GT map, checked when loaded and read again when evaluated,
+# or an array}).
 def read_image(path, hw, dtype=np.uint8):
     """An 8-bit frame -> (uint8 (3,H,W) at hw, area-averaged if shrunk, else bilinear; the file's size (h,w));
     with hw None, the array as it is (a 16-bit depth PNG)."""
@@ -224,6 +226,7 @@ def make_sequence(name, paths, K, poses_path, hw, depth_dir=None, where=None, k_
                          f"{stem}.npy|png), found none such (e.g. {os.path.basename(maps[0])})")
     images = torch.stack(frames).contiguous(memory_format=torch.channels_last)  # (N, 3, H, W) uint8, NHWC
     return dict(name=name, images=images, size=sizes[0], depth=depth, png_scale=png_scale,
+                stems=[os.path.splitext(os.path.basename(p))[0] for p in paths],
                 poses=read_poses(poses_path, len(paths)) if os.path.exists(poses_path) else None,
                 K=rescale_K(K, hw[1] / sizes[0][1], hw[0] / sizes[0][0]))
 
@@ -256,24 +259,43 @@ def load_sequences(root, hw, png_scale=1000.0):
                           poses, hw, depth, os.path.join(d, images), k, png_scale)
             for d, images, k, key, poses, depth in found]
 
+GT_LAYOUT = ("'depth' (N,H,W) metres and 'frames' (N,) '<sequence> <frame index>', or Monodepth2's gt_depths.npz "
+             "('data': N maps in metres) beside its test_files.txt (N lines '<date>/<drive> <frame number> l')")
+
 def attach_gt_depth(seqs, path):
-    """Eigen-style GT: depth maps (at the frames' size) for listed frames '<sequence> <frame index>'."""
-    what = "'depth' (N,H,W) metres at the frames' size and 'frames' (N,) '<sequence> <frame index>'"
-    z = common.load_npz(path, required=("depth", "frames"), what=what)
-    depth = check_metres(common.check_array(z["depth"], path, "depth", (None, None, None), what), path)
-    distinct = len(set(map(str, z["frames"])))
-    if z["frames"].shape != (len(depth),) or distinct < len(depth):
-        raise InputError(f"{path}: 'frames' {z['frames'].shape} ({distinct} distinct), "
-                         f"'depth' {depth.shape}; expected {what}, one map per frame")
+    """Eigen-style GT maps (at their frames' size; 0 = no LiDAR point) for listed frames: our npz, or Monodepth2's
+    splits/<split>/gt_depths.npz, whose maps differ in size across KITTI's dates and are therefore a pickled
+    array of arrays (read by the restricted unpickler: arrays only, no code runs)."""
+    z = common.load_npz(path, what=GT_LAYOUT, pickled=("depth", "data"))
+    if "data" in z and "depth" not in z:  # Monodepth2: frames named by file number, the left colour camera
+        txt = os.path.join(os.path.dirname(path), "test_files.txt")
+        lines = [ln.split() for ln in common.read_text(txt, GT_LAYOUT).splitlines() if ln.strip()]
+        if bad := [ln for ln in lines if len(ln) != 3 or not ln[1].isdigit() or ln[2] != "l"]:
+            raise InputError(f"{txt}: line {' '.join(bad[0])!r}; expected '<date>/<drive> <frame number> l' "
+                             "(Monodepth2's split files; only the left colour camera, image_02, is loaded)")
+        entries, maps = [(f"{a} {b}", os.path.basename(a), b) for a, b, _ in lines], z["data"]
+    elif "depth" in z and "frames" in z:
+        entries, maps = [(e, *e.partition(" ")[::2]) for e in map(str, z["frames"])], z["depth"]
+    else:
+        raise InputError(f"{path}: found {sorted(z)}; expected {GT_LAYOUT}")
+    if isinstance(maps, np.ndarray) and maps.dtype != object:  # one size: (N,H,W)
+        maps = common.check_array(maps, path, "depth" if "depth" in z else "data", (None, None, None), GT_LAYOUT)
+    maps = [check_metres(common.check_array(common.as_numbers(d, path, f"map {i}", GT_LAYOUT), path, f"map {i}",
+                                            (None, None), GT_LAYOUT), path) for i, d in enumerate(maps)]
+    distinct = len({e for e, *_ in entries})
+    if len(entries) != len(maps) or distinct < len(maps):
+        raise InputError(f"{path}: {len(entries)} frame entries ({distinct} distinct) for {len(maps)} depth maps; "
+                         f"expected {GT_LAYOUT}, one map per frame")
     by_name = {s["name"]: s for s in seqs}
-    for entry, d in zip(map(str, z["frames"]), depth):
-        name, _, idx = entry.partition(" ")
-        s = by_name.get(name)
-        if s is None or not idx.isdigit() or int(idx) >= len(s["images"]) or d.shape != s["size"]:
-            raise InputError(f"{path}: frame entry {entry!r} (depth map of size {d.shape}): expected "
-                             f"'<sequence> <frame index>' of a loaded sequence ({sorted(by_name)[:3]}...) "
-                             "and its frames' size")
-        s["depth"][int(idx)] = d
+    number = {s["name"]: {int(t): k for k, t in enumerate(s["stems"]) if t.isdigit()} for s in seqs}  # -> index
+    for (entry, name, frame), d in zip(entries, maps):
+        s, size = by_name.get(name), by_name[name]["size"] if name in by_name else None
+        i = (number[name].get(int(frame)) if "data" in z else int(frame)) if s and frame.isdigit() else None
+        if i is None or i >= len(s["images"]) or d.shape != size:
+            raise InputError(f"{path}: frame entry {entry!r} (depth map of size {d.shape}): expected '<sequence> "
+                             f"<frame {'number' if 'data' in z else 'index'}>' of a loaded sequence "
+                             f"({sorted(by_name)[:3]}...) and its frames' size{f' {size}' if size else ''}")
+        s["depth"][i] = d
 
 def load_memory(root, hw, max_depth, png_scale=1000.0):
     """The unpaired memory (sequences not trained on): depth maps at the training size (M,1,H,W), invalid

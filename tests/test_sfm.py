@@ -1,4 +1,6 @@
 """sfm_aign.py: renderer, loaders, metrics, bad inputs, command line (also copied alone) and a short learning test."""
+import collections
+import datetime
 import json
 import os
 import re
@@ -352,8 +354,8 @@ def test_kitti_raw_and_odometry_loaders(tmp_path):
     for depth, names, msg in ((np.full((1, 20, 64), 9.0), ["nope 1"], "frame entry 'nope 1'"),
                               (np.full((1, 20, 60), 9.0), ["2011_09_26_drive_0001_sync 1"], "size (20, 60)"),
                               (np.full((20, 64), 9.0), ["2011_09_26_drive_0001_sync 1"], "(N, N, N)"),
-                              (np.full((2, 20, 64), 9.0), ["2011_09_26_drive_0001_sync 1"], "'frames' (1,) (1 distinct), 'depth' (2, 20, 64)"),
-                              (np.full((2, 20, 64), 9.0), ["2011_09_26_drive_0001_sync 1"] * 2, "(2,) (1 distinct)"),
+                              (np.full((2, 20, 64), 9.0), ["2011_09_26_drive_0001_sync 1"], "1 frame entries (1 distinct) for 2 depth maps"),
+                              (np.full((2, 20, 64), 9.0), ["2011_09_26_drive_0001_sync 1"] * 2, "2 frame entries (1 distinct)"),
                               (np.full((1, 20, 64), np.nan), ["2011_09_26_drive_0001_sync 1"], "NaN")):
         np.savez(gt, depth=depth, frames=np.array(names))
         with pytest.raises(S.InputError, match=re.escape(msg)):
@@ -373,6 +375,56 @@ def test_kitti_raw_and_odometry_loaders(tmp_path):
         (odo / "sequences" / "09" / "calib.txt").write_bytes(bad.encode("latin-1"))
         with pytest.raises(S.InputError, match="calib.txt"):
             S.load_sequences(str(odo), (20, 64))
+
+
+def kitti_raw_dates(root):
+    """Two KITTI raw dates whose frames differ in size (as 2011_09_26 and 2011_09_30 do); the second drive's
+    files start at 0000000005."""
+    for date, drive, (h, w), start in (("2011_09_26", "2011_09_26_drive_0001_sync", (20, 64), 0),
+                                       ("2011_09_30", "2011_09_30_drive_0016_sync", (18, 60), 5)):
+        for i, im in enumerate(frames(3, h, w)):
+            write_png(str(root / date / drive / "image_02" / "data" / f"{start + i:010d}.png"), im)
+        (root / date / "calib_cam_to_cam.txt").write_text("P_rect_02: 72 0 30 45 0 72 9 -0.34 0 0 1 0.0049\n")
+    return root
+
+
+def monodepth2_gt(folder, lines, maps):
+    """Monodepth2's splits/<split>/: test_files.txt and gt_depths.npz as its export_gt_depth.py writes them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "test_files.txt").write_text("".join(ln + "\n" for ln in lines))
+    np.savez_compressed(folder / "gt_depths.npz", data=np.array(maps + [None], dtype=object)[:-1])  # ragged
+    return str(folder / "gt_depths.npz")
+
+
+def test_monodepth2_eigen_gt(tmp_path):
+    """Monodepth2's gt_depths.npz (maps of each date's size, a pickled object array, read without running
+    code) and the test_files.txt beside it: '<date>/<drive> <frame number> l', the number naming the file."""
+    seqs = S.load_sequences(str(kitti_raw_dates(tmp_path / "raw")), (10, 32))
+    a, b = "2011_09_26/2011_09_26_drive_0001_sync", "2011_09_30/2011_09_30_drive_0016_sync"
+    maps = [np.full((20, 64), 9.0, np.float32), np.full((18, 60), 4.0, np.float32)]
+    S.attach_gt_depth(seqs, monodepth2_gt(tmp_path / "eigen", [f"{a} 0000000001 l", f"{b} 0000000006 l"], maps))
+    assert [{k: float(v[0, 0]) for k, v in s["depth"].items()} for s in seqs] == [{1: 9.0}, {1: 4.0}]
+    ours = tmp_path / "ours.npz"  # our own layout may be ragged too (frame indices, not numbers)
+    np.savez(ours, depth=np.array(maps + [None], dtype=object)[:-1], frames=np.array([a[11:] + " 2", b[11:] + " 0"]))
+    S.attach_gt_depth(seqs, str(ours))
+    assert sorted(seqs[0]["depth"]) == [1, 2] and sorted(seqs[1]["depth"]) == [0, 1]
+    for lines, maps_, msg in (([f"{a} 0000000001 r", f"{b} 0000000006 l"], maps, "only the left colour camera"),
+                              ([f"{a} 0000000001 l"], maps, "1 frame entries (1 distinct) for 2 depth maps"),
+                              ([f"{a} 0000000001 l", f"{b} 0000000002 l"], maps, "frame entry '" + b + " 0000000002'"),
+                              ([f"{a} 0000000001 l", f"{b} 0000000006 l"], maps[::-1], "of size (18, 60)"),
+                              ([f"{a} 0000000001 l", f"{b} 0000000006 l"], [maps[0], maps[1] * 1000], "median depth 4000")):
+        with pytest.raises(S.InputError, match=re.escape(msg)):
+            S.attach_gt_depth(seqs, monodepth2_gt(tmp_path / "bad", lines, maps_))
+    (tmp_path / "bad" / "test_files.txt").write_text(f"{a} 0000000001 l\n")
+    np.savez(tmp_path / "bad" / "gt_depths.npz", data=np.array([collections.OrderedDict()], dtype=object))
+    with pytest.raises(S.InputError, match="map 0 is not a rectangular array of numbers"):
+        S.attach_gt_depth(seqs, str(tmp_path / "bad" / "gt_depths.npz"))
+    np.savez(tmp_path / "bad" / "gt_depths.npz", data=np.array([datetime.date(2011, 9, 26)], dtype=object))
+    with pytest.raises(S.InputError, match="refusing to load datetime.date"):  # no other class is unpickled
+        S.attach_gt_depth(seqs, str(tmp_path / "bad" / "gt_depths.npz"))
+    os.remove(monodepth2_gt(tmp_path / "bad", [], []).replace("gt_depths.npz", "test_files.txt"))
+    with pytest.raises(S.InputError, match=r"test_files.txt: no such file \(expected 'depth' \(N,H,W\)"):
+        S.attach_gt_depth(seqs, str(tmp_path / "bad" / "gt_depths.npz"))
 
 
 @pytest.mark.parametrize("breakage, message", [
@@ -649,7 +701,7 @@ def test_cli_train_resume_eval_predict(tiny_data, tmp_path, cache_root):
 
 
 def test_cli_standalone_copy(tiny_data, tmp_path):
-    """sfm_aign.py + common.py alone in an empty folder: train, resume, eval-only (also with --gt-depth) and
+    """sfm_aign.py + common.py alone in an empty folder: train, resume, eval-only (also with Monodepth2's GT) and
     predict on user data in the generic layout and in the KITTI raw layout, with --memory."""
     folder = standalone_copy(SCRIPT, tmp_path / "alone")
     env = {"AIGN_CACHE": str(tmp_path / "cache")}
@@ -667,9 +719,9 @@ def test_cli_standalone_copy(tiny_data, tmp_path):
                    *common_flags, cwd=folder, env=env)
     assert read_json(run / "results.json")["steps"] == 3
     assert not (run / "depth_grid.png").exists() and "figures skipped" in proc.stdout  # tools/sfm_figures.py
-    gt = tmp_path / "gt.npz"
-    np.savez(gt, depth=np.full((2, 32, 96), 9.0, np.float32),
-             frames=np.array(["2011_09_26_drive_0001_sync 1", "2011_09_26_drive_0001_sync 4"]))
+    names = sorted(os.listdir(drive / "image_02" / "data"))  # Monodepth2's Eigen GT: frames by file number
+    gt = monodepth2_gt(tmp_path / "splits" / "eigen", [f"2011_09_26/{drive.name} {os.path.splitext(names[k])[0]} l"
+                                                       for k in (1, 4)], [np.full((32, 96), 9.0, np.float32)] * 2)
     for out, flags in (("e1", ["--data", data]), ("e2", ["--data", kitti, "--gt-depth", gt])):
         run_cli(SCRIPT, "--eval-only", "--resume", run / "ckpt.pt", *flags, "--memory", mem, "--out", tmp_path / out,
                 "--no-progress", cwd=folder, env=env)
