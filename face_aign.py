@@ -150,8 +150,19 @@ def celeba_path(root, name, *dirs):
     return next((p for p in paths if os.path.exists(p)), paths[0])
 
 def load_images(files, size, what, show):
-    return torch.stack([to_square(read_rgb(f), size)  # (N, 3, size, size) uint8
-                        for f in tqdm(files, desc=f"reading {what}", disable=not show, leave=False)])
+    """Image files -> (N, 3, size, size) uint8; images smaller than size are upscaled, and said so."""
+    small = []  # (file, (h, w)) of those
+
+    def read(f):
+        img = read_rgb(f)
+        small.extend([(f, img.shape[:2])] if min(img.shape[:2]) < size else [])
+        return to_square(img, size)
+    faces = torch.stack([read(f) for f in tqdm(files, desc=f"reading {what}", disable=not show, leave=False)])
+    if small:  # a blurred upscale is no high-resolution target (nor memory)
+        (f, (h, w)) = small[0]
+        common.log(f"note: {len(small)} of {len(files)} images ({what}) are smaller than --size {size} (e.g. {f}: "
+                   f"{w}x{h}); they are upscaled, so they hold less detail than {size}x{size} (a smaller --size?)")
+    return faces
 
 def read_rows(path, allowed, attrs=False):
     """A CelebA list: `filename v1 .. vn` rows with every v in `allowed`, after a count line and a line of

@@ -3,6 +3,7 @@ Runs without the optional face packages: the data are tiny procedural CelebA-lay
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -193,6 +194,16 @@ def test_plain_folder_with_memory(tmp_path):
     data = fa.load_faces(args, data_dir, show=False)
     assert len(data["mem"]) == 6 and len(data["test"]) == 2 and len(data["val"]) == 1 and len(data["inputs"]) == 17
     assert data["judge_data"] is None and data["test_labels"] is None
+
+
+def test_images_smaller_than_size_are_upscaled_with_a_note(tmp_path, capsys):
+    small = make_folder(tmp_path / "small", 20, size=48)  # 48x48 faces, --size 64: upscaled
+    data = fa.load_faces(fa.get_args(["--data", small, "--size", "64", "--batch-size", "4"]), small, show=False)
+    assert data["inputs"].shape[1:] == (3, 64, 64)
+    assert re.search(r"note: 20 of 20 images \(faces\) are smaller than --size 64 \(e.g. .*: 48x48\); they "
+                     r"are upscaled", capsys.readouterr().out)
+    fa.load_faces(fa.get_args(["--data", small, "--size", "32", "--batch-size", "4"]), small, show=False)
+    assert "note" not in capsys.readouterr().out  # shrunk: no note
 
 
 def bad(argv, match):
