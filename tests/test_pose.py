@@ -18,6 +18,7 @@ import torch
 import common
 import pose_aign as P
 from tools import bvh_to_memory as BV
+from tools import keypoints_to_npz as KP
 from tools import pose_builtin as B
 from common import InputError
 from conftest import ROOT, one_line_error, run_cli, standalone_copy
@@ -581,6 +582,47 @@ def test_videopose3d_custom_videos_convert_to_an_npz_the_script_lifts_and_trains
     np.savez(tmp_path / "custom.npz", positions_2d=pos, metadata=meta)
     one_line_error(run_cli("tools/videopose3d_to_npz.py", tmp_path / "custom.npz", "--out", tmp_path / "x.npz",
                            check=False), "custom.npz", "video 'clip_b'", "video_metadata")
+
+
+def test_openpose_and_coco_results_to_npz(tmp_path):
+    """tools/keypoints_to_npz.py: a folder of OpenPose JSONs (BODY_25) or a COCO keypoint-results JSON -> a
+    generic npz in COCO order with confidences; the most confident person per frame, a frame without one
+    skipped, 0 0 0 joints missing; --predict lifts it; a broken file is one clear error."""
+    d = write_generic_npz(tmp_path / "h36m.npz", n=24)
+    coco = d["poses_2d"][:, H36M_AT_COCO]                                        # (N,17,2) COCO-17
+    folder = tmp_path / "openpose"
+    folder.mkdir()
+    for i, c in enumerate(coco):
+        body = np.zeros((25, 3))                                                  # BODY_25, neck/feet unseen
+        body[KP.TO_COCO[25], :2], body[KP.TO_COCO[25], 2] = c, 0.9
+        body[KP.TO_COCO[25][9], :] = 0 if i == 3 else body[KP.TO_COCO[25][9]]      # frame 3: no left wrist
+        decoy = np.where(body > 0, body * 0.5, 0) * [1, 1, 0.5]                  # a less confident person
+        people = [{"pose_keypoints_2d": p.ravel().tolist()} for p in (decoy, body)]
+        (folder / f"clip_{i:012d}_keypoints.json").write_text(json.dumps({"version": 1.3, "people": people}))
+    (folder / "clip_000000000100_keypoints.json").write_text(json.dumps({"version": 1.3, "people": []}))
+    proc = run_cli("tools/keypoints_to_npz.py", folder, "--image-size", 1000, 1000, "--out", tmp_path / "op.npz")
+    assert "wrote" in proc.stdout and "24 frames (1 without a person skipped)" in proc.stdout
+    z = np.load(tmp_path / "op.npz")                                             # plain arrays only
+    assert str(z["layout"]) == "coco" and z["frame"][-1] == "clip_000000000023" and len(z["frame"]) == len(coco)
+    np.testing.assert_allclose(z["poses_2d"][..., :2][z["poses_2d"][..., 2] > 0], coco[z["poses_2d"][..., 2] > 0],
+                               rtol=1e-6)
+    x2d = P.load_keypoints(str(tmp_path / "op.npz"), None)["x2d"]              # H36M-17, the wrist NaN
+    single = [1, 2, 3, 4, 5, 6, 9, 11, 12, 13, 14, 15, 16]
+    assert np.isnan(x2d[3, 13]).all() and np.isfinite(np.delete(x2d, 3, 0)).all()
+    np.testing.assert_allclose(np.delete(x2d, 3, 0)[:, single], np.delete(d["poses_2d"], 3, 0)[:, single], rtol=1e-5)
+    rows = [{"image_id": f"{i}.jpg", "category_id": 1, "score": s, "keypoints": (np.c_[c * f, np.ones(17)]).ravel().tolist()}
+            for i, c in enumerate(coco) for s, f in ((2.5, 1.0), (0.3, 0.9))]    # 2 people an image
+    (tmp_path / "results.json").write_text(json.dumps(rows[::-1]))
+    assert KP.convert(str(tmp_path / "results.json"), str(tmp_path / "co.npz"), (1000, 1000)) == (len(coco), 0)
+    z = np.load(tmp_path / "co.npz")
+    np.testing.assert_allclose(z["poses_2d"][..., :2], coco, rtol=1e-6)      # the better person, in image order
+    assert z["frame"][:3].tolist() == ["0.jpg", "1.jpg", "2.jpg"] and z["camera"][0].tolist() == [1000, 1000, 500, 500]
+    rows[0]["keypoints"] = rows[0]["keypoints"][:-3]
+    (tmp_path / "results.json").write_text(json.dumps(rows))
+    one_line_error(run_cli("tools/keypoints_to_npz.py", tmp_path / "results.json", "--image-size", 1000, 1000,
+                           "--out", tmp_path / "x.npz", check=False), "results.json", "length 48", "25, 18 or 17")
+    with pytest.raises(InputError, match="no frame holds a person"):
+        KP.convert(str(folder), str(tmp_path / "x.npz"), (1000, 1000), min_confidence=0.95)
 
 
 def test_builtin_builder_does_not_import_the_script():
