@@ -213,6 +213,9 @@ def load_faces(args, root, show):
         img_dir = os.path.dirname(celeba_path(root, os.path.join("img_align_celeba", files[0]), "", "Img",
                                               "img_align_celeba"))  # flat, official Img/, Kaggle's nested
         paths = [os.path.join(img_dir, fn) for fn in files]  # missing: read_rgb's error
+        png = celeba_path(root, os.path.join("img_align_celeba_png", os.path.splitext(files[0])[0] + ".png"), "", "Img")
+        if not os.path.isfile(paths[0]) and os.path.isfile(png):  # the official lossless PNG set, named as .png
+            paths = [os.path.join(os.path.dirname(png), os.path.splitext(fn)[0] + ".png") for fn in files]
         judged = args.judge in ("cnn", "both") or args.judge_attr != "-Male" or "Male" in names
         for attr in [a for a in (args.judge_attr if judged else None, args.bias) if a]:  # 'Male' or '-Male'
             if attr.lstrip("-") not in names:

@@ -1,5 +1,6 @@
 """face_aign.py: renderers, loaders, metrics, CLI (train, resume, eval-only, predict, torchrun), learning.
 Runs without the optional face packages: the data are tiny procedural CelebA-layout fixtures."""
+import glob
 import importlib.util
 import json
 import os
@@ -727,9 +728,15 @@ def test_official_celeba_layouts_and_a_bom_load(tmp_path):
     import shutil
     ref = make_celeba(tmp_path / "flat", n=12)
     want = fa.load_faces(fa.get_args(["--data", ref, "--size", "32", "--batch-size", "2"]), ref, show=False)
-    for name, img_dir in (("official", "Img/img_align_celeba"), ("kaggle", "img_align_celeba/img_align_celeba")):
+    for name, img_dir in (("official", "Img/img_align_celeba"), ("kaggle", "img_align_celeba/img_align_celeba"),
+                          ("png", "Img/img_align_celeba_png")):
         d = tmp_path / name  # the Google Drive download: Anno/, Eval/, Img/; Kaggle's nested image folder
         shutil.copytree(os.path.join(ref, "img_align_celeba"), d / img_dir)
+        if name == "png":  # the official lossless set: the same faces as NNNNNN.png, the lists naming .jpg
+            import imageio.v3 as iio
+            for f in glob.glob(str(d / img_dir / "*.jpg")):
+                iio.imwrite(f[:-4] + ".png", iio.imread(f))
+                os.remove(f)
         (d / "Anno").mkdir()
         (d / "Eval").mkdir()
         for f, sub in (("list_attr_celeba.txt", "Anno"), ("list_eval_partition.txt", "Eval")):
