@@ -42,7 +42,7 @@ NETS = ("depth_net", "pose_net", "D_depth", "D_motion")
 ARCH = ("height", "width", "min_depth", "max_depth")  # a checkpoint's networks follow these
 STRETCH = 10  # paired triplets come in stretches of this many consecutive ones (--paired-frac)
 LAYOUTS = """--data layouts (details: README; frames and K are resized to --height x --width when read):
-  generic  DIR/<seq>/images/*.png|jpg, intrinsics.txt ('fx fy cx cy' or 3x3 K) [, poses.txt, depth/];
+  generic  DIR/<seq>/images/*.png|jpg, intrinsics.txt ('fx fy cx cy' or 3x3 K) [, poses.txt, depth/ (z, m)];
            DIR/train/, DIR/test/ (and DIR/val/) of such folders are the splits, DIR/memory/ the --memory
   KITTI    raw ROOT/<date>/<date>_drive_XXXX_sync/image_02/data/ (or ROOT = one <date>), or odometry
            ROOT/sequences/NN/image_2/"""
