@@ -57,6 +57,9 @@ def get_args(argv=None):
     add = p.add_argument
     add("--memory", help="unpaired memory: sequence folders with depth/*.npy|png and/or poses.txt, not "
                          "trained on (default: DATA/memory if it exists; the built-in data has one)")
+    add("--memory-gaps", choices=["far", "unknown"], default="far", help="a memory depth map's 0 pixels: far "
+        "(a renderer's sky: D sees --max-depth there) or unknown (LiDAR without a return: D sees the predictions "
+        "only where the memory map it is paired with has depth) (default: far)")
     add("--gt-depth", help="test GT npz: 'depth' (N,H,W) m, 'frames' (N,) '<seq> <index>'; or Monodepth2's "
                            "splits/<split>/gt_depths.npz beside its test_files.txt (default: none)")
     add("--height", type=int, default=48, help="training image height (default: 48)")
@@ -297,9 +300,10 @@ def attach_gt_depth(seqs, path):
                              f"({sorted(by_name)[:3]}...) and its frames' size{f' {size}' if size else ''}")
         s["depth"][i] = d
 
-def load_memory(root, hw, max_depth, png_scale=1000.0):
-    """The unpaired memory (sequences not trained on): depth maps at the training size (M,1,H,W), invalid
-    -> max depth, and the two motions t->t-1, t->t+1 of every triplet of their poses (Q,12)."""
+def load_memory(root, hw, max_depth, png_scale=1000.0, gaps="far"):
+    """The unpaired memory (sequences not trained on): depth maps at the training size (M,1,H,W), clamped to
+    max depth, invalid pixels -> max depth (gaps far) or kept at 0 (unknown: masked in train_step), and the
+    two motions t->t-1, t->t+1 of every triplet of their poses (Q,12)."""
     depths, motions = [], []
     for d in sorted(d for d in glob.glob(os.path.join(root, "*")) if os.path.isdir(d)):
         for f in list_files(os.path.join(d, "depth"), (".npy", ".png")):
@@ -307,7 +311,7 @@ def load_memory(root, hw, max_depth, png_scale=1000.0):
             if not (x > 0).any():  # it would teach D a wall at --max-depth
                 raise InputError(f"{f}: no pixel > 0; expected a depth map in metres (0 = invalid) with valid pixels")
             x = F.interpolate(x, size=hw, mode="nearest")[0]
-            depths.append(torch.where(x > 0, x, torch.full_like(x, max_depth)).clamp(max=max_depth))
+            depths.append(torch.where(x > 0, x.clamp(max=max_depth), max_depth if gaps == "far" else 0.0))
         if os.path.isfile(os.path.join(d, "poses.txt")):
             P = torch.from_numpy(read_poses(os.path.join(d, "poses.txt")))
             if len(P) < 4:  # fewer: no motion, or one (whose spread, the D's scale, is NaN)
@@ -317,6 +321,9 @@ def load_memory(root, hw, max_depth, png_scale=1000.0):
             motions.append(matrix_to_pose6(T).flatten(1))  # (N-2, 12)
     if not depths and not motions:
         raise InputError(f"--memory {root}: expected <seq>/depth/*.npy|png and/or <seq>/poses.txt: none")
+    if depths and gaps == "far" and (empty := float(np.mean([(d >= max_depth).float().mean() for d in depths]))) > 0.5:
+        common.log(f"note: --memory {root}: {empty:.0%} of its depth pixels are 0 or >= --max-depth; if they are "
+                   "LiDAR without a return rather than sky, --memory-gaps unknown keeps D from learning them as walls")
     return (torch.stack(depths) if depths else None), (torch.cat(motions).float() if motions else None)
 
 def load_data(args, dist):
@@ -332,8 +339,8 @@ def load_data(args, dist):
         attach_gt_depth(data["test"], args.gt_depth)
     memory = args.memory or os.path.join(root, "memory")  # the data's own memory/ unless --memory is given
     found = args.memory or os.path.isdir(memory)
-    data["mem_depth"], data["mem_motion"] = (load_memory(memory, hw, args.max_depth, args.depth_png_scale) if found
-                                             else (None, None))
+    data["mem_depth"], data["mem_motion"] = (load_memory(memory, hw, args.max_depth, args.depth_png_scale,
+                                                         args.memory_gaps) if found else (None, None))
     return data
 
 
@@ -758,8 +765,12 @@ def train_step(nets, opts, batch, args, dist, step):
     n_un = len(tgt) - batch["n_paired"]  # the unpaired samples come first
     depth = nets["depth_net"](tgt)  # (b, 1, H, W) metres
     pose = nets["pose_net"](srcs[:, 0], tgt, srcs[:, 1])  # (b, 2, 6): t -> t-1, t -> t+1
+    real_d, fake_d = batch["mem_depth"], depth[:n_un]  # (b, 1, H, W)
+    if real_d is not None:  # memory gaps (0, --memory-gaps unknown): D sees both maps alike there, at max depth
+        gap = real_d == 0
+        real_d, fake_d = real_d.masked_fill(gap, args.max_depth), torch.where(gap, args.max_depth, fake_d)
     judged = [(D, real, fake) for D, real, fake in (  # (discriminator, memory samples, predictions)
-        (nets["D_depth"], batch["mem_depth"], depth[:n_un]),
+        (nets["D_depth"], real_d, fake_d),
         (nets["D_motion"], batch["mem_motion"], pose[:n_un].flatten(1))) if real is not None]
     loss_d = loss_rec = loss_smooth = loss_adv = loss_sup = depth.new_zeros(())
     if judged:

@@ -535,6 +535,37 @@ def test_memory_errors(tmp_path, breakage, message):
     assert message in str(e.value)
 
 
+def test_memory_gaps_far_or_unknown(tmp_path, monkeypatch):
+    """A memory map's 0 pixels: far (sky) -> --max-depth in the memory, as before; unknown (no LiDAR return) -> kept
+    at 0, and in the adversarial terms both the memory map and the prediction paired with it read --max-depth
+    there, so D cannot tell them apart by the gaps. The sparsifying tool keeps LiDAR-like scan lines."""
+    from tools import sfm_lidar_memory as L
+    d = tmp_path / "mem" / "m0" / "depth"
+    d.mkdir(parents=True)
+    sparse = L.sparsify(np.full((16, 48), 7.0, np.float32), np.random.default_rng(0), top=0.25, line_every=2, keep=1.0)
+    assert (sparse[:4] == 0).all() and (sparse[4::2] == 7).all() and (sparse[5::2] == 0).all()
+    np.save(d / "0.npy", sparse)
+    far, _ = S.load_memory(str(tmp_path / "mem"), (16, 48), 100.0)
+    unknown, _ = S.load_memory(str(tmp_path / "mem"), (16, 48), 100.0, gaps="unknown")
+    assert (far[0, 0][sparse == 0] == 100).all() and (unknown[0, 0][sparse == 0] == 0).all()
+    assert torch.equal(far[0, 0][sparse > 0], unknown[0, 0][sparse > 0])
+    seen = []
+    real_loss = S.d_loss
+    monkeypatch.setattr(S, "d_loss", lambda D, real, fake, gan: seen.append((real, fake)) or real_loss(D, real, fake, gan))
+    frames = {"target": torch.rand(1, 3, 16, 48), "sources": torch.rand(1, 2, 3, 16, 48), "K": torch.eye(3)[None] * 20}
+    for gaps, mem in (("far", far), ("unknown", unknown)):
+        args = S.get_args(["--batch-size", "1", "--memory-gaps", gaps, "--height", "16", "--width", "48"])
+        torch.manual_seed(0)
+        nets = S.build_nets(args, torch.device("cpu"))
+        S.train_step(nets, S.optimisers(nets, args), dict(frames, n_paired=0, mem_depth=mem, mem_motion=None),
+                     args, S.common.Dist("cpu"), 0)
+    (real_far, fake_far), (real_unk, fake_unk) = seen
+    gap = torch.from_numpy(sparse == 0)
+    assert torch.equal(real_far, real_unk)                                  # the memory reads the same to D
+    assert (fake_unk[0, 0][gap] == 100).all() and (fake_far[0, 0][gap] < 100).all()  # gaps hide the prediction
+    assert torch.equal(fake_unk[0, 0][~gap], fake_far[0, 0][~gap])          # ... and only there
+
+
 def test_kitti_layout_edges(tmp_path):
     """KITTI raw: a date folder without its calibration is an error (not skipped); odometry: a stray file
     in sequences/ is not a sequence."""

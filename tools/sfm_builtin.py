@@ -6,6 +6,7 @@ through the same loader as user data. sfm_aign.py calls build(folder) on first u
 common.builtin_dataset (cached as $AIGN_CACHE/sfm/builtin-<hash of this file>, default ~/.cache/aign);
 this file never imports sfm_aign.py. By hand: python3 tools/sfm_builtin.py OUT_DIR
 """
+import argparse
 import os
 import sys
 
@@ -182,4 +183,6 @@ def build(out_dir, device="cpu"):
 
 
 if __name__ == "__main__":
-    build(sys.argv[1] if len(sys.argv) > 1 else "sfm_builtin")
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("out", nargs="?", default="sfm_builtin", help="folder to write (default: sfm_builtin)")
+    build(p.parse_args().out)
