@@ -41,11 +41,13 @@ SCRIPT = "sfm_aign"
 NETS = ("depth_net", "pose_net", "D_depth", "D_motion")
 ARCH = ("height", "width", "min_depth", "max_depth")  # a checkpoint's networks follow these
 STRETCH = 10  # paired triplets come in stretches of this many consecutive ones (--paired-frac)
+KITTI_DEPTH = os.path.join("proj_depth", "groundtruth", "image_02")  # KITTI depth benchmark: PNG / 256, 0 = none
 LAYOUTS = """--data layouts (details: README; frames and K are resized to --height x --width when read):
   generic  DIR/<seq>/images/*.png|jpg, intrinsics.txt ('fx fy cx cy' or 3x3 K) [, poses.txt, depth/ (z, m)];
            DIR/train/, DIR/test/ (and DIR/val/) of such folders are the splits, DIR/memory/ the --memory
-  KITTI    raw ROOT/<date>/<date>_drive_XXXX_sync/image_02/data/ (or ROOT = one <date>), or odometry
-           ROOT/sequences/NN/image_2/"""
+  KITTI    raw ROOT/<date>/<date>_drive_XXXX_sync/image_02/data/ (or ROOT = one <date>) [, the drive's GT
+           proj_depth/groundtruth/image_02/ from the depth benchmark], or odometry ROOT/sequences/NN/image_2/;
+           --memory may be the depth benchmark's train/ (<drive>/proj_depth/groundtruth/image_02/*.png)"""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -248,7 +250,7 @@ def load_sequences(root, hw, png_scale=1000.0):
                  for d in sorted(glob.glob(os.path.join(root, "sequences", "*"))) if os.path.isdir(d)]
     elif drives:  # KITTI raw
         found = [(d, os.path.join("image_02", "data"), os.path.join(os.path.dirname(d), "calib_cam_to_cam.txt"),
-                  "P_rect_02", os.path.join(d, "poses.txt"), None) for d in drives]
+                  "P_rect_02", os.path.join(d, "poses.txt"), os.path.join(d, KITTI_DEPTH)) for d in drives]
     else:  # generic
         dirs = [d for d in sorted(glob.glob(os.path.join(root, "*")))
                 if os.path.isdir(os.path.join(d, "images"))]
@@ -258,8 +260,8 @@ def load_sequences(root, hw, png_scale=1000.0):
         raise InputError(f"{root}: expected sequence folders <seq>/images/*.png with <seq>/intrinsics.txt, "
                          "KITTI raw <date>/<date>_drive_XXXX_sync/image_02/data/ or KITTI odometry "
                          "sequences/NN/image_2/, found none (layouts: --help)")
-    return [make_sequence(os.path.basename(d), list_files(os.path.join(d, images)), read_intrinsics(k, key),
-                          poses, hw, depth, os.path.join(d, images), k, png_scale)
+    return [make_sequence(os.path.basename(d), list_files(os.path.join(d, images)), read_intrinsics(k, key), poses,
+                          hw, depth, os.path.join(d, images), k, 256.0 if depth and KITTI_DEPTH in depth else png_scale)
             for d, images, k, key, poses, depth in found]
 
 GT_LAYOUT = ("'depth' (N,H,W) metres and 'frames' (N,) '<sequence> <frame index>', or Monodepth2's gt_depths.npz "
@@ -304,14 +306,16 @@ def load_memory(root, hw, max_depth, png_scale=1000.0, gaps="far"):
     """The unpaired memory (sequences not trained on): depth maps at the training size (M,1,H,W), clamped to
     max depth, invalid pixels -> max depth (gaps far) or kept at 0 (unknown: masked in train_step), and the
     two motions t->t-1, t->t+1 of every triplet of their poses (Q,12)."""
-    depths, motions = [], []
+    depths, motions, n_kitti = [], [], 0
     for d in sorted(d for d in glob.glob(os.path.join(root, "*")) if os.path.isdir(d)):
-        for f in list_files(os.path.join(d, "depth"), (".npy", ".png")):
-            x = torch.from_numpy(read_depth(f, (None, None), png_scale))[None, None]  # (1, 1, h, w), 0 = invalid
+        kitti = os.path.isdir(os.path.join(d, KITTI_DEPTH))  # a drive of KITTI's depth benchmark: LiDAR, 0 = none
+        for f in list_files(os.path.join(d, KITTI_DEPTH if kitti else "depth"), (".npy", ".png")):
+            x = torch.from_numpy(read_depth(f, (None, None), 256.0 if kitti else png_scale))[None, None]  # (1,1,h,w)
             if not (x > 0).any():  # it would teach D a wall at --max-depth
                 raise InputError(f"{f}: no pixel > 0; expected a depth map in metres (0 = invalid) with valid pixels")
             x = F.interpolate(x, size=hw, mode="nearest")[0]
-            depths.append(torch.where(x > 0, x.clamp(max=max_depth), max_depth if gaps == "far" else 0.0))
+            depths.append(torch.where(x > 0, x.clamp(max=max_depth), max_depth if gaps == "far" and not kitti else 0.0))
+            n_kitti += kitti
         if os.path.isfile(os.path.join(d, "poses.txt")):
             P = torch.from_numpy(read_poses(os.path.join(d, "poses.txt")))
             if len(P) < 4:  # fewer: no motion, or one (whose spread, the D's scale, is NaN)
@@ -321,6 +325,9 @@ def load_memory(root, hw, max_depth, png_scale=1000.0, gaps="far"):
             motions.append(matrix_to_pose6(T).flatten(1))  # (N-2, 12)
     if not depths and not motions:
         raise InputError(f"--memory {root}: expected <seq>/depth/*.npy|png and/or <seq>/poses.txt: none")
+    if n_kitti:
+        common.log(f"note: --memory {root}: {n_kitti} KITTI depth benchmark maps ({KITTI_DEPTH}): depth = PNG / 256, "
+                   "0 = no LiDAR return (as --memory-gaps unknown)")
     if depths and gaps == "far" and (empty := float(np.mean([(d >= max_depth).float().mean() for d in depths]))) > 0.5:
         common.log(f"note: --memory {root}: {empty:.0%} of its depth pixels are 0 or >= --max-depth; if they are "
                    "LiDAR without a return rather than sky, --memory-gaps unknown keeps D from learning them as walls")

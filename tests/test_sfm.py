@@ -396,6 +396,24 @@ def monodepth2_gt(folder, lines, maps):
     return str(folder / "gt_depths.npz")
 
 
+def test_kitti_depth_benchmark_maps(tmp_path, capsys):
+    """KITTI's depth benchmark maps (<drive>/proj_depth/groundtruth/image_02/<frame>.png, depth x 256, 0 = no
+    return): a raw drive's GT for evaluation, and a --memory of such drives, read with 0 kept as a gap."""
+    root = kitti_raw_dates(tmp_path / "raw")
+    gt = root / "2011_09_26" / "2011_09_26_drive_0001_sync" / S.KITTI_DEPTH
+    lidar = np.zeros((20, 64), np.uint16)
+    lidar[10:] = 2560                                                          # 10 m, nothing above row 10
+    write_png(str(gt / "0000000001.png"), lidar)
+    seqs = S.load_sequences(str(root), (10, 32))                               # --depth-png-scale stays 1000
+    assert list(seqs[0]["depth"]) == [1] and S.gt_depth(seqs[0], 1).max() == 10 and not seqs[1]["depth"]
+    mem = tmp_path / "depth_benchmark" / "train" / "2011_09_26_drive_0005_sync" / S.KITTI_DEPTH
+    write_png(str(mem / "0000000005.png"), lidar)
+    depth, motion = S.load_memory(str(tmp_path / "depth_benchmark" / "train"), (10, 32), 100.0)  # gaps far
+    assert motion is None and depth.shape == (1, 1, 10, 32)
+    assert (depth[0, 0, 5:] == 10).all() and (depth[0, 0, :5] == 0).all()      # 0 kept: a gap, not a wall
+    assert "1 KITTI depth benchmark maps" in capsys.readouterr().out
+
+
 def test_monodepth2_eigen_gt(tmp_path):
     """Monodepth2's gt_depths.npz (maps of each date's size, a pickled object array, read without running
     code) and the test_files.txt beside it: '<date>/<drive> <frame number> l', the number naming the file."""
