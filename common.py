@@ -82,7 +82,7 @@ def add_common_args(p, *, steps, batch_size, lr, eval_every):
     """Add the run flags all three scripts share; the defaults are the script's own (``steps`` may be a
     text such as "400 sr, 800 inpaint": --steps then defaults to None and the script fills it in)."""
     p.add_argument("--data", default=None,
-                   help="dataset path (see README for the layouts); default: the built-in dataset")
+                   help="dataset path (layouts: below, and README); default: the built-in dataset")
     p.add_argument("--out", default=None,
                    help="run folder (default: runs/<script>-<time>; with --resume its folder, with "
                         "--eval-only/--predict a new eval-<time>/predict-<time> folder beside it)")

@@ -41,7 +41,11 @@ BOXES = {"mouth": (0.66, 0.90, 0.30, 0.70), "nose": (0.46, 0.70, 0.38, 0.62)}
 # ----------------------------------------------------------------------------------------------
 # Args
 def get_args(argv=None):
-    p = common.ArgumentParser(description=__doc__.split("\n")[0])
+    p = common.ArgumentParser(description=__doc__.split("\n")[0], epilog=(
+        "--data layouts (details: README): CelebA DIR/list_attr_celeba.txt [, list_eval_partition.txt] and "
+        "img_align_celeba/*.jpg (also the official Anno/ Eval/ Img/ download, its img_align_celeba_png/, Kaggle's "
+        "nesting); or a plain folder of face images (no attributes: no --bias, no CNN judge). --memory: a folder "
+        "of face images."))
     common.add_common_args(p, steps="400 sr, 800 inpaint", batch_size=32, lr=2e-4, eval_every=200)
     add = p.add_argument
     add("--task", choices=["sr", "inpaint"], default="sr", help="sr or inpaint (default: sr)")
@@ -64,7 +68,7 @@ def get_args(argv=None):
         "(default: 2 sr, chosen on the validation faces; 1 inpaint)")
     add("--d-region", choices=["face", "hole", "both"], default=None, help="D sees the whole face, the S/2 "
         "square around the --region box at full resolution, or both (default: both inpaint, face sr)")
-    add("--d-lr", type=float, default=None, help="D's learning rate (default: 1e-3 sr, chosen on the "
+    add("--lr-d", "--d-lr", dest="d_lr", type=float, default=None, help="D's learning rate (default: 1e-3 sr, chosen on the "
         "validation faces; --lr inpaint)")
     add("--ema", type=float, default=None, help="decay of G's evaluated weight mean, 0 = G itself (default: "
         "0.99 sr, 0.9 inpaint, chosen on the validation faces)")
@@ -93,7 +97,7 @@ def get_args(argv=None):
                      (not 0 <= args.jitter <= 0.2, f"--jitter {args.jitter}: expected 0 to 0.2"),
                      (not 0 <= args.ema < 1, f"--ema {args.ema}: expected 0 <= decay < 1"),
                      (not (math.isfinite(args.d_lr) and args.d_lr > 0),
-                      f"--d-lr {args.d_lr}: expected a finite number > 0"),
+                      f"--lr-d {args.d_lr}: expected a finite number > 0"),
                      (args.bias and args.memory, "--bias and --memory: expected one of them")):
         if bad:
             raise InputError(msg)

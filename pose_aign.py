@@ -15,7 +15,9 @@ Usage:
     python3 pose_aign.py --eval-only --resume runs/X/ckpt.pt --data ...   # or --predict keypoints.json
     torchrun --nproc_per_node 2 pose_aign.py --device cpu
 """
+import argparse
 import os
+import textwrap
 import time
 import zipfile
 
@@ -77,12 +79,19 @@ NPZ_LAYOUT = ("poses_2d (N,17,2) pixels (or (N,17,3) x, y, confidence: 0 = missi
               "order: dist_coeffs k1 k2 p1 p2 [k3]); poses_3d (N,17,3) metres in camera coordinates (H36M-17); "
               "subject/action (N,) strings")
 MEMORY_LAYOUT = "an npz with poses_3d (N,17,3) metres, H36M-17 order (BVH -> npz: tools/bvh_to_memory.py)"
+LAYOUTS = "--data layouts (details: README):\n" + "\n".join("\n".join(textwrap.wrap(t, 100, initial_indent="  ",
+    subsequent_indent="      ")) for t in (
+    f"npz: one file: {NPZ_LAYOUT}; poses_3d is optional (without it: no metrics); the last ~20% of subjects "
+    "are the test split", "folder: DIR/train.npz, DIR/test.npz [, val.npz, memory.npz] of that layout",
+    "Human3.6M: DIR/data_3d_h36m.npz + DIR/data_2d_h36m_<--keypoints>.npz (VideoPose3D's layout)",
+    f"--memory: {MEMORY_LAYOUT}"))
 
 
 # ----------------------------------------------------------------------------------------------
 # Args
 def get_args(argv=None):
-    p = common.ArgumentParser(description=__doc__.split("\n")[0])
+    p = common.ArgumentParser(description=__doc__.split("\n")[0], epilog=LAYOUTS,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_common_args(p, steps=3000, batch_size=256, lr=2e-4, eval_every=1000)
     p.add_argument("--memory", help=f"unpaired 3D memory, {MEMORY_LAYOUT} (default: a folder's memory.npz, "
                    "Human3.6M's training subjects; a single --data npz needs it)")

@@ -342,6 +342,8 @@ def load_data(args, dist):
         data = {k: load_sequences(os.path.join(root, k), hw, args.depth_png_scale) for k in splits}
     else:
         data = dict.fromkeys(("train", "test"), load_sequences(root, hw, args.depth_png_scale))
+        common.log(f"note: {root} has no train/ and test/ folders: its sequences are both trained and tested on "
+                   "(a held-out test needs DIR/train/ and DIR/test/)", dist)
     if args.gt_depth:
         attach_gt_depth(data["test"], args.gt_depth)
     memory = args.memory or os.path.join(root, "memory")  # the data's own memory/ unless --memory is given

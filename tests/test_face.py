@@ -460,7 +460,7 @@ def test_standalone_copy_trains_resumes_evaluates_predicts(tmp_path):
     (["--eval-every", "0"], "--eval-every"), (["--paired-frac", "1.5"], "--paired-frac"), (["--lr", "nan"], "--lr"),
     (["--max-images", "-30"], "--max-images"), (["--channels", "1"], "--channels"), (["--size", "48"], "--size"),
     (["--jitter", "-1"], "--jitter"), (["--test-size", "0"], "--test-size"), (["--lambda-sup", "inf"], "--lambda-sup"),
-    (["--ema", "1"], "--ema"), (["--d-lr", "0"], "--d-lr")])
+    (["--ema", "1"], "--ema"), (["--d-lr", "0"], "--lr-d"), (["--lr-d", "0"], "--lr-d")])
 def test_bad_flag_values_are_one_line_errors(tmp_path, argv, flag):
     p = run_cli("face_aign.py", "--data", tmp_path / "none", "--out", tmp_path / "run", *argv, check=False)
     one_line_error(p, flag)

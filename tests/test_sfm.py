@@ -768,6 +768,7 @@ def test_cli_standalone_copy(tiny_data, tmp_path):
                    *common_flags, cwd=folder, env=env)
     assert read_json(run / "results.json")["steps"] == 3
     assert not (run / "depth_grid.png").exists() and "figures skipped" in proc.stdout  # tools/sfm_figures.py
+    assert "no train/ and test/ folders: its sequences are both trained and tested on" in proc.stdout
     names = sorted(os.listdir(drive / "image_02" / "data"))  # Monodepth2's Eigen GT: frames by file number
     gt = monodepth2_gt(tmp_path / "splits" / "eigen", [f"2011_09_26/{drive.name} {os.path.splitext(names[k])[0]} l"
                                                        for k in (1, 4)], [np.full((32, 96), 9.0, np.float32)] * 2)
