@@ -20,6 +20,7 @@ import json
 import math
 import os
 import pickle
+import re
 import platform
 import random
 import signal
@@ -635,6 +636,11 @@ def restore_training(state, nets, opts, data_rng, path):
 # ----------------------------------------------------------------------------------------------
 # Data files: every reader names the file and the expected layout when it fails, and none
 # unpickles (numpy arrays load with allow_pickle=False).
+def natural_key(name):
+    """Sort key for file and frame names: numbers in them compare as numbers (frame_2 before frame_10)."""
+    return [int(t) if i % 2 else t for i, t in enumerate(re.split(r"(\d+)", str(name)))]
+
+
 def read_text(path, what):
     """A text file's contents; missing, unreadable or not UTF-8 is an InputError naming `what`."""
     try:

@@ -25,7 +25,6 @@ import functools
 import glob
 import math
 import os
-import re
 import sys
 import time
 
@@ -200,8 +199,8 @@ def gt_depth(seq, i, hw=None):
 
 def list_files(folder, ext=(".png", ".jpg", ".jpeg")):
     """A folder's frames in frame order: numbers in names compare as numbers (2.png before 10.png)."""
-    order = lambda p: [int(t) if i % 2 else t for i, t in enumerate(re.split(r"(\d+)", os.path.basename(p)))]
-    return sorted((p for p in glob.glob(os.path.join(folder, "*")) if p.lower().endswith(ext)), key=order)
+    return sorted((p for p in glob.glob(os.path.join(folder, "*")) if p.lower().endswith(ext)),
+                  key=lambda p: common.natural_key(os.path.basename(p)))
 
 def make_sequence(name, paths, K, poses_path, hw, depth_dir=None, where=None, k_path=None, png_scale=1000.0):
     """Read one sequence (the frames of folder `where`) frame by frame at the training size hw; rescale K
@@ -246,23 +245,23 @@ def load_sequences(root, hw, png_scale=1000.0):
                     os.path.isfile(os.path.join(os.path.dirname(d), "calib_cam_to_cam.txt")))
     if os.path.isdir(os.path.join(root, "sequences")):  # KITTI odometry
         found = [(d, "image_2", os.path.join(d, "calib.txt"), "P2",
-                  os.path.join(root, "poses", os.path.basename(d) + ".txt"), None)
+                  os.path.join(root, "poses", os.path.basename(d) + ".txt"), None, png_scale)
                  for d in sorted(glob.glob(os.path.join(root, "sequences", "*"))) if os.path.isdir(d)]
     elif drives:  # KITTI raw
         found = [(d, os.path.join("image_02", "data"), os.path.join(os.path.dirname(d), "calib_cam_to_cam.txt"),
-                  "P_rect_02", os.path.join(d, "poses.txt"), os.path.join(d, KITTI_DEPTH)) for d in drives]
+                  "P_rect_02", os.path.join(d, "poses.txt"), os.path.join(d, KITTI_DEPTH), 256.0) for d in drives]
     else:  # generic
         dirs = [d for d in sorted(glob.glob(os.path.join(root, "*")))
                 if os.path.isdir(os.path.join(d, "images"))]
         found = [(d, "images", os.path.join(d, "intrinsics.txt"), None, os.path.join(d, "poses.txt"),
-                  os.path.join(d, "depth")) for d in dirs]
+                  os.path.join(d, "depth"), png_scale) for d in dirs]
     if not found:
         raise InputError(f"{root}: expected sequence folders <seq>/images/*.png with <seq>/intrinsics.txt, "
                          "KITTI raw <date>/<date>_drive_XXXX_sync/image_02/data/ or KITTI odometry "
                          "sequences/NN/image_2/, found none (layouts: --help)")
-    return [make_sequence(os.path.basename(d), list_files(os.path.join(d, images)), read_intrinsics(k, key), poses,
-                          hw, depth, os.path.join(d, images), k, 256.0 if depth and KITTI_DEPTH in depth else png_scale)
-            for d, images, k, key, poses, depth in found]
+    return [make_sequence(os.path.basename(d), list_files(os.path.join(d, images)), read_intrinsics(k, key),
+                          poses, hw, depth, os.path.join(d, images), k, scale)
+            for d, images, k, key, poses, depth, scale in found]
 
 GT_LAYOUT = ("'depth' (N,H,W) metres and 'frames' (N,) '<sequence> <frame index>', or Monodepth2's gt_depths.npz "
              "('data': N maps in metres) beside its test_files.txt (N lines '<date>/<drive> <frame number> l')")
@@ -294,7 +293,8 @@ def attach_gt_depth(seqs, path):
     by_name = {s["name"]: s for s in seqs}
     number = {s["name"]: {int(t): k for k, t in enumerate(s["stems"]) if t.isdigit()} for s in seqs}  # -> index
     for (entry, name, frame), d in zip(entries, maps):
-        s, size = by_name.get(name), by_name[name]["size"] if name in by_name else None
+        s = by_name.get(name)
+        size = s["size"] if s else None
         i = (number[name].get(int(frame)) if "data" in z else int(frame)) if s and frame.isdigit() else None
         if i is None or i >= len(s["images"]) or d.shape != size:
             raise InputError(f"{path}: frame entry {entry!r} (depth map of size {d.shape}): expected '<sequence> "

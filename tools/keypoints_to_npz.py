@@ -19,7 +19,6 @@ pixels of that image (OpenPose's default --keypoint_scale 0).
 import argparse
 import glob
 import os
-import re
 import sys
 
 import numpy as np
@@ -37,11 +36,6 @@ OPENPOSE = "OpenPose --write_json files: {'people': [{'pose_keypoints_2d': [x0, 
 COCO = "a COCO keypoint-results list: [{'image_id': ..., 'keypoints': [x0, y0, c0, ...] (17 joints), 'score': s}]"
 
 
-def natural(name):
-    """Sort key: numbers in names compare as numbers (frame_2 before frame_10)."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(name))]
-
-
 def as_joints(flat, where, what):
     """A flat x y c list -> (J,3) in COCO-17 order."""
     a = common.as_numbers(flat, where, "the keypoints", what)
@@ -53,7 +47,7 @@ def as_joints(flat, where, what):
 
 def read_openpose(folder):
     """A folder of OpenPose JSONs -> [(frame name, (17,3) or None)] in frame order."""
-    files = sorted(glob.glob(os.path.join(folder, "*.json")), key=natural)
+    files = sorted(glob.glob(os.path.join(folder, "*.json")), key=common.natural_key)
     if not files:
         raise InputError(f"{folder}: no *.json files; expected {OPENPOSE}")
     frames = []
@@ -79,7 +73,7 @@ def read_coco(path):
         score = common.as_numbers(r.get("score", 0.0), path, "a 'score'", COCO)
         if r.get("category_id", 1) == 1 and (r["image_id"] not in best or score > best[r["image_id"]][0]):
             best[r["image_id"]] = (score, as_joints(r["keypoints"], path, COCO))
-    return [(str(k), best[k][1]) for k in sorted(best, key=natural)]
+    return [(str(k), best[k][1]) for k in sorted(best, key=common.natural_key)]
 
 
 def convert(src, out, image_size, focal=None, min_confidence=0.0):
