@@ -538,7 +538,7 @@ def through_cameras(poses, up, yaw, elevation):
     """Memory poses (B,17,3) in their world frame, whose up is `up` (3,), as cameras of yaw (B,) and
     elevation (B,) radians see them (x right, y down, z forward; elevation > 0: looking down), root at 0:
     R = Rx(elevation) Ry(yaw) A, with A taking `up` to the camera's -y."""
-    a = torch.eye(3, dtype=poses.dtype, device=poses.device)[int(torch.argmin(up.abs()))]
+    a = F.one_hot(torch.argmin(up.abs()), 3).to(poses.dtype)                      # (3,) axis least along up
     e1 = F.normalize(a - (a @ up) * up, dim=0)
     A = torch.stack([e1, -up, torch.cross(e1, -up, dim=0)])                       # (3,3) proper rotation
     c, s, o, z = yaw.cos(), yaw.sin(), torch.ones_like(yaw), torch.zeros_like(yaw)
@@ -736,7 +736,8 @@ def draw_batch(data, gen, args, dist):
             "y3d": t["y_rel"][ip] if t["y_rel"] is not None else None, "sup_w": t["sup_w"]}  # (Bp,17,3)
 
 def train_step(nets, opts, batch, args, dist, step):
-    """One D step, then one G step. Returns the losses (0 where a term is switched off)."""
+    """One D step, then one G step. Returns the losses as 0-d float64 tensors (0.0 where a term is off),
+    read on the host only every --eval-every steps: no .item() here, so on CUDA the host can queue ahead."""
     G, D, nu = nets["G"], nets["D"], batch["n_unpaired"]
     lens = None if batch["dist"] is None else batch["dist"][:nu]              # the lens distortion, if any
     inp, xn, vis, scale, rot = normalise_2d(batch["x2d"], batch["cam"], batch["dist"],  # G's input,
@@ -748,7 +749,7 @@ def train_step(nets, opts, batch, args, dist, step):
         # D learns to tell memory poses (real) from predictions (fake)
         loss_d = d_loss(D, batch["real"], fake, args.gan)
         common.optimiser_step(opts["D"], loss_d, dist, D)                    # plumbing: the D update
-        losses["loss_d"] = loss_d.item()
+        losses["loss_d"] = loss_d.detach().double()
     pose = G(inp, rot)                                                        # (nu+Bp,17,3) root-relative
     loss_g = pose.new_zeros(())
     if nu:
@@ -756,17 +757,17 @@ def train_step(nets, opts, batch, args, dist, step):
         proj, _ = place_and_project(pose[:nu], xn[:nu], vis[:nu], args.camera, lens)
         loss_rec = reprojection_loss(proj, xn[:nu], vis[:nu], scale[:nu])
         loss_g = loss_g + args.lambda_rec * loss_rec
-        losses["loss_rec"] = loss_rec.item()
+        losses["loss_rec"] = loss_rec.detach().double()
         if args.lambda_adv > 0:
             # (ii) adversarial prior: predictions must look like poses of the memory
             loss_adv = g_adv_loss(D, pose[:nu], args.gan)
             loss_g = loss_g + args.lambda_adv * loss_adv
-            losses["loss_adv"] = loss_adv.item()
+            losses["loss_adv"] = loss_adv.detach().double()
     if batch["y3d"] is not None:
         # paired supervision where labels exist: ||G(x) - y||^2 on root-relative joints (metres)
         loss_sup = (pose[nu:] - batch["y3d"]).pow(2).sum(-1).mean()
         loss_g = loss_g + args.lambda_sup * batch["sup_w"] * loss_sup          # x labelled share
-        losses["loss_sup"] = loss_sup.item()
+        losses["loss_sup"] = loss_sup.detach().double()
     common.optimiser_step(opts["G"], loss_g, dist, G)                        # plumbing: the G update
     return losses
 

@@ -777,6 +777,37 @@ def test_paired_term_weighs_the_labelled_share_beside_the_unpaired_terms(monkeyp
         assert losses["loss_sup"] > 0 and seen[-1] == pytest.approx(expected, rel=1e-5)
 
 
+def test_train_step_never_waits_for_the_device():
+    """The CUDA path is launch-bound, so train_step must not read values back to the host (.item(), int() of a
+    tensor): on CPU each read is an aten::_local_scalar_dense call, counted here outside the optimiser (Adam
+    keeps its step counts on the host) and torch's own LU solve (the renderer's 3x3 translation solve, whose
+    checks read back inside torch). With lens distortion and pairs."""
+    from torch.profiler import profile, ProfilerActivity
+    pc, cam = random_poses(20)                                                    # (40,17,3), (40,4)
+    lens = np.tile(np.float32([-0.2, 0.2, -0.01, 1e-3, -1e-3]), (40, 1))         # (40,5)
+    x2d = P.distort(torch.as_tensor(pc[..., :2] / pc[..., 2:]), torch.as_tensor(lens)).numpy()
+    tr = {"x2d": (x2d * cam[:, None, :2] + cam[:, None, 2:]).astype(np.float32), "cam": cam.astype(np.float32),
+          "dist": lens, "y3d": pc.astype(np.float32), "action": np.array(["a"] * 40)}
+    data = {"train": tr, "memory": pc.astype(np.float32), "memory_src": "m", "elevation": (-10, 40)}
+    args = P.get_args(["--batch-size", "8", "--paired-frac", "0.25"])
+    data["train_set"] = P.training_set(args, data, torch.device("cpu"))
+    nets = P.build_nets(args, torch.device("cpu"))
+    opts = {k: torch.optim.Adam(m.parameters(), lr=args.lr) for k, m in nets.items()}
+    batch = P.draw_batch(data, torch.Generator().manual_seed(0), args, common.Dist("cpu"))
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        losses = P.train_step(nets, opts, batch, args, common.Dist("cpu"), 0)
+    reads = []
+    for e in prof.events():
+        if e.name == "aten::_local_scalar_dense":
+            chain = [e.name]
+            while e.cpu_parent is not None:
+                e = e.cpu_parent
+                chain.append(e.name)
+            reads.append(" <- ".join(chain))
+    assert [r for r in reads if "Optimizer.step" not in r and "LinalgSolve" not in r and "linalg_solve" not in r] == []
+    assert all(torch.is_tensor(v) and v.dtype == torch.float64 for v in losses.values())
+
+
 def test_loaders_refuse_millimetres_collapsed_poses_points_behind_the_camera_non_pixels_and_empty_splits(tmp_path):
     bad, d = tmp_path / "bad.npz", write_generic_npz(tmp_path / "good.npz")
     for override, needle in (({"poses_3d": d["poses_3d"] * 1000}, "median bone length of .*millimetres"),
