@@ -6,8 +6,8 @@ G lifts 2D keypoints to 3D, learnt from 2D observations plus an *unpaired* memor
 camera (plus the data's lens distortion) and D telling memory poses from predicted ones, also by how the
 body stands relative to the camera (--tilt-prior).
 Results card (built-in test split, mm, seeds 0-2, 3000 steps, 1 thread; docs/pose.md): unpaired default
-P-MPJPE 46.7 ± 1.0 synthetic, 63.2 ± 2.8 real CMU (targets 50 / 70 met; 183-202 s a run), 86.0 on the build
-without overhead clips. MPJPE 1.50x P-MPJPE (target 1.3x not met; 1.27-1.32x with the ideal rotation).
+P-MPJPE 46.7 ± 1.0 synthetic, 63.2 ± 2.8 real CMU (targets 50 / 70 met; 183-202 s a run on a shared 2-core
+x86_64 VM, torch 2.13.0+cpu; CMU 86.0 on the earlier build without overhead clips). MPJPE 1.50x P-MPJPE (target 1.3x not met; 1.27-1.32x with the ideal rotation).
 AIGN + pairs 0.44 / 0.48 / 0.64 / 0.70x supervised-only at 1/2/5/10% labels.
 Usage:
     python3 pose_aign.py                                     # unpaired AIGN on the built-in data
@@ -75,8 +75,8 @@ H36M_DISTORTION = H36M_CAMERAS[16:36].reshape(4, 5)                          # (
 H36M_EXTRINSICS = dict(zip(H36M_TRAIN + H36M_TEST, H36M_CAMERAS[36:].reshape(7, 4, 7)))  # (camera, q t)
 NPZ_LAYOUT = ("poses_2d (N,17,2) pixels (or (N,17,3) x, y, confidence: 0 = missing) in H36M-17 order, or "
               "COCO-17 with layout 'coco'; camera (4,) or (N,4) = fx fy cx cy (or K (3,3), (N,3,3); or image_size "
-              "w h); optional distortion (5,) or (N,5) = k1 k2 k3 p1 p2 (VideoPose3D's lens model; in OpenCV's "
-              "order: dist_coeffs k1 k2 p1 p2 [k3]); poses_3d (N,17,3) metres in camera coordinates (H36M-17); "
+              "w h); optional distortion (5,) or (N,5) = k1 k2 k3 p1 p2 (VideoPose3D's lens model), or OpenCV's "
+              "dist_coeffs k1 k2 p1 p2 [k3] (OpenCV's model); poses_3d (N,17,3) metres in camera coordinates (H36M-17); "
               "subject/action (N,) strings")
 MEMORY_LAYOUT = "an npz with poses_3d (N,17,3) metres, H36M-17 order (BVH -> npz: tools/bvh_to_memory.py)"
 LAYOUTS = "--data layouts (details: README):\n" + "\n".join("\n".join(textwrap.wrap(t, 100, initial_indent="  ",
@@ -98,10 +98,12 @@ def get_args(argv=None):
     p.add_argument("--keypoints", default="gt", help="Human3.6M 2D: data_2d_h36m_<this>.npz, H36M or COCO "
                    "layout, e.g. cpn_ft_h36m_dbb, detectron_pt_coco (default: gt)")
     p.add_argument("--paired-frac", type=float, default=0.0, help="fraction of training frames (the first "
-                   "ones: whole sequences) whose 3D pose is used as paired supervision (default: 0)")
+                   "ones: whole sequences) whose 3D pose is used as paired supervision; each step then adds --batch-size "
+                   "paired rows beside the unpaired ones (default: 0)")
     p.add_argument("--paired-actions", nargs="+", metavar="ACTION", help="pair only training frames of these "
                    "actions, --paired-frac of them (e.g. synthetic clips beside real ones; default: all)")
-    p.add_argument("--lambda-sup", type=float, default=50.0, help="paired 3D loss weight, m^2 (default: 50)")
+    p.add_argument("--lambda-sup", type=float, default=50.0, help="weight of the paired 3D term (mean squared joint error, m^2), times the labelled share of the "
+                   "training frames beside the unpaired terms (1 if supervised-only) (default: 50)")
     p.add_argument("--lambda-rec", type=float, default=1.0, help="reprojection loss weight (default: 1.0)")
     p.add_argument("--lambda-adv", type=float, default=0.01, help="adversarial prior weight (default: 0.01)")
     p.add_argument("--gan", choices=["bce", "lsgan", "wgan-gp"], default="bce",
@@ -132,10 +134,11 @@ def get_args(argv=None):
 # ----------------------------------------------------------------------------------------------
 # Data
 # Every source ends as the same split dicts: {"x2d": (N,17,2) pixels, NaN = missing joint; "cam": (N,4)
-# fx fy cx cy; "dist": (N,5) k1 k2 k3 p1 p2 or None (a pinhole); "y3d": (N,17,3) metres in camera
+# fx fy cx cy; "dist": (N,9) the lens (lens_of) or None (a pinhole); "y3d": (N,17,3) metres in camera
 # coordinates or None; "action": (N,) str}, plus the memory (M,17,3) of 3D poses in any world frame.
 def make_split(path, x2d, cam, y3d=None, action=None, what=NPZ_LAYOUT, dist=None):
-    """Every loader's arrays, checked: shapes, one N, finite positive focal lengths, NaN (not inf) = a gap."""
+    """Every loader's arrays, checked: shapes, one N, finite positive focal lengths, NaN (not inf) = a gap.
+    dist: the renderer's lens (9,)|(N,9) from lens_of, or None."""
     common.check_array(np.nan_to_num(x2d) if x2d.dtype.kind == "f" else x2d, path, "poses_2d", (None, NJ, 2),
                        what)                                                   # the shape (NaN, inf: below)
     x2d, n = np.ascontiguousarray(x2d, np.float32), len(x2d)
@@ -143,7 +146,7 @@ def make_split(path, x2d, cam, y3d=None, action=None, what=NPZ_LAYOUT, dist=None
     def per_frame(a, key, k):  # (k,) for every frame or (N,k) -> (N,k)
         a = common.check_array(a, path, key, (k,) if np.ndim(a) == 1 else (None, k), what)
         return np.array(np.broadcast_to(a, (n, k)) if a.ndim == 1 else a)        # a writable copy
-    cam, dist = per_frame(cam, "camera", 4), None if dist is None else per_frame(dist, "distortion", 5)
+    cam, dist = per_frame(cam, "camera", 4), None if dist is None else per_frame(dist, "lens", 9)
     if n == 0:
         raise InputError(f"{path}: no frames (poses_2d has shape {x2d.shape}; {what})")
     y3d = None if y3d is None else check_poses(y3d, path, "poses_3d", what)
@@ -153,7 +156,9 @@ def make_split(path, x2d, cam, y3d=None, action=None, what=NPZ_LAYOUT, dist=None
                          f"down, z forward: > 0 in front of the camera)")
     if any(len(a) != n for a in (cam, y3d, dist) if a is not None) or (action is not None and
                                                                      np.shape(action) != (n,)):
-        raise InputError(f"{path}: arrays disagree on the number of frames N ({what})")
+        counts = ", ".join(f"{k} {len(a) if k != 'subject/action' else np.shape(a)}" for k, a in (
+            ("camera", cam), ("distortion", dist), ("poses_3d", y3d), ("subject/action", action)) if a is not None)
+        raise InputError(f"{path}: poses_2d has {n} frames but {counts}; expected one N ({what})")
     if not np.all(cam[:, :2] > 0):
         raise InputError(f"{path}: camera focal lengths must be finite and positive (fx fy cx cy); found "
                          f"fx, fy in [{cam[:, :2].min():g}, {cam[:, :2].max():g}]")
@@ -175,7 +180,8 @@ def make_split(path, x2d, cam, y3d=None, action=None, what=NPZ_LAYOUT, dist=None
     action = np.array(["all"] * n) if action is None else np.asarray(action).astype(str)
     return {"x2d": x2d, "cam": cam, "y3d": y3d, "action": action, "dist": dist}
 
-def check_projection(path, key, x2d, cam, dist, y3d, most=20000):
+def check_projection(path, key, x2d, cam, dist, y3d, most=20000,
+                     hint="world coordinates, another joint order, x/y swapped or frames misaligned?"):
     """The camera model must fit the data (on up to `most` frames): the lens is invertible where the
     keypoints are, and 3D given with the 2D projects onto it, to within 10% of a pose's extent (the 2D
     may be a detector's). Distortion in another order, 3D in a world frame or another joint order, x/y
@@ -183,15 +189,15 @@ def check_projection(path, key, x2d, cam, dist, y3d, most=20000):
     i = np.unique(np.linspace(0, len(x2d) - 1, min(most, len(x2d))).astype(int))    # (n,) frames checked
     f, c = (torch.as_tensor(cam[i, None, k:k + 2], dtype=torch.float64) for k in (0, 2))  # (n,1,2)
     xd = (torch.as_tensor(x2d[i], dtype=torch.float64) - c) / f                   # (n,17,2) normalised
-    lens = None if dist is None else torch.as_tensor(dist[i], dtype=torch.float64)  # (n,5)
+    lens = None if dist is None else torch.as_tensor(dist[i], dtype=torch.float64)  # (n,9)
     if lens is not None:
         miss = (distort(undistort(xd, lens), lens) - xd).norm(dim=-1) > 1e-3        # (n,17); NaN: not a miss
         if miss.float().mean() > 0.01:
             j = int(i[int(miss.any(-1).nonzero()[0])])
             raise InputError(f"{path}: the lens distortion cannot be inverted at {miss.float().mean():.0%} "
-                             f"of the keypoints (e.g. frame {j}: {np.round(dist[j], 4).tolist()}); expected "
-                             f"k1 k2 k3 p1 p2 of normalised coordinates, VideoPose3D's order (OpenCV's is k1 k2 "
-                             f"p1 p2 k3; Human3.6M's lenses are all below 0.25)")
+                             f"of the keypoints (e.g. frame {j}: radial k1 k2 k3 {np.round(dist[j, :3], 4).tolist()}); "
+                             f"expected k1 k2 k3 p1 p2 of normalised coordinates in 'distortion' (VideoPose3D's "
+                             f"order; OpenCV's k1 k2 p1 p2 k3 go in 'dist_coeffs'; Human3.6M's are all below 0.26)")
     if y3d is None:
         return
     xy = torch.as_tensor(y3d[i, :, :2] / y3d[i, :, 2:], dtype=torch.float64)     # (n,17,2)
@@ -202,8 +208,7 @@ def check_projection(path, key, x2d, cam, dist, y3d, most=20000):
         raise InputError(f"{path}: {key} does not project onto poses_2d through 'camera'"
                          f"{' and distortion' if dist is not None else ''}: a median {off:.0%} of a pose's "
                          f"extent off ({float(err.median()):.1f} px); expected camera coordinates of the same "
-                         f"frames in H36M-17 order (world coordinates, another joint order, x/y swapped or "
-                         f"frames misaligned?)")
+                         f"frames in H36M-17 order ({hint})")
 
 def load_pose_npz(path, order=None):
     """Generic npz (see NPZ_LAYOUT) -> (split, subject array or None)."""
@@ -268,9 +273,9 @@ def keypoint_layout(path):
     return layout
 
 def camera_of(z, path, what):
-    """A file's camera -> (cam (4,)|(N,4) fx fy cx cy, lens (5,)|(N,5) k1 k2 k3 p1 p2 or None). 'camera' is fx fy
+    """A file's camera -> (cam (4,)|(N,4) fx fy cx cy, lens (9,)|(N,9) from lens_of, or None). 'camera' is fx fy
     cx cy or OpenCV's K (3,3)|(N,3,3), else 'image_size' (w, h) gives f = max(w, h) at the middle; the lens is
-    'distortion' (VideoPose3D's order) or OpenCV's 'dist_coeffs' k1 k2 p1 p2 [k3], reordered."""
+    'distortion' (VideoPose3D's k1 k2 k3 p1 p2 and model) or 'dist_coeffs' (OpenCV's k1 k2 p1 p2 [k3] and model)."""
     if "camera" not in z and "image_size" not in z:
         raise InputError(f"{path}: no 'camera' or 'image_size'; found {sorted(z)} (expected {what})")
     cam = common.as_numbers(z.get("camera", z.get("image_size")), path, "the camera", what)
@@ -285,14 +290,30 @@ def camera_of(z, path, what):
                              f"found {cam.reshape(-1, 9)[0].round(4).tolist()}")
         cam = cam[..., [0, 1, 0, 1], [0, 1, 2, 2]]
     lens = z.get("distortion")
+    if lens is not None:
+        lens = common.check_array(lens, path, "distortion", (5,) if np.ndim(lens) == 1 else (None, 5), what)
+        lens = lens_of(lens, "videopose3d")
     if "dist_coeffs" in z:
         d = common.as_numbers(z["dist_coeffs"], path, "'dist_coeffs'", what)
-        if lens is not None or d.ndim not in (1, 2) or d.shape[-1] < 4 or np.abs(d[..., 5:]).max(initial=0) > 0:
+        if lens is not None or d.ndim not in (1, 2) or d.shape[-1] < 4:
             raise InputError(f"{path}: 'dist_coeffs' has shape {d.shape}{' beside distortion' * (lens is not None)}; "
                              f"expected OpenCV's k1 k2 p1 p2 [k3] (4 or 5 values, (N,4|5)), or 'distortion' alone")
+        if np.abs(d[..., 5:]).max(initial=0) > 0:
+            raise InputError(f"{path}: 'dist_coeffs' has non-zero terms after k3 ({d.shape[-1]} values: OpenCV's "
+                             f"rational or thin-prism model), which this lens model lacks; expected k1 k2 p1 p2 [k3]")
         d = np.concatenate([d[..., :5], np.zeros(d.shape[:-1] + (max(0, 5 - d.shape[-1]),))], -1)
-        lens = d[..., [0, 1, 4, 2, 3]]                                            # -> k1 k2 k3 p1 p2
+        lens = lens_of(d[..., [0, 1, 4, 2, 3]], "opencv")                          # as k1 k2 k3 p1 p2
     return cam, lens
+
+def lens_of(coeffs, model):
+    """Lens coefficients (...,5) k1 k2 k3 p1 p2 of VideoPose3D's Human3.6M model (its project_to_2d) or of
+    OpenCV's -> the renderer's lens (...,9): k1 k2 k3, then T (2,3) row-major. Both models share the radial
+    factor 1 + k1 r^2 + k2 r^4 + k3 r^6 and add a tangential shift T [x^2, xy, y^2]; their T differ, not only
+    in the order of p1 p2 (VideoPose3D: x += p1 (r^2 + x^2) + p2 xy; OpenCV: x += 2 p1 xy + p2 (r^2 + 2 x^2))."""
+    c = np.asarray(coeffs, np.float64)
+    p1, p2 = c[..., 3], c[..., 4]
+    T = [2 * p1, p2, p1, p2, p1, 2 * p2] if model == "videopose3d" else [3 * p2, 2 * p1, p2, p1, 2 * p2, 3 * p1]
+    return np.concatenate([c[..., :3], np.stack(T, -1)], -1)
 
 def layout_of(z, order, path, what):
     """The joint order of a file's 2D keypoints: --keypoint-order, else its 'layout', else h36m."""
@@ -311,6 +332,7 @@ def to_h36m(kp, layout="h36m"):
     return kp
 
 def quat_to_matrix(q):
+    """(qw, qx, qy, qz) -> (3,3) R; Human3.6M's orientations are camera-to-world."""
     w, x, y, z = q
     return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
                      [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
@@ -340,7 +362,10 @@ def load_h36m(folder, keypoints):
                 memory += [world] if role == "train" else []
                 views = pos2d[s].get(action)
                 if not isinstance(views, (list, tuple, np.ndarray)) or len(views) != 4:
-                    raise InputError(f"{p2}: {s}/{action} needs 4 camera views of (N, 17, 2) keypoints")
+                    found = "no such action" if views is None else f"{type(views).__name__} of {len(views)}" \
+                        if hasattr(views, "__len__") else type(views).__name__
+                    raise InputError(f"{p2}: {s}/{action}: found {found}; expected 4 camera views of (N, 17, 2) "
+                                     f"keypoints (its 2D actions: {', '.join(sorted(map(str, pos2d[s]))[:8])})")
                 for c, kp in enumerate(views):
                     if s == "S11" and action == "Directions" and c == 0:
                         continue  # a known broken clip, dropped by convention
@@ -357,9 +382,10 @@ def load_h36m(folder, keypoints):
                     x2d.append(kp[:n, :, :2])
                     y3d.append(((world[:n] - t) @ quat_to_matrix(q)).astype(np.float32))  # R^T (X - t)
                     cams.append(np.tile(H36M_INTRINSICS[c].astype(np.float32), (n, 1)))
-                    dists.append(np.tile(H36M_DISTORTION[c].astype(np.float32), (n, 1)))
+                    dists.append(np.tile(lens_of(H36M_DISTORTION[c], "videopose3d"), (n, 1)).astype(np.float32))
                     check_projection(p2, f"{p3} {s}/{action}, camera {c},", x2d[-1], cams[-1], dists[-1],
-                                     y3d[-1], most=500)
+                                     y3d[-1], most=500, hint="2D of other frames or subjects, or in another "
+                                     "joint order than its metadata's layout?")
                     acts += [action.split(" ")[0]] * n
         if not x2d:
             raise InputError(f"{p3}: no frames for the {role} subjects {' '.join(subjects)}; expected (N, 32, 3) "
@@ -385,13 +411,15 @@ def load_data(args, dist):
     """--data (without it the built-in folder, tools/pose_builtin.py) and --memory -> splits and memory."""
     path = args.data or common.builtin_dataset(__file__, "pose", "pose_builtin", dist)
     name, action_mean, memory, memory_src = os.path.basename(os.path.normpath(path)), False, None, None
-    if os.path.isfile(os.path.join(path, "data_3d_h36m.npz")):
+    h36m = os.path.isfile(os.path.join(path, "data_3d_h36m.npz"))
+    if h36m:
         splits, memory = load_h36m(path, args.keypoints)
         splits["val"], name, action_mean, memory_src = None, "h36m", True, f"the training subjects of {path}"
     elif os.path.isdir(path):
         if not all(os.path.exists(os.path.join(path, f"{r}.npz")) for r in ("train", "test")):
             raise InputError(f"{path}: expected train.npz and test.npz (and optional val.npz, memory.npz) in "
-                             f"the generic layout, or Human3.6M's data_3d_h36m.npz + data_2d_h36m_<src>.npz")
+                             f"the generic layout, or Human3.6M's data_3d_h36m.npz + data_2d_h36m_<src>.npz; found "
+                             f"{', '.join(sorted(os.listdir(path))[:10]) or 'nothing'}")
         splits = {r: load_pose_npz(os.path.join(path, f"{r}.npz"), args.keypoint_order)[0]
                   for r in ("train", "test")}
         val, memory_src = os.path.join(path, "val.npz"), os.path.join(path, "memory.npz")
@@ -409,7 +437,7 @@ def load_data(args, dist):
                              f"the last 20% are held out for testing; expected more frames or subjects")
     if args.memory:
         memory, memory_src = load_memory(args.memory), args.memory
-    elevation = args.elevation or (h36m_elevations() if name == "h36m" else (-10.0, 40.0))
+    elevation = args.elevation or (h36m_elevations() if h36m else (-10.0, 40.0))
     return {**splits, "memory": memory, "memory_src": memory_src, "action_mean": action_mean,
             "name": "builtin" if args.data is None else name, "elevation": elevation}
 
@@ -426,7 +454,7 @@ def ray_rotation(c):
 
 def normalise_2d(x2d, cam, dist=None, ray=False):
     """Pixels -> the generator's scale-free input. x2d (B,17,2) pixels, NaN = missing joint, cam (B,4), dist
-    (B,5) or None -> (inp (B,53), xn (B,17,2) observed normalised coordinates (x-cx)/fx, vis (B,17) bool,
+    (B,9) or None -> (inp (B,53), xn (B,17,2) observed normalised coordinates (x-cx)/fx, vis (B,17) bool,
     scale (B,) RMS 2D size, rot (B,3,3) or None). G sees the undistorted coordinates; with ray=True as a
     virtual camera turned by rot to look straight at the person sees them (G(inp, rot) rotates back)."""
     vis = torch.isfinite(x2d).all(-1)                                             # (B,17)
@@ -448,7 +476,8 @@ def normalise_2d(x2d, cam, dist=None, ray=False):
 class Generator(nn.Module):
     """Residual MLP lifter (Martinez et al. 2017 style) with a 2D skip connection: each joint's x, y are the
     observed 2D times a predicted size (metres) plus a learned correction, its depth is predicted: at init the
-    pose reprojects onto its input, so learning is about depth and size, which only the memory can tell.
+    pose roughly reprojects onto its input (x, y follow it; depth and a small correction start random), so
+    learning is about depth and size, which only the memory can tell.
     Output: root-relative joints (metres), camera frame (with rot from normalise_2d: rotated back to it)."""
 
     def __init__(self, hidden=512, blocks=2):
@@ -465,8 +494,8 @@ class Generator(nn.Module):
             h = h + block(h)
         o = self.out(h)
         d2 = inp[:, :NJ * 2].view(-1, NJ, 2)                                      # (B,17,2) scale-free 2D
-        size = 0.5 * torch.exp(o[:, -1:, None])                                   # (B,1,1) metres per unit
-        xy = size * d2 + 0.1 * o[:, :NJ * 2].view(-1, NJ, 2)                      # (B,17,2)
+        size = 0.5 * torch.exp(o[:, -1:, None])     # (B,1,1) metres per unit: ~0.5 m, a person's RMS spread
+        xy = size * d2 + 0.1 * o[:, :NJ * 2].view(-1, NJ, 2)   # (B,17,2); the correction starts small
         z = o[:, NJ * 2:NJ * 3, None]                                             # (B,17,1) depth
         pose = torch.cat([xy, z], -1)
         pose = pose - pose[:, :1]                                                 # (B,17,3), root at 0
@@ -513,29 +542,30 @@ def build_nets(args, device):
 # Renderer
 # P places the root-relative pose in front of the camera, projects it and applies the lens distortion.
 def lens_terms(xy, dist):
-    """For xy (B,J,2), dist (B,5) = k1 k2 k3 p1 p2: r^2 (B,J,1), the radial factor 1 + k1 r^2 + k2 r^4 +
-    k3 r^6 plus the tangential p.xy (B,J,1), and p (B,1,2)."""
-    k, p = dist[:, None, :3], dist[:, None, 3:]                                   # (B,1,3), (B,1,2)
+    """For xy (B,J,2) and a lens dist (B,9) from lens_of: the radial factor 1 + k1 r^2 + k2 r^4 + k3 r^6
+    (B,J,1) and the tangential shift T [x^2, xy, y^2] (B,J,2)."""
     r2 = xy.pow(2).sum(-1, keepdim=True)                                          # (B,J,1)
-    radial = 1 + (k * torch.cat([r2, r2 ** 2, r2 ** 3], -1)).sum(-1, keepdim=True)
-    return r2, radial + (p * xy).sum(-1, keepdim=True), p
+    radial = 1 + (dist[:, None, :3] * torch.cat([r2, r2 ** 2, r2 ** 3], -1)).sum(-1, keepdim=True)
+    x, y = xy.unbind(-1)
+    quad = torch.stack([x * x, x * y, y * y], -1)                                 # (B,J,3)
+    return radial, (quad[:, :, None] * dist[:, None, 3:].view(-1, 1, 2, 3)).sum(-1)      # (B,J,2)
 
 def distort(xy, dist):
-    """VideoPose3D's Human3.6M lens model on normalised coordinates: xy (B,J,2) = (X/Z, Y/Z), clamped
-    to [-1, 1]; dist (B,5) = k1 k2 k3 p1 p2 -> xy (1 + k1 r^2 + k2 r^4 + k3 r^6 + p.xy) + p r^2."""
-    r2, factor, p = lens_terms(xy.clamp(-1, 1), dist)
-    return xy.clamp(-1, 1) * factor + p * r2
+    """The lens on normalised coordinates: xy (B,J,2) = (X/Z, Y/Z), clamped to [-1, 1] as VideoPose3D does,
+    dist (B,9) from lens_of (VideoPose3D's Human3.6M model or OpenCV's) -> xy radial + T [x^2, xy, y^2]."""
+    radial, shift = lens_terms(xy.clamp(-1, 1), dist)
+    return xy.clamp(-1, 1) * radial + shift
 
 def undistort(xd, dist, iters=20):
-    """The inverse of distort by fixed-point iteration, for observations (B,J,2) (no gradient)."""
+    """The inverse of distort by fixed-point iteration, for observations (B,J,2) (not differentiated)."""
     xu = xd
-    for _ in range(iters):  # xd = xu (radial + p.xu) + p r^2  ->  xu = (xd - p r^2) / (radial + p.xu)
-        r2, factor, p = lens_terms(xu, dist)
-        xu = (xd - p * r2) / factor
+    for _ in range(iters):  # xd = xu radial(xu) + shift(xu)  ->  xu = (xd - shift(xu)) / radial(xu)
+        radial, shift = lens_terms(xu, dist)
+        xu = (xd - shift) / radial
     return xu
 
 def through_cameras(poses, up, yaw, elevation):
-    """Memory poses (B,17,3) in their world frame, whose up is `up` (3,), as cameras of yaw (B,) and
+    """Not P, but beside it: D's memory seen through random cameras (--tilt-prior elevation). Memory poses (B,17,3) in their world frame, whose up is `up` (3,), as cameras of yaw (B,) and
     elevation (B,) radians see them (x right, y down, z forward; elevation > 0: looking down), root at 0:
     R = Rx(elevation) Ry(yaw) A, with A taking `up` to the camera's -y."""
     a = F.one_hot(torch.argmin(up.abs()), 3).to(poses.dtype)                      # (3,) axis least along up
@@ -549,7 +579,7 @@ def through_cameras(poses, up, yaw, elevation):
 
 def place_and_project(pose, xn, vis, camera="perspective", dist=None):
     """The AIGN renderer for poses (no parameters). pose (B,17,3) root-relative metres, xn (B,17,2) observed
-    normalised coordinates, vis (B,17), dist (B,5) or None. The translation t (B,3) that best places the pose
+    normalised coordinates, vis (B,17), dist (B,9) or None. The translation t (B,3) that best places the pose
     is solved in closed form on the undistorted observations (least squares over visible joints: x_j (Z_j +
     tz) = X_j + tx; weak perspective: x_j tz = X_j + tx). Returns the projection (B,17,2) (distorted), t."""
     xn = xn if dist is None else undistort(xn, dist)                              # (B,17,2) pinhole
@@ -635,13 +665,13 @@ def pixel_error(proj, x2d, cam):
 
 @torch.no_grad()
 def predict(G, split, args, device, batch=4096):
-    """A split's x2d (N,17,2) pixels, cam (N,4), dist (N,5) or None -> root-relative poses (N,17,3),
+    """A split's x2d (N,17,2) pixels, cam (N,4), dist (N,9) or None -> root-relative poses (N,17,3),
     placed camera-frame poses (N,17,3) and their rendering P(G(x)) in normalised coordinates (N,17,2)."""
     G.eval()
     out = []
     for i in range(0, len(split["x2d"]), batch):
         xb, cb, db = (None if split[k] is None else torch.as_tensor(split[k][i:i + batch], device=device)
-                      for k in ("x2d", "cam", "dist"))                        # (b,17,2), (b,4), (b,5)
+                      for k in ("x2d", "cam", "dist"))                        # (b,17,2), (b,4), (b,9)
         inp, xn, vis, _, rot = normalise_2d(xb, cb, db, args.lift_frame == "ray")
         pose = G(inp, rot)
         pr, t = place_and_project(pose, xn, vis, args.camera, db)
@@ -651,7 +681,8 @@ def predict(G, split, args, device, batch=4096):
 
 def evaluate(G, split, args, device, action_mean):
     """Metrics of G on a split with 3D truth, overall and per action, plus the cameras' check gt_reproj_px
-    (the renderer on the true 3D vs the given 2D, pixels) and reproj_px (the same for the predictions)."""
+    (the true camera-frame 3D through the given camera and lens vs the given 2D, pixels: ~0 if the cameras
+    are right) and reproj_px (the renderer's P(G(x)) vs the given 2D)."""
     pred, _, proj = predict(G, split, args, device)
     gt = torch.as_tensor(split["y3d"] - split["y3d"][:, :1])                                # root-relative
     x2d, cam, y3d = (torch.as_tensor(split[k]) for k in ("x2d", "cam", "y3d"))
@@ -698,7 +729,8 @@ def training_set(args, data, device):
     if not (n_unpaired or n_paired):
         raise InputError("nothing to train: set --lambda-rec/--lambda-adv or --paired-frac/--lambda-sup > 0")
     if n_paired and tr["y3d"] is None:
-        raise InputError(f"--paired-frac {args.paired_frac} needs poses_3d in the training data")
+        raise InputError(f"--paired-frac {args.paired_frac} needs poses_3d in the training data "
+                         f"({args.data or 'the built-in data'} has none)")
     if args.lambda_adv > 0 and memory is None:
         raise InputError(f"--data {args.data} brings no 3D memory: pass --memory, {MEMORY_LAYOUT}")
     if args.lambda_adv > 0 and len(memory) < B:
@@ -706,7 +738,7 @@ def training_set(args, data, device):
                          f"pass a larger --memory or a smaller --batch-size")
     y3d = torch.as_tensor(tr["y3d"][pool[:n_paired]], device=device) if n_paired else None   # (Np,17,3)
     return {**{k: torch.as_tensor(tr[k], device=device) for k in ("x2d", "cam")},      # (N,17,2), (N,4)
-            "dist": None if tr["dist"] is None else torch.as_tensor(tr["dist"], device=device),  # (N,5)
+            "dist": None if tr["dist"] is None else torch.as_tensor(tr["dist"], device=device),  # (N,9)
             "memory": None if memory is None else torch.as_tensor(memory, device=device),   # (M,17,3)
             "up": None if memory is None else torch.as_tensor(up_direction(memory), device=device),  # (3,)
             "n_unpaired": n_unpaired, "paired": torch.as_tensor(pool[:n_paired]),    # (Np,) rows, CPU
@@ -731,7 +763,7 @@ def draw_batch(data, gen, args, dist):
         lo, hi = np.radians(data["elevation"])
         real = through_cameras(real, t["up"], uniform(0, 2 * np.pi).to(real), uniform(lo, hi).to(real))
     return {"x2d": t["x2d"][rows], "cam": t["cam"][rows], "n_unpaired": nu,             # (nu+Bp,17,2)
-            "dist": None if t["dist"] is None else t["dist"][rows],                     # (nu+Bp,5)
+            "dist": None if t["dist"] is None else t["dist"][rows],                     # (nu+Bp,9)
             "real": real,                                                               # (B,17,3)
             "y3d": t["y_rel"][ip] if t["y_rel"] is not None else None, "sup_w": t["sup_w"]}  # (Bp,17,3)
 
@@ -774,6 +806,8 @@ def train_step(nets, opts, batch, args, dist, step):
 def train(args, dist, data, nets, opts, state, run_dir):
     """D and G steps for --steps in total; every --eval-every steps: checkpoint, then validate."""
     gen = torch.Generator().manual_seed(args.seed)            # draws every batch, alike on all ranks
+    ts = data["train_set"]
+    rows = ts["n_unpaired"] + (args.batch_size if ts["y_rel"] is not None else 0)   # 2D rows a step, per rank
     start, wall_s, samples = 0, 0.0, 0
     if state is not None:
         start, wall_s, samples = common.restore_training(state, nets, opts, gen, args.resume)
@@ -788,7 +822,7 @@ def train(args, dist, data, nets, opts, state, run_dir):
         stopping = dist.any(stop.requested)                   # all ranks stop together
         if done % args.eval_every == 0 or done == args.steps or stopping:
             common.sync(dist.device)
-            wall_s, samples = wall_s + time.perf_counter() - t0, samples + n * args.batch_size * dist.world
+            wall_s, samples = wall_s + time.perf_counter() - t0, samples + n * rows * dist.world
             common.stop_if_diverged(sums, done, dist, nets)   # NaN: one clear error, no bad checkpoint
             if dist.main:  # the checkpoint first: an evaluation that fails loses no training
                 common.save_checkpoint(os.path.join(run_dir, "ckpt.pt"), script=SCRIPT, step=done, args=args,
@@ -872,7 +906,8 @@ def main(argv=None):
         stats = {"eval_only": True, "checkpoint": os.path.abspath(args.resume), "step": state["step"]}
     else:
         data["train_set"] = training_set(args, data, dist.device)
-        opts = {k: torch.optim.Adam(m.parameters(), lr=args.lr, betas=(0.5, 0.999)) for k, m in nets.items()}
+        opts = {k: torch.optim.Adam(m.parameters(), lr=args.lr, betas=(0.5, 0.999))  # DCGAN's betas
+                for k, m in nets.items()}
         stats = train(args, dist, data, nets, opts, state, run_dir)
     if stats is None or not dist.main:
         return

@@ -124,23 +124,53 @@ def naive_h36m_project(p_cam, cam, dist):
     return out
 
 
+def naive_opencv_project(p_cam, cam, coeffs):
+    """Independent reference: OpenCV's projectPoints with distCoeffs k1 k2 p1 p2 k3, one point at a time:
+    x'' = x radial + 2 p1 x y + p2 (r2 + 2 x^2), y'' = y radial + p1 (r2 + 2 y^2) + 2 p2 x y; f * . + c."""
+    out = np.zeros(p_cam.shape[:-1] + (2,))
+    for n, j in np.ndindex(*p_cam.shape[:-1]):
+        X, Y, Z = p_cam[n, j]
+        fx, fy, cx, cy = cam[n]
+        k1, k2, p1, p2, k3 = coeffs[n]
+        x, y = X / Z, Y / Z
+        r2 = x * x + y * y
+        radial = 1 + k1 * r2 + k2 * r2 ** 2 + k3 * r2 ** 3
+        out[n, j] = (fx * (x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)) + cx,
+                     fy * (y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y) + cy)
+    return out
+
+
 def h36m_lens(n):
-    """(n,5) distortion constants of the four Human3.6M cameras, in turn."""
+    """(n,5) distortion constants k1 k2 k3 p1 p2 of the four Human3.6M cameras, in turn."""
     return P.H36M_DISTORTION[np.arange(n) % 4]
 
 
-def test_distortion_matches_naive_h36m_projection():
+def vp3d(coeffs):
+    """VideoPose3D's k1 k2 k3 p1 p2 -> the renderer's lens tensor."""
+    return torch.tensor(P.lens_of(coeffs, "videopose3d"))
+
+
+def test_distortion_matches_naive_h36m_and_opencv_projections():
     pc, cam = random_poses(3)
     rng = np.random.default_rng(2)
     pc[:, :, :2] *= rng.uniform(0.5, 4.0, (len(pc), 1, 1))        # reach the image corners (and the clamp)
+    xy = torch.tensor(pc[..., :2] / pc[..., 2:])
     for dist in (h36m_lens(len(pc)), rng.normal(0, 0.05, (len(pc), 5))):
-        xy = torch.tensor(pc[..., :2] / pc[..., 2:])
-        px = P.distort(xy, torch.tensor(dist)).numpy() * cam[:, None, :2] + cam[:, None, 2:]
+        px = P.distort(xy, vp3d(dist)).numpy() * cam[:, None, :2] + cam[:, None, 2:]
         np.testing.assert_allclose(px, naive_h36m_project(pc, cam, dist), atol=1e-8)
-    # undistort inverts it on the image (|X/Z| < 0.5 for H36M's 1000 px at f 1145)
+    # OpenCV's model (dist_coeffs k1 k2 p1 p2 k3), inside the clamp: the same radial, other tangential terms
+    inside = np.abs(pc[..., :2] / pc[..., 2:]).max((1, 2)) < 1
+    cv = np.concatenate([rng.normal(0, 0.05, (len(pc), 2)), rng.normal(0, 0.01, (len(pc), 2)),
+                         rng.normal(0, 0.05, (len(pc), 1))], 1)                   # (n,5) k1 k2 p1 p2 k3
+    lens = torch.tensor(P.lens_of(cv[:, [0, 1, 4, 2, 3]], "opencv"))
+    px = P.distort(xy, lens).numpy() * cam[:, None, :2] + cam[:, None, 2:]
+    np.testing.assert_allclose(px[inside], naive_opencv_project(pc, cam, cv)[inside], atol=1e-8)
+    reordered = P.distort(xy, vp3d(cv[:, [0, 1, 4, 2, 3]])).numpy() * cam[:, None, :2] + cam[:, None, 2:]
+    assert np.abs(reordered - px)[inside].max() > 1.0             # reordering alone is another lens
+    # undistort inverts both on the image (|X/Z| < 0.5 for H36M's 1000 px at f 1145)
     xy = torch.tensor(rng.uniform(-0.5, 0.5, (4, 17, 2)))
-    lens = torch.tensor(h36m_lens(4))
-    np.testing.assert_allclose(P.undistort(P.distort(xy, lens), lens).numpy(), xy.numpy(), atol=1e-9)
+    for lens in (vp3d(h36m_lens(4)), torch.tensor(P.lens_of(cv[[0, 1, 2, 0]][:, [0, 1, 4, 2, 3]], "opencv"))):
+        np.testing.assert_allclose(P.undistort(P.distort(xy, lens), lens).numpy(), xy.numpy(), atol=1e-9)
 
 
 def test_renderer_with_distortion_reproduces_h36m_projection_and_gradchecks():
@@ -149,14 +179,14 @@ def test_renderer_with_distortion_reproduces_h36m_projection_and_gradchecks():
     pc, cam = random_poses(4)
     dist = h36m_lens(len(pc))
     x2d = naive_h36m_project(pc, cam, dist)
-    inp, xn, vis, _, _ = P.normalise_2d(torch.tensor(x2d), torch.tensor(cam), torch.tensor(dist))
-    proj, t = P.place_and_project(torch.tensor(pc - pc[:, :1]), xn, vis, dist=torch.tensor(dist))
+    inp, xn, vis, _, _ = P.normalise_2d(torch.tensor(x2d), torch.tensor(cam), vp3d(dist))
+    proj, t = P.place_and_project(torch.tensor(pc - pc[:, :1]), xn, vis, dist=vp3d(dist))
     np.testing.assert_allclose(t.numpy(), pc[:, 0], rtol=1e-4)
     np.testing.assert_allclose(proj.numpy() * cam[:, None, :2] + cam[:, None, 2:], x2d, atol=0.05)
     pinhole, _ = P.place_and_project(torch.tensor(pc - pc[:, :1]), xn, vis)      # the lens ignored
     assert np.abs(pinhole.numpy() * cam[:, None, :2] + cam[:, None, 2:] - x2d).max() > 1.0
     rel = torch.tensor(pc[:2] - pc[:2, :1], requires_grad=True)
-    lens = torch.tensor(dist[:2], requires_grad=True)
+    lens = vp3d(dist[:2]).requires_grad_(True)
     vis = vis[:2].clone()
     vis[0, 5] = False
     assert torch.autograd.gradcheck(lambda p, d: P.place_and_project(p, xn[:2], vis, dist=d)[0], (rel, lens))
@@ -664,12 +694,13 @@ def test_generic_npz_loader_and_errors(tmp_path):
     with pytest.raises(InputError, match=r"'subject' has shape \(2,\)"):
         P.load_pose_npz(str(bad))
     write_generic_npz(bad, action=np.array("walk"))
-    with pytest.raises(InputError, match="disagree on the number of frames"):
+    with pytest.raises(InputError, match=r"poses_2d has 40 frames but camera 40, poses_3d 40, subject/action \(\); "
+                                         r"expected one N"):
         P.load_pose_npz(str(bad))
     write_generic_npz(bad, distortion=np.full(5, 0.01))                      # one lens for all frames
-    assert P.load_pose_npz(str(bad))[0]["dist"].shape == (len(d["camera"]), 5)
+    assert P.load_pose_npz(str(bad))[0]["dist"].shape == (len(d["camera"]), 9)
     for lens, needle in ((np.zeros(4), r"'distortion' has shape \(4,\).*\(5,\)"),
-                         (np.zeros((3, 5)), "disagree on the number of frames"),
+                         (np.zeros((3, 5)), "poses_2d has 40 frames but camera 40, distortion 3,"),
                          (np.array([0, np.nan, 0, 0, 0]), "'distortion' holds 1 NaN/inf")):
         write_generic_npz(bad, distortion=lens)
         with pytest.raises(InputError, match=needle):
@@ -702,25 +733,31 @@ def test_generic_npz_reads_coco_order_2d_by_its_layout_or_the_flag(tmp_path):
 
 
 def test_generic_npz_takes_opencv_cameras_k_and_dist_coeffs_and_image_size(tmp_path):
-    """OpenCV's K (3,3)/(N,3,3) and dist_coeffs (k1 k2 p1 p2 [k3 ...]) load as the same camera and lens as
-    fx fy cx cy and VideoPose3D's k1 k2 k3 p1 p2; image_size gives f = max(w, h) at the middle; a skewed K,
-    or both lens keys at once, are one clear error."""
+    """OpenCV's K (3,3)/(N,3,3) and dist_coeffs (k1 k2 p1 p2 [k3 ...]) load as the same camera as fx fy cx cy
+    and as OpenCV's lens model, whose 2D (projectPoints) the renderer then reproduces; image_size gives
+    f = max(w, h) at the middle; a skewed K, both lens keys at once, or a rational model, are one clear error."""
     d = write_generic_npz(tmp_path / "ref.npz", distortion=np.float32([0.02, -0.01, 0.003, 0.001, -0.002]))
     ref = P.load_pose_npz(str(tmp_path / "ref.npz"))[0]
     (fx, fy, cx, cy), o, i = d["camera"].T, np.zeros(len(d["camera"])), np.ones(len(d["camera"]))
     K = np.stack([fx, o, cx, o, fy, cy, o, o, i], 1).reshape(-1, 3, 3)               # (N,3,3)
-    for coeffs in ([0.02, -0.01, 0.001, -0.002, 0.003], [0.02, -0.01, 0.001, -0.002, 0.003, 0, 0, 0]):
-        write_generic_npz(tmp_path / "cv.npz", camera=K, distortion=None, dist_coeffs=np.float32(coeffs))
+    for coeffs in ([-0.2, 0.05, 0.002, -0.003, 0.01], [-0.2, 0.05, 0.002, -0.003, 0.01, 0, 0, 0]):
+        x2d = naive_opencv_project(d["poses_3d"], d["camera"], np.tile(coeffs[:5], (len(K), 1)))
+        write_generic_npz(tmp_path / "cv.npz", camera=K, distortion=None, dist_coeffs=np.float32(coeffs),
+                          poses_2d=x2d.astype(np.float32))
         cv = P.load_pose_npz(str(tmp_path / "cv.npz"))[0]
         np.testing.assert_allclose(cv["cam"], ref["cam"], rtol=1e-6)
-        np.testing.assert_allclose(cv["dist"], ref["dist"], rtol=1e-6)
+        xy = P.distort(torch.tensor(cv["y3d"][..., :2] / cv["y3d"][..., 2:], dtype=torch.float64),
+                       torch.tensor(cv["dist"], dtype=torch.float64)).numpy()
+        np.testing.assert_allclose(xy * cv["cam"][:, None, :2] + cv["cam"][:, None, 2:], x2d, atol=2e-3)
     (tmp_path / "k.json").write_text(json.dumps({"keypoints": d["poses_2d"][:1].tolist(), "camera": K[0].tolist()}))
     np.testing.assert_allclose(P.load_keypoints(str(tmp_path / "k.json"), None)["cam"], ref["cam"][:1], rtol=1e-6)
     skew = K.copy()
     skew[:, 0, 1] = 0.5
     for bad, needle in (({"camera": skew}, r"'camera' as K must be .*no skew"),
                         ({"dist_coeffs": np.zeros(5)}, r"'dist_coeffs' has shape \(5,\) beside distortion"),
-                        ({"distortion": None, "dist_coeffs": np.zeros(3)}, r"'dist_coeffs' has shape \(3,\); ")):
+                        ({"distortion": None, "dist_coeffs": np.zeros(3)}, r"'dist_coeffs' has shape \(3,\); "),
+                        ({"distortion": None, "dist_coeffs": np.float32([0, 0, 0, 0, 0, 0.1, 0, 0])},
+                         r"'dist_coeffs' has non-zero terms after k3 \(8 values: OpenCV's rational")):
         write_generic_npz(tmp_path / "bad.npz", **{"distortion": d["distortion"], **bad})
         with pytest.raises(InputError, match=needle):
             P.load_pose_npz(str(tmp_path / "bad.npz"))
@@ -784,7 +821,7 @@ def test_train_step_never_waits_for_the_device():
     checks read back inside torch). With lens distortion and pairs."""
     from torch.profiler import profile, ProfilerActivity
     pc, cam = random_poses(20)                                                    # (40,17,3), (40,4)
-    lens = np.tile(np.float32([-0.2, 0.2, -0.01, 1e-3, -1e-3]), (40, 1))         # (40,5)
+    lens = np.tile(P.lens_of([-0.2, 0.2, -0.01, 1e-3, -1e-3], "videopose3d"), (40, 1)).astype(np.float32)  # (40,9)
     x2d = P.distort(torch.as_tensor(pc[..., :2] / pc[..., 2:]), torch.as_tensor(lens)).numpy()
     tr = {"x2d": (x2d * cam[:, None, :2] + cam[:, None, 2:]).astype(np.float32), "cam": cam.astype(np.float32),
           "dist": lens, "y3d": pc.astype(np.float32), "action": np.array(["a"] * 40)}
