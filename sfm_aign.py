@@ -9,7 +9,7 @@ Results card (built-in procedural streets, 3 test sequences, 48x160, 2000 steps 
 abs_rel unscaled / median-scaled, prediction resized as disparity; commands, hardware: docs/sfm.md):
     seeds 0-4 (d97bd43): AIGN (default: depth memory, chosen on val/) 0.320 / 0.316, scale GT/pred 0.99, ATE
     0.056 m; photometric only 0.890 / 0.323, ATE 0.108 m: the memory recovers the metric scale; structure a
-    tie inside the seed spread (+-0.020; val: 0.322 vs 0.342).
+    tie inside the seed spread (+-0.020; val, seeds 0-2: 0.322 vs 0.342).
     Labels as stretches (seeds 0-2): AIGN + pairs +31 / +34 / +35 / +24% lower abs_rel than supervised only
     at 1 / 2 / 5 / 10% paired, a tie at 100% (tools/sfm_bench.py --curve).
     Speed (tools/sfm_bench.py --throughput, 1 thread, CPU time): a step 58-60% of the matmul peak; renderer
@@ -61,13 +61,14 @@ def get_args(argv=None):
     add("--memory-gaps", choices=["far", "unknown"], default="far", help="a memory depth map's 0 pixels: far "
         "(a renderer's sky: D sees --max-depth there) or unknown (LiDAR without a return: D sees the predictions "
         "only where the memory map it is paired with has depth) (default: far)")
-    add("--gt-depth", help="test GT npz: 'depth' (N,H,W) m, 'frames' (N,) '<seq> <index>'; or Monodepth2's "
-                           "splits/<split>/gt_depths.npz beside its test_files.txt (default: none)")
+    add("--gt-depth", help="test GT npz, replacing the test sequences' own maps: 'depth' (N,H,W) m, 'frames' (N,) "
+                           "'<seq> <index>' (0-based, file order); or Monodepth2's splits/<split>/gt_depths.npz "
+                           "beside its test_files.txt (default: none)")
     add("--height", type=int, default=48, help="training image height (default: 48)")
     add("--width", type=int, default=160, help="training image width (default: 160)")
     add("--lambda-rec", type=float, default=1.0, help="weight of the photometric reconstruction (default: 1)")
     add("--lambda-smooth", type=float, default=1e-3, help="disparity smoothness weight (default: 0.001)")
-    add("--lambda-adv", type=float, default=0.01, help="adversarial weight, 0 = photometric (default: 0.01)")
+    add("--lambda-adv", type=float, default=0.01, help="adversarial weight, 0 = no memory (default: 0.01)")
     add("--adv-on", choices=["both", "depth", "motion"], default="depth",
         help="memories the discriminators judge (default: depth, chosen on the built-in val/ split)")
     add("--adv-warmup", type=int, default=500, help="ramp --lambda-adv up from 0 over N steps (default: 500)")
@@ -80,9 +81,11 @@ def get_args(argv=None):
     add("--lr-d", type=float, default=None, help="discriminator learning rate (default: --lr)")
     add("--min-depth", type=float, default=0.5, help="smallest predictable depth, m (default: 0.5)")
     add("--max-depth", type=float, default=100.0, help="largest predictable depth, m (default: 100)")
-    add("--depth-png-scale", type=float, default=1000.0, help="16-bit depth PNGs hold depth x this (default: "
-        "1000, millimetres; KITTI's depth benchmark PNGs: 256)")
-    add("--eval-cap", type=float, default=80.0, help="evaluate depth on GT in 0.001..CAP m (default: 80)")
+    add("--depth-png-scale", type=float, default=1000.0, help="16-bit depth PNGs of the generic layout hold depth "
+        "x this (default: 1000, millimetres; KITTI's depth-benchmark maps, proj_depth/groundtruth/, are always "
+        "read as PNG / 256)")
+    add("--eval-cap", type=float, default=80.0, help="evaluate depth on GT in 0.001..CAP m, predictions clamped "
+        "to the same range (default: 80)")
     add("--eval-crop", choices=["garg", "none"], help="depth evaluation window: the Eigen split's Garg "
         "crop or the whole frame (default: garg with --gt-depth, else none)")
     args = p.parse_args(argv)
@@ -102,7 +105,7 @@ def get_args(argv=None):
 # Every source becomes sequences: dict(name, images (N,3,H,W) uint8 at the training size, size (h,w) of
 # the files, stems (N,) file names without extension, K (3,3) at the training size, poses (N,4,4) camera-to-
 # world or None, depth {frame index: the path of a GT map, checked when loaded and read again when evaluated,
-# or an array}).
+# or an array}, png_scale: what its 16-bit depth PNGs are divided by).
 def read_image(path, hw, dtype=np.uint8):
     """An 8-bit frame -> (uint8 (3,H,W) at hw, area-averaged if shrunk, else bilinear; the file's size (h,w));
     with hw None, the array as it is (a 16-bit depth PNG)."""
@@ -177,7 +180,8 @@ def read_poses(path, n=None):
 
 def read_depth(path, size, png_scale=1000.0):
     """depth/<frame>.npy (float metres, 0 = invalid) or a 16-bit PNG of depth x png_scale -> float32 (h,w)."""
-    what = f"a depth map of size {size}: float metres (.npy) or 16-bit metres x {png_scale:g} (.png)"
+    what = (f"a depth map{f' of size {size}' if None not in size else ''}: float metres (.npy) or 16-bit "
+            f"metres x {png_scale:g} (.png)")
     if path.endswith(".npy"):
         return check_metres(common.check_array(common.load_npy(path, what), path, "depth", size, what), path)
     return common.check_array(read_image(path, None, np.uint16) / png_scale, path, "depth", size, what)
@@ -269,7 +273,8 @@ GT_LAYOUT = ("'depth' (N,H,W) metres and 'frames' (N,) '<sequence> <frame index>
 def attach_gt_depth(seqs, path):
     """Eigen-style GT maps (at their frames' size; 0 = no LiDAR point) for listed frames: our npz, or Monodepth2's
     splits/<split>/gt_depths.npz, whose maps differ in size across KITTI's dates and are therefore a pickled
-    array of arrays (read by the restricted unpickler: arrays only, no code runs)."""
+    array of arrays (read by the restricted unpickler: arrays only, no code runs). They replace the sequences'
+    own GT maps: the listed frames are the ones evaluated (the Eigen protocol)."""
     z = common.load_npz(path, what=GT_LAYOUT, pickled=("depth", "data"))
     if "data" in z and "depth" not in z:  # Monodepth2: frames named by file number, the left colour camera
         txt = os.path.join(os.path.dirname(path), "test_files.txt")
@@ -292,6 +297,8 @@ def attach_gt_depth(seqs, path):
                          f"expected {GT_LAYOUT}, one map per frame")
     by_name = {s["name"]: s for s in seqs}
     number = {s["name"]: {int(t): k for k, t in enumerate(s["stems"]) if t.isdigit()} for s in seqs}  # -> index
+    for s in seqs:
+        s["depth"] = {}
     for (entry, name, frame), d in zip(entries, maps):
         s = by_name.get(name)
         size = s["size"] if s else None
@@ -304,8 +311,9 @@ def attach_gt_depth(seqs, path):
 
 def load_memory(root, hw, max_depth, png_scale=1000.0, gaps="far"):
     """The unpaired memory (sequences not trained on): depth maps at the training size (M,1,H,W), clamped to
-    max depth, invalid pixels -> max depth (gaps far) or kept at 0 (unknown: masked in train_step), and the
-    two motions t->t-1, t->t+1 of every triplet of their poses (Q,12)."""
+    max depth, invalid pixels -> max depth (gaps far) or kept at 0 (unknown: masked in train_step; KITTI's
+    depth-benchmark maps always keep 0, LiDAR without a return), and the two motions t->t-1, t->t+1 of every
+    triplet of their poses (Q,12)."""
     depths, motions, n_kitti = [], [], 0
     for d in sorted(d for d in glob.glob(os.path.join(root, "*")) if os.path.isdir(d)):
         kitti = os.path.isdir(os.path.join(d, KITTI_DEPTH))  # a drive of KITTI's depth benchmark: LiDAR, 0 = none
@@ -324,7 +332,10 @@ def load_memory(root, hw, max_depth, png_scale=1000.0, gaps="far"):
             T = torch.stack([torch.linalg.inv(P[:-2]) @ P[1:-1], torch.linalg.inv(P[2:]) @ P[1:-1]], 1)
             motions.append(matrix_to_pose6(T).flatten(1))  # (N-2, 12)
     if not depths and not motions:
-        raise InputError(f"--memory {root}: expected <seq>/depth/*.npy|png and/or <seq>/poses.txt: none")
+        one = any(os.path.exists(os.path.join(root, f)) for f in ("depth", "poses.txt", KITTI_DEPTH))
+        hint = ("; this is one sequence folder: pass the folder above it" if one else
+                f"; pass {os.path.join(root, 'memory')}" if os.path.isdir(os.path.join(root, "memory")) else "")
+        raise InputError(f"--memory {root}: expected <seq>/depth/*.npy|png and/or <seq>/poses.txt: none{hint}")
     if n_kitti:
         common.log(f"note: --memory {root}: {n_kitti} KITTI depth benchmark maps ({KITTI_DEPTH}): depth = PNG / 256, "
                    "0 = no LiDAR return (as --memory-gaps unknown)")
@@ -372,7 +383,7 @@ class DepthNet(nn.Module):
         self.head = nn.Sequential(conv(ch[0], 16), nn.Conv2d(16, 1, 3, 1, 1))
 
     def forward(self, img):  # (B, 3, H, W) in [0, 1]
-        x, feats = (img - 0.45) / 0.225, []
+        x, feats = (img - 0.45) / 0.225, []  # Monodepth2's input normalisation
         for layer in self.enc:
             x = layer(x)  # halves the size
             feats.append(x)
@@ -384,7 +395,8 @@ class DepthNet(nn.Module):
 
 class PoseNet(nn.Module):
     """Frames t-1, t, t+1 on channels (B,9,H,W) -> the motions t->t-1, t->t+1 (B,2,6): axis-angle (rad)
-    and translation (m). As in SfMLearner; small output scales start near the identity."""
+    and translation (m). SfMLearner's design (its output scale is 0.01 for all six; here 0.1 for the
+    translation in metres), so the motions start near the identity."""
 
     def __init__(self, ch=(16, 32, 64, 128, 128)):
         super().__init__()
@@ -397,8 +409,9 @@ class PoseNet(nn.Module):
         return self.net((x - 0.45) / 0.225).mean((2, 3)).view(-1, 2, 6) * self.scale  # (B, 2, 6)
 
 class PatchD(nn.Module):
-    """Depth-map discriminator: log-depth (B,1,H,W) -> a grid of real/fake logits (B,1,h,w); with normalise,
-    log-depth minus its per-image mean (D then judges the shape of a map, not its scale)."""
+    """Depth-map discriminator: depth (B,1,H,W) metres -> log(depth / 10 m) (centred on street-scale depths)
+    -> a grid of real/fake logits (B,1,H/8,W/8); with normalise, log-depth minus its per-image mean (D then
+    judges the shape of a map, not its scale)."""
 
     def __init__(self, normalise=False, ch=(16, 32, 64)):
         super().__init__()
@@ -774,13 +787,15 @@ def train_step(nets, opts, batch, args, dist, step):
     n_un = len(tgt) - batch["n_paired"]  # the unpaired samples come first
     depth = nets["depth_net"](tgt)  # (b, 1, H, W) metres
     pose = nets["pose_net"](srcs[:, 0], tgt, srcs[:, 1])  # (b, 2, 6): t -> t-1, t -> t+1
-    real_d, fake_d = batch["mem_depth"], depth[:n_un]  # (b, 1, H, W)
+    real_d, fake_d = batch["mem_depth"], depth[:n_un]  # (B,1,H,W) memory draws, (n_un,1,H,W) predictions
     if real_d is not None:  # memory gaps (0, --memory-gaps unknown): D sees both maps alike there, at max depth
         gap = real_d == 0
         real_d, fake_d = real_d.masked_fill(gap, args.max_depth), torch.where(gap, args.max_depth, fake_d)
     judged = [(D, real, fake) for D, real, fake in (  # (discriminator, memory samples, predictions)
         (nets["D_depth"], real_d, fake_d),
         (nets["D_motion"], batch["mem_motion"], pose[:n_un].flatten(1))) if real is not None]
+    # L_G = lambda_rec l_rec(P(depth, motion), x) + lambda_adv adv(D(G(x))) [+ lambda_sup l_sup on pairs]:
+    # (i) the renderer, (ii) the memory's discriminators, (iii) the pairs
     loss_d = loss_rec = loss_smooth = loss_adv = loss_sup = depth.new_zeros(())
     if judged:
         # (ii) the discriminators learn to tell the unpaired memory (real) from the predictions (fake)
@@ -857,7 +872,7 @@ def predict(args, nets, device, run_dir):
     depth, poses = predict_sequence(nets, seq["images"], device)
     os.makedirs(os.path.join(run_dir, "depth"), exist_ok=True)
     for p, dm in zip(paths, depth):
-        dm = F.interpolate(dm[None], size=seq["size"], mode="bilinear", align_corners=False)[0, 0].numpy()
+        dm = resize_as_disparity(dm[None], seq["size"]).numpy()                   # as evaluate resizes it
         stem = os.path.join(run_dir, "depth", os.path.splitext(os.path.basename(p))[0])
         np.save(stem + ".npy", dm.astype(np.float32))
         v = np.log(args.max_depth / np.maximum(dm, 1e-3)) / np.log(args.max_depth / args.min_depth)

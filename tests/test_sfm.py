@@ -406,6 +406,10 @@ def test_kitti_depth_benchmark_maps(tmp_path, capsys):
     write_png(str(gt / "0000000001.png"), lidar)
     seqs = S.load_sequences(str(root), (10, 32))                               # --depth-png-scale stays 1000
     assert list(seqs[0]["depth"]) == [1] and S.gt_depth(seqs[0], 1).max() == 10 and not seqs[1]["depth"]
+    ours = tmp_path / "eigen_gt.npz"                   # --gt-depth replaces those maps: its frames are evaluated
+    np.savez(ours, depth=np.full((1, *seqs[1]["size"]), 7.0, np.float32), frames=np.array([f"{seqs[1]['name']} 0"]))
+    S.attach_gt_depth(seqs, str(ours))
+    assert not seqs[0]["depth"] and list(seqs[1]["depth"]) == [0]
     mem = tmp_path / "depth_benchmark" / "train" / "2011_09_26_drive_0005_sync" / S.KITTI_DEPTH
     write_png(str(mem / "0000000005.png"), lidar)
     depth, motion = S.load_memory(str(tmp_path / "depth_benchmark" / "train"), (10, 32), 100.0)  # gaps far
@@ -425,7 +429,7 @@ def test_monodepth2_eigen_gt(tmp_path):
     ours = tmp_path / "ours.npz"  # our own layout may be ragged too (frame indices, not numbers)
     np.savez(ours, depth=np.array(maps + [None], dtype=object)[:-1], frames=np.array([a[11:] + " 2", b[11:] + " 0"]))
     S.attach_gt_depth(seqs, str(ours))
-    assert sorted(seqs[0]["depth"]) == [1, 2] and sorted(seqs[1]["depth"]) == [0, 1]
+    assert sorted(seqs[0]["depth"]) == [2] and sorted(seqs[1]["depth"]) == [0]       # it replaces, not adds
     for lines, maps_, msg in (([f"{a} 0000000001 r", f"{b} 0000000006 l"], maps, "only the left colour camera"),
                               ([f"{a} 0000000001 l"], maps, "1 frame entries (1 distinct) for 2 depth maps"),
                               ([f"{a} 0000000001 l", f"{b} 0000000002 l"], maps, "frame entry '" + b + " 0000000002'"),
@@ -622,6 +626,21 @@ def test_predict_refuses_frames_sharing_a_name(tmp_path):
     args = S.get_args(["--predict", str(tmp_path / "in"), "--resume", "x.pt", "--height", "16", "--width", "48"])
     with pytest.raises(S.InputError, match=r"frames \[.*1.jpg', .*1.png'\] share a name"):
         S.predict(args, S.build_nets(args, torch.device("cpu")), torch.device("cpu"), str(tmp_path / "out"))
+
+
+def test_predict_writes_depth_resized_as_disparity_as_evaluated(tmp_path, monkeypatch):
+    """The saved maps are the ones the metrics see: resized to the frame's size on disparity, not depth (a
+    near/far edge blurred on depth would put a far wall between them)."""
+    for i, im in enumerate(frames(3, 20, 60)):
+        write_png(str(tmp_path / "in" / f"{i}.png"), im)
+    depth = torch.full((3, 1, 16, 48), 50.0)
+    depth[..., :24] = 2.0                                                       # near left, far right
+    monkeypatch.setattr(S, "predict_sequence", lambda nets, images, device: (depth, torch.eye(4).repeat(3, 1, 1)))
+    args = S.get_args(["--predict", str(tmp_path / "in"), "--resume", "x.pt", "--height", "16", "--width", "48"])
+    S.predict(args, None, torch.device("cpu"), str(tmp_path / "out"))
+    saved = np.load(tmp_path / "out" / "depth" / "0.npy")
+    np.testing.assert_allclose(saved, S.resize_as_disparity(depth[:1], (20, 60)).numpy(), rtol=1e-6)
+    assert saved.shape == (20, 60) and saved[:, 30].max() < 20                   # on depth: 45 m there
 
 
 @pytest.mark.parametrize("setting, value, needle", [
