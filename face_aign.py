@@ -3,6 +3,7 @@
 Tung, Harley, Seto, Fragkiadaki, ICCV 2017, experiment 3. G maps a low-resolution face (--task sr) or
 a face with the mouth/nose hidden (--task inpaint) to a face; P = k x k average pooling, or the mask:
     L_G = lambda_rec ||P(G(x)) - x||^2 + lambda_adv adv(D(G(x))) [+ lambda_sup ||G(x) - y||^2 on paired x]
+(y the true face; inpainting: D sees the composite m x + (1 - m) G(x), the two squared terms G's raw output)
 D tells G(x) from a memory of faces; opposite memories on the same inputs should give opposite faces, judged
 by ONNX models (mouth: a rule on the mouth box) and a CNN that G never sees. Results card (built-in 64x64
 DCGAN faces, 500 balanced test faces, 1 CPU thread; tools/face_bench.py; docs/face.md):
@@ -44,14 +45,16 @@ def get_args(argv=None):
     p = common.ArgumentParser(description=__doc__.split("\n")[0], epilog=(
         "--data layouts (details: README): CelebA DIR/list_attr_celeba.txt [, list_eval_partition.txt] and "
         "img_align_celeba/*.jpg (also the official Anno/ Eval/ Img/ download, its img_align_celeba_png/, Kaggle's "
-        "nesting); or a plain folder of face images (no attributes: no --bias, no CNN judge). --memory: a folder "
+        "copy: .csv lists, nested images); or a plain folder of face images (no attributes: no --bias, no CNN judge). --memory: a folder "
         "of face images."))
     common.add_common_args(p, steps="400 sr, 800 inpaint", batch_size=32, lr=2e-4, eval_every=200)
     add = p.add_argument
     add("--task", choices=["sr", "inpaint"], default="sr", help="sr or inpaint (default: sr)")
-    add("--size", type=int, default=64, help="high-res face size, 32/64/128 (default: 64)")
+    add("--size", type=int, default=64, help="high-res face size, a power of 2 >= 32 (tested: 32/64/128) "
+        "(default: 64)")
     add("--scale", type=int, default=4, help="sr downsampling factor, 2/4/8 (default: 4)")
-    add("--region", choices=sorted(BOXES), default="mouth", help="inpaint: hidden box (default: mouth)")
+    add("--region", choices=sorted(BOXES), default="mouth", help="inpaint: the hidden box; also where "
+        "--d-region hole/both crops (default: mouth)")
     add("--jitter", type=float, default=0.03, help="inpaint: max box shift / --size (default: 0.03)")
     add("--bias", default=None, help="memory = faces with this attribute, e.g. -Male (default: all faces)")
     add("--memory", default=None, help="folder of memory faces (default: half of --data's training faces)")
@@ -67,7 +70,7 @@ def get_args(argv=None):
     add("--d-pool", type=int, default=None, choices=[1, 2, 4], help="D sees the faces k x k average-pooled "
         "(default: 2 sr, chosen on the validation faces; 1 inpaint)")
     add("--d-region", choices=["face", "hole", "both"], default=None, help="D sees the whole face, the S/2 "
-        "square around the --region box at full resolution, or both (default: both inpaint, face sr)")
+        "square around the --region box (both --d-pool'ed), or both (default: both inpaint, face sr)")
     add("--lr-d", "--d-lr", dest="d_lr", type=float, default=None, help="D's learning rate (default: 1e-3 sr, chosen on the "
         "validation faces; --lr inpaint)")
     add("--ema", type=float, default=None, help="decay of G's evaluated weight mean, 0 = G itself (default: "
@@ -101,6 +104,14 @@ def get_args(argv=None):
                      (args.bias and args.memory, "--bias and --memory: expected one of them")):
         if bad:
             raise InputError(msg)
+    if args.task == "inpaint" and args.d_region != "face":  # D's hole crop must hold the box wherever it moves
+        y0, x0, side = hole_crop(args.size, args.region)
+        box = [round(f * args.size) for f in BOXES[args.region]]
+        room = min(box[0] - y0, y0 + side - box[1], box[2] - x0, x0 + side - box[3])
+        if round(args.jitter * args.size) > room:
+            raise InputError(f"--jitter {args.jitter}: shifts the {args.region} box by up to "
+                             f"{round(args.jitter * args.size)} px, out of D's hole crop (room {room} px at --size "
+                             f"{args.size}); expected --jitter <= {room / args.size:.3f}, or --d-region face")
     return args
 
 def glue_negated(argv, flags):
@@ -124,8 +135,11 @@ def read_rgb(path):
     except Exception as e:
         raise InputError(f"{path}: cannot be read as an image (expected an RGB JPEG/PNG; "
                          f"{type(e).__name__})") from None
+    img = img[..., 0] if img.ndim == 3 and img.shape[2] in (1, 2) else img   # grey (+ alpha) -> grey
+    img = np.repeat(img[..., None], 3, -1) if img.ndim == 2 else img[..., :3]  # grey -> RGB; RGBA -> RGB
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-        raise InputError(f"{path}: expected an 8-bit RGB image (H, W, 3), found {img.dtype} {img.shape}")
+        raise InputError(f"{path}: expected an 8-bit grey, RGB or RGBA image, found {img.dtype} {img.shape} "
+                         f"(convert it to 8-bit RGB)")
     return img
 
 def to_square(img, size):
@@ -170,9 +184,15 @@ def load_images(files, size, what, show):
 
 def read_rows(path, allowed, attrs=False):
     """A CelebA list: `filename v1 .. vn` rows with every v in `allowed`, after a count line and a line of
-    n attribute names if `attrs` (else n = 1) -> (names, files, (N, n) str array), or an InputError."""
+    n attribute names if `attrs` (else n = 1) -> (names, files, (N, n) str array), or an InputError.
+    Kaggle's .csv copies: comma-separated, one header line `image_id,name1,..` instead of the two."""
     what = "a count line, a line of attribute names, `file v1 .. vA` rows" if attrs else "`file p` rows"
-    lines = [ln.split() for ln in common.read_text(path, what).splitlines() if ln.strip()]
+    csv = path.lower().endswith(".csv")
+    what = f"a header line `image_id,{'names' if attrs else 'partition'}`, then comma-separated rows" if csv else what
+    lines = [[v.strip() for v in ln.split(",")] if csv else ln.split()
+             for ln in common.read_text(path, what).splitlines() if ln.strip()]
+    if csv and lines:  # the header holds the names: as the official layout's count and names lines
+        lines = [[str(len(lines) - 1)], lines[0][1:], *lines[1:]] if attrs else lines[1:]
     if len(lines) < 1 + 2 * attrs:
         raise InputError(f"{path}: expected {what}")
     names, rows, n = (lines[1], lines[2:], len(lines[1])) if attrs else (None, lines, 1)
@@ -204,6 +224,8 @@ def load_faces(args, root, show):
     rng, cut, attrs, partition, labelled = np.random.default_rng(0), args.max_images or None, None, None, {}
     attr_file, part_file = (celeba_path(root, f"list_{f}.txt", "", d)
                             for f, d in (("attr_celeba", "Anno"), ("eval_partition", "Eval")))
+    if not os.path.isfile(attr_file) and os.path.isfile(os.path.join(root, "list_attr_celeba.csv")):  # Kaggle's
+        attr_file, part_file = (os.path.join(root, f"list_{f}.csv") for f in ("attr_celeba", "eval_partition"))
     if os.path.isfile(attr_file):  # CelebA layout (also the built-in data)
         names, files, vals = read_rows(attr_file, ("1", "-1"), attrs=True)  # a count, names, `file 1 -1 ..`
         files, attrs = files[:cut], torch.from_numpy(vals[:cut] == "1")
@@ -220,6 +242,9 @@ def load_faces(args, root, show):
         png = celeba_path(root, os.path.join("img_align_celeba_png", os.path.splitext(files[0])[0] + ".png"), "", "Img")
         if not os.path.isfile(paths[0]) and os.path.isfile(png):  # the official lossless PNG set, named as .png
             paths = [os.path.join(os.path.dirname(png), os.path.splitext(fn)[0] + ".png") for fn in files]
+        if missing := [p for p in paths if not os.path.isfile(p)]:  # a cut-down folder, or another list
+            raise InputError(f"{missing[0]}: no such file, named in {attr_file} ({len(missing)} of {len(paths)} "
+                             f"missing); expected every listed image in {os.path.dirname(missing[0])}")
         judged = args.judge in ("cnn", "both") or args.judge_attr != "-Male" or "Male" in names
         for attr in [a for a in (args.judge_attr if judged else None, args.bias) if a]:  # 'Male' or '-Male'
             if attr.lstrip("-") not in names:
@@ -227,7 +252,9 @@ def load_faces(args, root, show):
                                  f"{', '.join(names)}, optionally prefixed by '-')")
             labelled[attr] = (attrs[:, names.index(attr.lstrip("-"))] != attr.startswith("-")).numpy()  # (N,)
     elif args.bias or args.judge in ("cnn", "both"):
-        raise InputError(f"--bias/--judge cnn: {root} has no list_attr_celeba.txt (expected labelled CelebA)")
+        flag = f"--bias {args.bias}" if args.bias else f"--judge {args.judge}"
+        raise InputError(f"{flag}: no list_attr_celeba.txt in {root} or {os.path.join(root, 'Anno')} (nor Kaggle's "
+                         f".csv): expected labelled CelebA; a plain folder of faces has no labels")
     else:
         paths = list_images(root)[:cut]
     judged = labelled.get(args.judge_attr)  # for the balanced test/validation sets and the CNN judge
@@ -254,9 +281,13 @@ def load_faces(args, root, show):
     if len(mem) < (1 if args.eval_only else args.batch_size):
         src = f"--memory {args.memory}" if args.memory else f"--bias {args.bias}" if args.bias else "--data"
         raise InputError(f"memory: {len(mem)} faces ({src}), expected at least one "
-                         + ("(--eval-only)" if args.eval_only else f"batch (--batch-size {args.batch_size})"))
+                         + ("(--eval-only)" if args.eval_only else f"batch (--batch-size {args.batch_size})")
+                         + ("" if args.memory else "; it is half of the training faces" + ", those with --bias"
+                            * bool(args.bias) + ": a smaller --batch-size or more faces"))
     if len(inputs) == 0:
-        raise InputError(f"{root}: {len(hr)} faces leave no generator inputs (expected >= 12)")
+        raise InputError(f"{root}: {len(hr)} faces leave {len(train)} training faces after the test, validation"
+                         f"{' and CNN judge' if n_judge else ''} faces: none for generator inputs (expected at least "
+                         f"2 training faces: one input, one memory)")
 
     def label(ids):  # (n,) bool labels of the judged attribute, or None
         return None if judged is None else torch.from_numpy(judged[ids])
@@ -362,7 +393,8 @@ class GlobalLocalD(nn.ModuleList):
         return sum(d(y) for d in self)
 
 def hole_crop(size, region):
-    """(y0, x0, side): the S/2 square of the face around the hidden box (it holds the jittered box)."""
+    """(y0, x0, side): the S/2 square of the face around the hidden box (get_args checks that it holds the
+    box shifted by --jitter)."""
     y0, y1, x0, x1 = BOXES[region]
     y, x = (min(max(round((a + b) / 2 * size - size / 4), 0), size // 2) for a, b in ((y0, y1), (x0, x1)))
     return y, x, size // 2
@@ -434,7 +466,7 @@ def d_loss(D, real, fake, gan):
     alpha = torch.rand(len(real), *[1] * (real.dim() - 1), device=real.device)
     mix = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
     grad, = torch.autograd.grad(D(mix).sum(), mix, create_graph=True)
-    return lf.mean() - lr.mean() + 10 * ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+    return lf.mean() - lr.mean() + 10 * ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()  # lambda_GP = 10
 
 def g_adv_loss(D, fake, gan):
     """Generator's adversarial term: make predictions look like memory samples."""
@@ -451,14 +483,16 @@ def rec_loss(args, raw, x, mask):
     return F.mse_loss(render_sr(raw, args.scale) if args.task == "sr" else render_inpaint(raw, mask), x)
 
 def sup_loss(raw, hr, paired):
-    """||G(x) - y||^2 over the paired faces of the batch (paired: (B,) bool); 0 if there are none."""
+    """||G(x) - y||^2 on G's raw output over the paired faces of the batch (paired: (B,) bool); 0 if there are
+    none. For inpainting it also covers the visible pixels, i.e. it repeats l_rec there."""
     return F.mse_loss(raw[paired], hr[paired]) if paired.any() else raw.new_zeros(())
 
 
 # ----------------------------------------------------------------------------------------------
 # Evaluation and figures
 def psnr(a, b):
-    """Per-image PSNR (dB) of (B, C, H, W) images in [0, 1] (the authors' peak of [-1, 1]: 6.02 dB lower)."""
+    """Per-image PSNR (dB) of (B, C, H, W) images in [0, 1] (peak 1; RGB, unquantised, no border shave).
+    Taking the peak as 1 on [-1, 1] data, as the authors did, gives 6.02 dB less."""
     mse = ((a.double() - b.double()) ** 2).flatten(1).mean(1).clamp_min(1e-10)  # identical: 100 dB
     return 10 * torch.log10(1 / mse)
 
@@ -511,7 +545,7 @@ class EvalSet:
         self.args, self.judges, self.figures = args, judges, figures
         self.base_name = "bicubic" if args.task == "sr" else "fill"
         self.hr = to_float(faces).to(device)  # (N, 3, S, S)
-        self.mem = to_float(mem[:256]).to(device)  # (M, 3, S, S) memory faces for D's accuracy
+        self.mem = to_float(mem[:256]).to(device)  # (M <= 256, 3, S, S) memory faces for D's accuracy (capped)
         self.x, self.mask = make_input(args, self.hr, torch.zeros_like(self.hr[:, 0, 0, :2]).long())
         base = bicubic(self.x, args.scale) if args.task == "sr" else smooth_fill(self.x, self.mask)
         self.base = base.clamp(-1, 1)  # (N, 3, S, S)
@@ -526,10 +560,10 @@ class EvalSet:
 
     def metrics(self, y):
         a, y = self.args, y.clamp(-1, 1)
-        ry = render_sr(y, a.scale) if a.task == "sr" else render_inpaint(y, self.mask)  # P(G(x)) vs x
         y01, hr01 = (y + 1) / 2, (self.hr + 1) / 2
-        out = {"psnr_hr": psnr(y01, hr01).mean().item(), "ssim_hr": ssim(y01, hr01).mean().item(),
-               "psnr_lr": psnr((ry + 1) / 2, (self.x + 1) / 2).mean().item()}
+        out = {"psnr_hr": psnr(y01, hr01).mean().item(), "ssim_hr": ssim(y01, hr01).mean().item()}
+        if a.task == "sr":  # P(G(x)) vs x; inpainting's composite keeps x's visible pixels: P(y) = x by construction
+            out["psnr_lr"] = psnr((render_sr(y, a.scale) + 1) / 2, (self.x + 1) / 2).mean().item()
         for i, (name, judge) in enumerate(self.judges.items()):
             rate = judge.has(u8_of(y).cpu(), a.judge_attr).float().mean().item()
             out.update({f"attr_rate_{name}": rate, **({"attr_rate": rate} if i == 0 else {})})
@@ -542,7 +576,7 @@ class EvalSet:
         masks = (self.x[:, :1] if self.mask is None else self.mask).split(128)  # sr: unused placeholders
         y = torch.cat([generate(G, self.args, x, m) for x, m in zip(self.x.split(128), masks)]).clamp(-1, 1)
         G.train()
-        cut = 0.5 if self.args.gan == "lsgan" else 0.0  # D's decision threshold on its logits
+        cut = 0.5 if self.args.gan == "lsgan" else 0.0  # D's threshold (wgan-gp's critic has none: d_acc rough)
         D.eval()  # spectral norm: no power iteration here (the run resumes exactly)
         acc = {"d_acc_mem": (D(self.mem) > cut).float().mean().item(),
                "d_acc_out": torch.cat([D(t) <= cut for t in y.split(256)]).float().mean().item()}
@@ -638,7 +672,8 @@ def train(args, dist, data, nets, opts, state, run_dir):
 # ----------------------------------------------------------------------------------------------
 # Prediction
 def predict(args, G, device, run_dir):
-    """--predict DIR: each image (sr: low-res, resized to G's input; inpaint: aligned face) -> PNG of G(x)."""
+    """--predict DIR: each image (sr: a low-res face, resized to G's input by bicubic, not by P; inpaint: an
+    aligned face) -> PNG of G(x)."""
     G.eval()
     mask = box_masks(1, args.size, args.region, torch.zeros(1, 2, dtype=torch.long, device=device))
     files = list_images(args.predict)

@@ -169,7 +169,7 @@ def contrast_rows(res, seeds):
                          fmt([ra[s].get(f"attr_rate_gt_{j}") for s in both], 3),
                          f"**{100 * np.mean(diffs):+.1f}**", " / ".join(f"{100 * d:+.1f}" for d in diffs),
                          "yes" if len(set(signs)) == 1 else "no",
-                         fmt([ra[s]["psnr_lr"] for s in both], 2) + " / " + fmt([rb[s]["psnr_lr"] for s in both], 2)])
+                         fmt([ra[s].get("psnr_lr") for s in both], 2) + " / " + fmt([rb[s].get("psnr_lr") for s in both], 2)])
     for pair, (word, a, b, _, _) in PAIRS.items():  # do the two judges agree in sign, seed by seed?
         pa, pb = res.get(a, {}), res.get(b, {})
         both = [s for s in seeds if s in pa and s in pb and all(f"attr_rate_{j}" in pa[s] for j in JUDGES)]
@@ -290,7 +290,7 @@ def main():
         rows = [lab + r for r in contrast_rows(res, sorted({s for rs in res.values() for s in rs}))]
         d_rows = [lab + [n, s, r["step"], *(f"{r.get(f'attr_rate_{j}', float('nan')):.3f}" for j in JUDGES),
                          f"{r['loss_d_train']:.3f}", f"{r['d_acc_mem']:.3f}", f"{r['d_acc_out']:.3f}",
-                         f"{r['psnr_lr']:.2f}"] for n, rs in res.items() for s, r in sorted(rs.items())]
+                         fmt([r.get("psnr_lr")], 2)] for n, rs in res.items() for s, r in sorted(rs.items())]
         head = ["setting"] * bool(lab)
         return print(markdown(head + CONTRAST_HEAD, rows) + "\n\n" + markdown(head + [
             "run", "seed", "step", "judged rate onnx", "judged rate cnn", "D loss (last interval)",
