@@ -15,9 +15,11 @@ work=$(mktemp -d)
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 AIGN_CACHE=${AIGN_CACHE:-$work/cache}
 exec > >(tee "$out/log.txt") 2>&1
+failed=()
+step() { "$@" || failed+=("$*"); }  # every step runs; the failures are listed at the end
 dev=${DEV:-cuda}
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available() and torch.cuda.get_device_name(0))"
-python3 -m pytest -q -p no:cacheprovider tests/test_device.py
+step python3 -m pytest -q -p no:cacheprovider tests/test_device.py
 python3 - "$work/faces" <<'EOF'
 import os, sys
 import imageio.v3 as iio
@@ -27,15 +29,15 @@ for i, img in enumerate(np.random.default_rng(0).integers(0, 256, (200, 64, 64, 
     iio.imwrite(os.path.join(sys.argv[1], f"{i:03d}.png"), img)
 EOF
 run=(--device $dev --steps 20 --eval-every 10 --no-progress)
-python3 pose_aign.py "${run[@]}" --out "$work/pose"
-python3 sfm_aign.py "${run[@]}" --out "$work/sfm"
-python3 face_aign.py "${run[@]}" --data "$work/faces" --judge none --out "$work/face"
+step python3 pose_aign.py "${run[@]}" --out "$work/pose"
+step python3 sfm_aign.py "${run[@]}" --out "$work/sfm"
+step python3 face_aign.py "${run[@]}" --data "$work/faces" --judge none --out "$work/face"
 for b in ${BATCHES:-256 1024 4096 16384}; do
-    python3 tools/pose_bench.py --throughput --device $dev --out "$work/bench/pose_${dev}_$b" -- --batch-size $b
+    step python3 tools/pose_bench.py --throughput --device $dev --out "$work/bench/pose_${dev}_$b" -- --batch-size $b
 done
-python3 tools/pose_bench.py --throughput --device cpu --threads "$(nproc)" --out "$work/bench/pose_cpu_256_threads"
-python3 tools/sfm_bench.py --throughput --device $dev --out "$work/bench/sfm_$dev"
-python3 tools/face_bench.py --throughput --out "$work/bench/face_$dev" -- --device $dev --data "$work/faces" --judge none
+step python3 tools/pose_bench.py --throughput --device cpu --threads "$(nproc)" --out "$work/bench/pose_cpu_256_threads"
+step python3 tools/sfm_bench.py --throughput --device $dev --out "$work/bench/sfm_$dev"
+step python3 tools/face_bench.py --throughput --out "$work/bench/face_$dev" -- --device $dev --data "$work/faces" --judge none
 python3 - "$work/bench" "$out/throughput.json" <<'EOF'
 import glob, json, os, sys
 runs = {os.path.basename(os.path.dirname(f)): json.load(open(f))
@@ -44,3 +46,5 @@ json.dump(runs, open(sys.argv[2], "w"), indent=1)
 for name, r in runs.items():
     print(name, {k: r[k] for k in ("samples_per_s", "images_per_s", "step_ms", "step_s", "fraction_of_peak") if k in r})
 EOF
+if ((${#failed[@]})); then printf 'FAILED: %s\n' "${failed[@]}"; exit 1; fi
+echo "all device checks passed"
