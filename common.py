@@ -69,11 +69,19 @@ def run_main(main):
         sys.exit(code)
 
 
+OPTION_DESTS = {}  # every flag the scripts' parsers define -> its dest ("--lr-d" and "--d-lr" -> "d_lr")
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose errors (a wrong type or choice, an unknown flag) are an InputError: one line."""
 
     def error(self, message):
         raise InputError(message)
+
+    def add_argument(self, *args, **kwargs):
+        action = super().add_argument(*args, **kwargs)
+        OPTION_DESTS.update(dict.fromkeys(action.option_strings, action.dest))
+        return action
 
 
 # ----------------------------------------------------------------------------------------------
@@ -164,6 +172,10 @@ def pick_device(name, local_rank=0):
         raise InputError(f"--device {name}: only cpu and cuda are supported")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"--device {name}: CUDA is not available here (torch {torch.__version__})")
+    if device.type == "cuda":
+        if (device.index or 0) >= torch.cuda.device_count():
+            raise InputError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        torch.cuda.set_device(device)  # the current device: checkpoints keep its RNG state
     return device
 
 
@@ -368,7 +380,10 @@ def _lock_holder(path):
             os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
     except PermissionError:  # it exists, under another user
         pass
-    except (OSError, ValueError):  # ProcessLookupError included
+    except ValueError:  # empty or cut: a run that is writing it right now, else a crashed run's leftover
+        recent = time.time() - os.path.getmtime(path) < 10 if os.path.exists(path) else False
+        return ("?", "? (starting)") if recent else None
+    except OSError:  # ProcessLookupError included
         return None
     return host, pid
 
@@ -427,24 +442,30 @@ def write_json(path, obj):
 
 
 class MetricsLog:
-    """Append-only metrics.jsonl. On resume, records past the checkpoint's step are dropped, so a
-    resumed run's log reads exactly like an uninterrupted one (no repeated steps)."""
+    """Append-only metrics.jsonl. On resume (state: the checkpoint), records past its step are dropped and
+    the checkpoint's own record is written if a run stopped before logging it (killed while validating:
+    finish(record) adds the validation metrics again), so a resumed run's log reads exactly like an
+    uninterrupted one (no repeated or missing steps)."""
 
-    def __init__(self, run_dir, resume_step=None, enabled=True):
+    def __init__(self, run_dir, state=None, enabled=True, finish=None):
         self.path = os.path.join(run_dir, "metrics.jsonl")
         self.enabled = enabled
+        keep, steps = [], set()
+        if enabled and os.path.exists(self.path) and state is not None:  # a fresh run starts a fresh log
+            with open(self.path, errors="replace") as f:
+                for line in f:
+                    try:
+                        if (step := json.loads(line).get("step", 0)) <= state["step"]:
+                            keep.append(line)
+                            steps.add(step)
+                    except (ValueError, AttributeError):
+                        pass  # a line cut by a crash mid-write
         if enabled and os.path.exists(self.path):
-            keep = []
-            if resume_step is not None:  # a fresh run in an old folder starts a fresh log
-                with open(self.path, errors="replace") as f:
-                    for line in f:
-                        try:
-                            if json.loads(line).get("step", 0) <= resume_step:
-                                keep.append(line)
-                        except (ValueError, AttributeError):
-                            pass  # a line cut by a crash mid-write
             with open(self.path, "w") as f:
                 f.writelines(keep)
+        pending = state.get("record") if state is not None else None
+        if enabled and isinstance(pending, dict) and state["step"] not in steps and finish is not None:
+            self.write(finish(dict(pending)))
 
     def write(self, record):
         if self.enabled:
@@ -496,8 +517,8 @@ def rng_state():
              "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
                        *map(float, np_state[2:])],
              "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # this process's device (every rank's alike)
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -507,14 +528,15 @@ def set_rng_state(state):
     np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(gauss)))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"])  # the current device: rank r's own
 
 
 def save_checkpoint(path, *, script, step, args, nets, opts, data_rng, wall_s, samples, **extra):
     """Write {script, step, args, nets, opts, rng, data_rng, wall_s, samples, **extra} atomically
     (a crash mid-write leaves the previous checkpoint intact). nets/opts: dicts name -> module/optimiser;
     wall_s and samples are the run's training seconds and samples so far (throughput = their ratio,
-    so resuming a finished run keeps its recorded numbers)."""
+    so resuming a finished run keeps its recorded numbers); the scripts add `record`, the training part of
+    this step's metrics.jsonl line (MetricsLog writes it on resume if the run stopped before logging it)."""
     state = {"script": script, "step": step, "args": vars(args),
              "nets": {k: m.state_dict() for k, m in nets.items()},
              "opts": {k: o.state_dict() for k, o in opts.items()},
@@ -568,9 +590,11 @@ def resume_args(args, state, argv, arch, path):
     run trains exactly as it began. --eval-only and --predict take only arch (they may run elsewhere)."""
     names, given = sorted(vars(args)), set()
     for token in sys.argv[1:] if argv is None else argv:
-        if token.startswith("--"):  # argparse also accepts a unique prefix of a flag
-            name = token[2:].split("=")[0].replace("-", "_")
-            found = [k for k in names if k == name] or [k for k in names if k.startswith(name)]
+        if token.startswith("--"):  # a flag, its alias, or (as argparse accepts) a unique prefix of one
+            flag = token.split("=")[0]
+            name = flag[2:].replace("-", "_")
+            found = {OPTION_DESTS[flag]} if flag in OPTION_DESTS else {k for k in names if k == name} or (
+                {k for k in names if k.startswith(name)} | {d for f, d in OPTION_DESTS.items() if f.startswith(flag)})
             given.update(found if len(found) == 1 else ())
     asked = {k: getattr(args, k) for k in arch if k in given}
     arch_from_checkpoint(args, state, arch, path)
@@ -599,6 +623,9 @@ def checked_args(args, get_args, path):
         elif v is not None and v is not False:
             argv.append(flag if v is True else f"{flag}={v}")
     try:
+        unset = [k for k, v in vars(get_args([])).items() if v is not None and getattr(args, k, 0) is None]
+        if unset:  # a flag cannot say None: the re-parse would take its default silently
+            raise InputError(f"{', '.join(unset)} set to None")
         return get_args(argv)
     except InputError as e:
         raise InputError(f"--resume {path}: a damaged or edited checkpoint ({e})") from None
@@ -618,16 +645,22 @@ def load_weights(module, sd, path, name):
 
 
 def restore_training(state, nets, opts, data_rng, path):
-    """Continue exactly where a checkpoint stopped: weights, optimisers, all RNGs.
+    """Continue exactly where a checkpoint stopped: weights, optimisers (at this run's --lr), all RNGs.
     Returns (step, wall_s, samples)."""
     for k, m in nets.items():
         load_weights(m, state["nets"][k], path, k)
     try:
         for k, o in opts.items():
+            lrs = [g["lr"] for g in o.param_groups]  # this run's --lr (the checkpoint's unless given again)
             o.load_state_dict(state["opts"][k])
+            for g, lr in zip(o.param_groups, lrs):
+                g["lr"] = lr
+            for p in (p for g in o.param_groups for p in g["params"]):  # torch checks no state shapes
+                if any(torch.is_tensor(v) and v.dim() and v.shape != p.shape for v in o.state.get(p, {}).values()):
+                    raise ValueError(f"{k}'s optimiser state does not match a parameter of shape {tuple(p.shape)}")
         data_rng.set_state(state["data_rng"])
         set_rng_state(state["rng"])
-    except (KeyError, ValueError, RuntimeError, TypeError) as e:
+    except Exception as e:  # anything else a damaged or edited file can raise
         raise InputError(f"--resume {path}: optimiser or RNG state does not fit this run "
                          f"({type(e).__name__}: {str(e)[:120]})") from None
     return int(state["step"]), float(state["wall_s"]), int(state["samples"])

@@ -823,7 +823,10 @@ def train(args, dist, data, nets, opts, state, run_dir):
     start, wall_s, samples = 0, 0.0, 0
     if state is not None:
         start, wall_s, samples = common.restore_training(state, nets, opts, gen, args.resume)
-    metrics = common.MetricsLog(run_dir, start if state is not None else None, enabled=dist.main)
+    def finish(record):  # a record's validation metrics (validate logs them)
+        record.update(validate(nets, data, args, dist.device, record["step"]))
+        return record
+    metrics = common.MetricsLog(run_dir, state, enabled=dist.main, finish=finish)
     stop, sums, n = common.StopRequest(), {}, 0
     t0 = time.perf_counter()
     for step in common.progress(start, args.steps, dist, args.no_progress):
@@ -836,14 +839,14 @@ def train(args, dist, data, nets, opts, state, run_dir):
             common.sync(dist.device)
             wall_s, samples = wall_s + time.perf_counter() - t0, samples + n * args.batch_size * dist.world
             common.stop_if_diverged(sums, done, dist, nets)  # NaN: one clear error, no bad checkpoint
-            if dist.main:  # the checkpoint first: an evaluation that fails loses no training
-                common.save_checkpoint(os.path.join(run_dir, "ckpt.pt"), script=SCRIPT, step=done, args=args,
-                                       nets=nets, opts=opts, data_rng=gen, wall_s=wall_s, samples=samples)
             record = {"step": done, **{k: dist.mean(v / n) for k, v in sums.items()},
                       "wall_s": round(wall_s, 2)}
+            if dist.main:  # the checkpoint first: an evaluation that fails loses no training
+                common.save_checkpoint(os.path.join(run_dir, "ckpt.pt"), script=SCRIPT, step=done, args=args,
+                                       nets=nets, opts=opts, data_rng=gen, wall_s=wall_s, samples=samples,
+                                       record=record)
             if dist.main:
-                record.update(validate(nets, data, args, dist.device, done))
-                metrics.write(record)
+                metrics.write(finish(record))
             dist.barrier()
             sums, n, t0 = {}, 0, time.perf_counter()
             if stopping:

@@ -3,6 +3,7 @@ import argparse
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -67,6 +68,13 @@ def test_run_dir_refuses_a_file_and_a_second_run(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert not (out / "run.lock").exists()
+    # an empty lock is a run writing it right now (held), unless it is older than 10 s (a crash's leftover)
+    (out / "run.lock").write_text("")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 2 and "another run" in proc.stderr, proc.stderr
+    os.utime(out / "run.lock", (time.time() - 60, time.time() - 60))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_checkpoint_round_trip_and_refusals(tmp_path):
@@ -247,6 +255,9 @@ def test_checked_args_reparses_what_a_checkpoint_brought_back():
     args.hidden = "big"
     with pytest.raises(InputError, match=r"--resume c.pt: a damaged or edited checkpoint \(argument --hidden"):
         common.checked_args(args, get_args, "c.pt")
+    args.hidden = None  # no flag says None: it would come back as the default
+    with pytest.raises(InputError, match=r"checkpoint \(hidden set to None\)"):
+        common.checked_args(args, get_args, "c.pt")
 
 
 def test_the_error_line_is_not_glued_to_an_open_progress_bar(capsys):
@@ -284,3 +295,30 @@ def test_resume_brings_back_every_setting_the_command_line_does_not_give(capsys)
     args = p.parse_args(argv)
     common.resume_args(args, state, argv, ("task",), "a/ckpt.pt")
     assert (args.task, args.lr, args.lambda_adv) == ("inpaint", 1e-3, 0.1)
+
+
+def test_resume_knows_a_flag_by_its_alias_and_applies_a_new_lr():
+    """--lr-d (dest d_lr) given again is kept over the checkpoint's value; a --lr given again is the optimiser's
+    learning rate after the restore (the optimiser state would bring the old one back)."""
+    p = common.ArgumentParser()
+    common.add_common_args(p, steps=10, batch_size=4, lr=1e-3, eval_every=5)
+    p.add_argument("--lr-d", "--d-lr", dest="d_lr", type=float, default=None)
+    state = {"args": vars(p.parse_args(["--lr-d", "0.001", "--lr", "2e-4"]))}
+    for argv in (["--resume", "x.pt", "--lr-d", "0.123"], ["--resume", "x.pt", "--d-lr=0.123"]):
+        args = p.parse_args(argv)
+        common.resume_args(args, state, argv, (), "x.pt")
+        assert (args.d_lr, args.lr) == (0.123, 2e-4)
+    m = torch.nn.Linear(2, 2)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    m(torch.ones(1, 2)).sum().backward()
+    opt.step()
+    ckpt = {"nets": {"m": m.state_dict()}, "opts": {"m": opt.state_dict()}, "rng": common.rng_state(),
+            "data_rng": torch.Generator().get_state(), "step": 1, "wall_s": 1.0, "samples": 4}
+    new = torch.optim.Adam(m.parameters(), lr=0.5)
+    assert common.restore_training(ckpt, {"m": m}, {"m": new}, torch.Generator(), "x.pt") == (1, 1.0, 4)
+    assert new.param_groups[0]["lr"] == 0.5 and new.state_dict()["state"][0]["step"] == 1
+    bad = {**ckpt, "opts": {"m": {**opt.state_dict(), "state": {0: {**opt.state_dict()["state"][0],
+                                                                    "exp_avg": torch.zeros(3)}}}}}
+    for damaged in (bad, {**ckpt, "rng": {**ckpt["rng"], "python": "(3, (1,2"}}, {**ckpt, "opts": {"m": "hello"}}):
+        with pytest.raises(InputError, match="x.pt: optimiser or RNG state does not fit this run"):
+            common.restore_training(damaged, {"m": m}, {"m": torch.optim.Adam(m.parameters())}, torch.Generator(), "x.pt")

@@ -541,7 +541,7 @@ def test_bvh_reader_forward_kinematics(tmp_path):
     write_bvh(path, [[0, 20, 0, 0, 0, 0], [10, 20, 0, 90, 0, 0]], header_frames=3)  # header off by one
     poses = BV.bvh_to_h36m(str(path))
     u = BV.CMU_UNIT_M
-    assert poses.shape == (2, 17, 3)  # the frame count comes from the data, not the header
+    assert poses.shape == (2, 17, 3)  # the frame count comes from the data, not the header (a note says so)
     np.testing.assert_allclose(poses[0, 0], np.array([0, 20, 0]) * u, atol=1e-6)
     np.testing.assert_allclose(poses[0, 3], np.array([-1, 9, 0]) * u, atol=1e-6)  # right ankle
     np.testing.assert_allclose(poses[0, 6], np.array([1, 9, 0]) * u, atol=1e-6)   # left ankle
@@ -550,6 +550,33 @@ def test_bvh_reader_forward_kinematics(tmp_path):
     # rotating the root 90 degrees about Z maps the spine (0, +4) onto (-4, 0); the root moved to x = 10
     np.testing.assert_allclose(poses[1, 0], np.array([10, 20, 0]) * u, atol=1e-6)
     np.testing.assert_allclose(poses[1, 7] - poses[1, 0], np.array([-4, 0, 0]) * u, atol=1e-6)
+
+
+def test_bvh_position_channels_units_and_up_axis(tmp_path, capsys):
+    """Position channels on every joint (MotionBuilder's style: they hold the local position, in place of the
+    OFFSET) give the same skeleton as offsets alone; a file in other units is an error naming --unit-m; --up z
+    reads a Z-up export as the Y-up one."""
+    write_bvh(tmp_path / "ref.bvh", [[0, 20, 0, 30, 10, 0]])
+    ref = BV.bvh_to_h36m(str(tmp_path / "ref.bvh"))
+    text = (tmp_path / "ref.bvh").read_text().splitlines()
+    out, rows = [], []
+    for i, ln in enumerate(text):  # every JOINT gets Xposition Yposition Zposition holding its OFFSET
+        if ln.strip().startswith("CHANNELS 3"):
+            off = text[i - 1].split()[1:]
+            rows.append(off)
+            ln = ln.replace("CHANNELS 3", "CHANNELS 6 Xposition Yposition Zposition")
+        out.append(ln)
+    motion = out.index("MOTION")
+    root = out[motion + 3].split()
+    out[motion + 3] = " ".join(root[:6] + [v for off in rows for v in off + ["0", "0", "0"]])
+    (tmp_path / "pos.bvh").write_text("\n".join(out) + "\n")
+    np.testing.assert_allclose(BV.bvh_to_h36m(str(tmp_path / "pos.bvh")), ref, atol=1e-6)
+    with pytest.raises(InputError, match=r"ankle-to-head bones sum to .* at --unit-m 1; expected a person's"):
+        BV.bvh_to_h36m(str(tmp_path / "ref.bvh"), unit_m=1.0)                     # CMU units read as metres
+    assert "the head is never above the feet along Y" not in capsys.readouterr().out
+    zup = BV.bvh_to_h36m(str(tmp_path / "ref.bvh"), up="z")                      # the same file as if Z were up
+    assert "never above the feet along Y" in capsys.readouterr().out
+    np.testing.assert_allclose(zup[..., [0, 2, 1]] * [1, -1, 1], ref, atol=1e-6)
 
 
 def test_bvh_without_needed_joints_is_a_clear_error(tmp_path):
@@ -1044,6 +1071,7 @@ def test_cli_resume_is_exact(tmp_path, cache_root):
     flags = [*TINY, "--steps", "8", "--eval-every", "4", "--paired-frac", "0.05"]
     run_cli("pose_aign.py", *flags, "--out", tmp_path / "straight")
     run_cli("pose_aign.py", *TINY, "--steps", "4", "--eval-every", "4", "--paired-frac", "0.05", "--out", tmp_path / "split")
+    (tmp_path / "split" / "metrics.jsonl").write_text("")  # as if killed while validating after its checkpoint
     run_cli("pose_aign.py", *flags, "--resume", tmp_path / "split" / "ckpt.pt")  # --out defaults to the ckpt's folder
     a = torch.load(tmp_path / "straight" / "ckpt.pt", weights_only=True)
     b = torch.load(tmp_path / "split" / "ckpt.pt", weights_only=True)

@@ -1,6 +1,9 @@
 """BVH mocap -> a pose_aign.py memory npz: poses_3d (N,17,3) metres on the H36M-17 skeleton (Y up),
 plus clip (N,) = the BVH file's name. CMU-style joint names are needed (other skeletons get an error
-listing them); CMU units are converted with 0.0564 m/unit (the shipped subject 01 then stands ~1.5 m).
+listing them). Units: --unit-m metres per BVH unit (default 0.0564, CMU's: the shipped subject 01 then stands
+~1.5 m; 0.01 for centimetres, 0.0254 for inches, 1 for metres); bones outside a person's size are an error.
+Up: Y (--up z for Z-up exports). Position channels give a joint's local position (they replace its OFFSET, as
+Blender and MotionBuilder read them); rotation channels apply in each joint's own order (intrinsic).
 
     python3 tools/bvh_to_memory.py cmu_bvh/ --out memory.npz        # a folder and/or .bvh files
     python3 pose_aign.py --data poses.npz --memory memory.npz
@@ -47,7 +50,16 @@ def read_bvh(path):
                          f"blocks with OFFSET x y z and CHANNELS n ...)") from None
     if any(o is None for o in offsets):
         raise InputError(f"{path}: a joint has no OFFSET in the HIERARCHY")
-    lines = [ln for ln in motion_text.strip().splitlines()[2:] if ln.strip()]  # after Frames:, Frame Time:
+    head_lines = [ln.strip() for ln in motion_text.strip().splitlines()]
+    at = [i for i, ln in enumerate(head_lines) if ln.startswith("Frame Time:")]
+    declared = [ln.split(":")[1].strip() for ln in head_lines[:at[0] if at else 0] if ln.startswith("Frames:")]
+    if not at or not declared or not declared[0].isdigit():
+        raise InputError(f"{path}: MOTION lacks its 'Frames: N' and 'Frame Time: T' lines (expected them before "
+                         f"the rows)")
+    lines = [ln for ln in head_lines[at[0] + 1:] if ln]
+    if len(lines) != int(declared[0]):  # exporters miscount; a truncated copy holds fewer
+        print(f"note: {path}: MOTION declares Frames: {declared[0]} but holds {len(lines)} rows (all are read; "
+              f"a truncated file?)")
     n_ch = sum(len(c) for c in channels)
     try:
         motion = np.array([[float(v) for v in ln.split()] for ln in lines], dtype=np.float64)
@@ -97,7 +109,7 @@ def euler_matrix(axis, deg):
     return np.moveaxis(np.array(m), [0, 1], [-2, -1])
 
 
-def bvh_to_h36m(path, stride=1):
+def bvh_to_h36m(path, stride=1, unit_m=CMU_UNIT_M, up="y"):
     """BVH file -> (F, 17, 3) world positions in metres (Y up), H36M-17 order."""
     names, parents, offsets, channels, motion = read_bvh(path)
     missing = [n for n in CMU_TO_H36M if n not in names]
@@ -114,8 +126,9 @@ def bvh_to_h36m(path, stride=1):
         for c in chans:  # each joint's own channel order, intrinsic Euler: R = R_c1 R_c2 R_c3
             if c.endswith("rotation"):
                 local_r = local_r @ euler_matrix(c[0].upper(), motion[:, col])
-            elif c.endswith("position"):
-                local_t = local_t + np.eye(3)["XYZ".index(c[0].upper())] * motion[:, col:col + 1]
+            elif c.endswith("position"):  # the joint's local position on this axis, in place of its OFFSET
+                axis = np.eye(3)["XYZ".index(c[0].upper())]
+                local_t = local_t * (1 - axis) + axis * motion[:, col:col + 1]
             col += 1
         if par < 0:
             rot[j], pos[j] = local_r, np.broadcast_to(local_t, (F_, 3))
@@ -125,25 +138,40 @@ def bvh_to_h36m(path, stride=1):
     out = np.zeros((F_, NJ, 3))
     for name, k in CMU_TO_H36M.items():
         out[:, k] = pos[names.index(name)]
-    return (out * CMU_UNIT_M).astype(np.float32)
+    out = out[..., [0, 2, 1]] * [1, 1, -1] if up == "z" else out       # Z-up -> Y-up: (x, z, -y), a rotation
+    out = out * unit_m
+    chain = [3, 2, 1, 0, 7, 8, 9, 10]  # right ankle, knee, hip, pelvis, spine, thorax, neck/nose, head top
+    stature = np.median(np.linalg.norm(np.diff(out[:, chain], axis=1), axis=-1).sum(1))  # any pose: ~ height
+    if not 0.5 <= stature <= 3.0:  # catches centimetres, inches or metres read at another unit
+        raise InputError(f"{path}: the skeleton's ankle-to-head bones sum to {stature:.3g} m at --unit-m {unit_m:g}; "
+                         f"expected a person's 0.5-3 m (--unit-m: 0.01 centimetres, 0.0254 inches, 1 metres, "
+                         f"0.0564 CMU's)")
+    if (out[:, 10, 1] - out[:, [3, 6], 1].mean(1)).max() < 0.5 * stature:  # never upright along +Y
+        print(f"note: {path}: the head is never above the feet along Y; a Z-up export? (--up z)")
+    return out.astype(np.float32)
 
 
 def bvh_files(paths):
     """.bvh files and folders of them -> the sorted list of files."""
     files = []
     for p in paths:
-        found = sorted(glob.glob(os.path.join(p, "*.bvh"))) if os.path.isdir(p) else [p]
+        found = sorted(f for f in glob.glob(os.path.join(p, "*")) if f.lower().endswith(".bvh")) \
+            if os.path.isdir(p) else [p]
         if not found:
             raise InputError(f"{p}: no .bvh files in this folder (expected BVH mocap with CMU joint names)")
         files += found
     return files
 
 
-def convert(paths, out, stride=4, source=None):
+def convert(paths, out, stride=4, source=None, unit_m=CMU_UNIT_M, up="y"):
     """BVH files/folders -> the memory npz `out` (poses_3d, clip[, source]); returns poses_3d."""
+    if stride < 1:
+        raise InputError(f"--stride {stride}: expected an integer >= 1")
+    if not unit_m > 0:
+        raise InputError(f"--unit-m {unit_m}: expected metres per BVH unit, > 0")
     poses, clips = [], []
     for f in bvh_files(paths):
-        world = bvh_to_h36m(f, stride=stride)
+        world = bvh_to_h36m(f, stride=stride, unit_m=unit_m, up=up)
         poses.append(world)
         clips += [os.path.splitext(os.path.basename(f))[0]] * len(world)
         print(f"{f}: {len(world)} poses, median height {np.median(np.ptp(world[:, :, 1], 1)):.2f} m")
@@ -158,5 +186,9 @@ if __name__ == "__main__":
     p.add_argument("--out", required=True, help="memory npz to write")
     p.add_argument("--stride", type=int, default=4, help="keep every Nth frame: 120 fps -> 30 fps (default: 4)")
     p.add_argument("--source", default=None, help="a 'source' note stored in the npz (default: none)")
+    p.add_argument("--unit-m", type=float, default=CMU_UNIT_M, help="metres per BVH unit (default: 0.0564, CMU's; "
+                   "0.01 centimetres, 0.0254 inches, 1 metres)")
+    p.add_argument("--up", choices=["y", "z"], default="y", help="the BVH's up axis (default: y)")
     a = p.parse_args()
-    common.run_main(lambda: print(f"wrote {a.out}: {len(convert(a.bvh, a.out, a.stride, a.source))} poses"))
+    common.run_main(lambda: print(f"wrote {a.out}: "
+                                  f"{len(convert(a.bvh, a.out, a.stride, a.source, a.unit_m, a.up))} poses"))
