@@ -121,6 +121,8 @@ def get_args(argv=None):
                    "(default: Human3.6M's training cameras' range for Human3.6M data, else -10 40)")
     p.add_argument("--hidden", type=int, default=512, help="width of G's residual MLP (default: 512)")
     p.add_argument("--blocks", type=int, default=2, help="residual blocks in G (default: 2)")
+    p.add_argument("--joint-dropout", type=float, default=0.0, help="hide each training 2D joint with this "
+                   "probability, as a detector misses joints (default: 0)")
     p.add_argument("--keypoint-order", choices=["h36m", "coco"], help="joint order of the 2D in --data npz "
                    "files and --predict input (default: the file's 'layout', else h36m; Human3.6M: its metadata)")
     args = p.parse_args(argv)
@@ -128,6 +130,8 @@ def get_args(argv=None):
     lo, hi = args.elevation or (0, 0)
     if not -90 <= lo <= hi <= 90:
         raise InputError(f"--elevation {lo:g} {hi:g}: expected -90 <= LO <= HI <= 90")
+    if not 0 <= args.joint_dropout < 1:
+        raise InputError(f"--joint-dropout {args.joint_dropout}: expected a probability in [0, 1)")
     return args
 
 
@@ -762,7 +766,13 @@ def draw_batch(data, gen, args, dist):
     if real is not None and args.tilt_prior == "elevation":  # the memory seen through random cameras
         lo, hi = np.radians(data["elevation"])
         real = through_cameras(real, t["up"], uniform(0, 2 * np.pi).to(real), uniform(lo, hi).to(real))
-    return {"x2d": t["x2d"][rows], "cam": t["cam"][rows], "n_unpaired": nu,             # (nu+Bp,17,2)
+    x2d = t["x2d"][rows]                                                                # (nu+Bp,17,2)
+    if args.joint_dropout > 0:  # joints a detector missed: G learns to place them from the others
+        hide = torch.cat([torch.rand(B * dist.world, NJ, generator=gen)[mine][:n] < args.joint_dropout
+                          for n in (nu, len(rows) - nu) if n]).to(x2d.device)          # (nu+Bp,17)
+        hide &= ~hide.all(1, keepdim=True)  # never a whole pose
+        x2d = x2d.masked_fill(hide[..., None], float("nan"))
+    return {"x2d": x2d, "cam": t["cam"][rows], "n_unpaired": nu,                        # (nu+Bp,17,2)
             "dist": None if t["dist"] is None else t["dist"][rows],                     # (nu+Bp,9)
             "real": real,                                                               # (B,17,3)
             "y3d": t["y_rel"][ip] if t["y_rel"] is not None else None, "sup_w": t["sup_w"]}  # (Bp,17,3)

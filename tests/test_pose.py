@@ -841,6 +841,28 @@ def test_paired_term_weighs_the_labelled_share_beside_the_unpaired_terms(monkeyp
         assert losses["loss_sup"] > 0 and seen[-1] == pytest.approx(expected, rel=1e-5)
 
 
+def test_joint_dropout_hides_training_joints_and_leaves_the_default_draws_alone():
+    pc, cam = random_poses(20)                                                    # (40,17,3), (40,4)
+    tr = {"x2d": B.project_np(pc, cam).astype(np.float32), "cam": cam.astype(np.float32), "dist": None,
+          "y3d": pc.astype(np.float32), "action": np.array(["a"] * 40)}
+    data = {"train": tr, "memory": pc.astype(np.float32), "memory_src": "m", "elevation": (-10, 40)}
+    batches = {}
+    for p in ("0", "0.3"):
+        args = P.get_args(["--batch-size", "32", "--paired-frac", "0.5", "--joint-dropout", p])
+        data["train_set"] = P.training_set(args, data, torch.device("cpu"))
+        batches[p] = P.draw_batch(data, torch.Generator().manual_seed(0), args, common.Dist("cpu"))
+    plain = P.draw_batch(data, torch.Generator().manual_seed(0), P.get_args(["--batch-size", "32", "--paired-frac",
+                                                                              "0.5"]), common.Dist("cpu"))
+    assert torch.equal(plain["x2d"], batches["0"]["x2d"]) and torch.isfinite(plain["x2d"]).all()
+    hidden = torch.isnan(batches["0.3"]["x2d"]).any(-1)                           # (64,17): unpaired, paired
+    assert hidden.shape == (64, 17) and 0.22 < hidden.float().mean() < 0.38 and not hidden.all(1).any()
+    assert not torch.equal(hidden[:32], hidden[32:])                              # drawn apart
+    keep = ~torch.isnan(batches["0.3"]["x2d"])
+    assert torch.equal(batches["0.3"]["x2d"][keep], plain["x2d"][keep])           # the same rows, some joints hidden
+    with pytest.raises(InputError, match="--joint-dropout 1.0: expected a probability"):
+        P.get_args(["--joint-dropout", "1"])
+
+
 def test_train_step_never_waits_for_the_device():
     """The CUDA path is launch-bound, so train_step must not read values back to the host (.item(), int() of a
     tensor): on CPU each read is an aten::_local_scalar_dense call, counted here outside the optimiser (Adam

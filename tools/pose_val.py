@@ -6,7 +6,8 @@ For each run's G (its ckpt.pt) on the validation split, P-MPJPE (mm) on the real
 'cmu'), on the synthetic frames of the default build's actions (frame mean; the frames of clip kinds a
 variant build adds are left out of it and shown in their own column), and MPJPE / P-MPJPE over the
 whole split. `--data` (one per run, or one for all) is the run's --data when it was not the built-in
-data. Only the validation split is read: no test number is computed.
+data. Only the validation split is read: no test number is computed. `--drop-joints K` hides K random 2D
+joints of every validation frame (seed 0, the same for every run), as a detector misses joints.
 """
 import argparse
 import os
@@ -22,8 +23,8 @@ import pose_aign as P  # noqa: E402
 DEFAULT_ACTIONS = ["walk", "run", "sit", "squat", "wave", "bend", "reach", "fitted", "lying"]
 
 
-def readout(run, data=None):
-    """{column: mm} of one run on its validation split."""
+def readout(run, data=None, drop=0):
+    """{column: mm} of one run on its validation split (with `drop` random joints of each frame hidden)."""
     state = common.load_checkpoint(os.path.join(run, "ckpt.pt"), P.SCRIPT, nets=("G", "D"))
     a = P.get_args(["--device", "cpu"] + (["--data", data] if data else []))
     common.arch_from_checkpoint(a, state, P.ARCH, run)
@@ -32,6 +33,11 @@ def readout(run, data=None):
     split = P.load_data(a, common.Dist("cpu"))["val"]
     if split is None or split["y3d"] is None:
         raise common.InputError(f"{run}: its data have no validation split with poses_3d")
+    if drop:
+        rng = np.random.default_rng(0)
+        hidden = np.argsort(rng.random((len(split["x2d"]), P.NJ)), 1)[:, :drop]          # (N,drop) joints
+        split = {**split, "x2d": split["x2d"].copy()}
+        np.put_along_axis(split["x2d"], hidden[..., None], np.nan, 1)
     pred = P.predict(G, split, a, P.torch.device("cpu"))[0]
     return columns(pred, P.torch.as_tensor(split["y3d"] - split["y3d"][:, :1]), split["action"])
 
@@ -53,13 +59,15 @@ def main():
     ap.add_argument("--data", nargs="+", default=None, help="--data of the runs: one per run or one for all; "
                     "'-' = the built-in data (default: the built-in data)")
     ap.add_argument("--out", default=None, help="also write the markdown here (default: print only)")
+    ap.add_argument("--drop-joints", type=int, default=0, help="hide this many random 2D joints of each frame "
+                    "(default: 0)")
     a = ap.parse_args()
     data = a.data or ["-"]
     if len(data) not in (1, len(a.runs)):
         raise common.InputError(f"--data: {len(data)} values for {len(a.runs)} runs; expected 1 or "
                                 f"{len(a.runs)}")
     data = [None if d == "-" else d for d in (data * len(a.runs) if len(data) == 1 else data)]
-    rows = [(run, readout(run, d)) for run, d in zip(a.runs, data)]
+    rows = [(run, readout(run, d, a.drop_joints)) for run, d in zip(a.runs, data)]
     extra = sorted({k for _, r in rows for k in r if k.startswith("new kind")})
     cols = ["CMU stretch", "synthetic (default actions)", "all MPJPE", "all P-MPJPE"] + extra
     lines = ["| run (validation, P-MPJPE mm) | " + " | ".join(cols) + " |", "| --- " * (len(cols) + 1) + "|"]
