@@ -876,9 +876,14 @@ def load_keypoints(path, order):
     cam, lens = camera_of(z, path, KEYPOINTS_LAYOUT)
     return make_split(path, kp, cam, action=z.get("subject"), what=KEYPOINTS_LAYOUT, dist=lens)  # its clips
 
-def run_predict(args, dist, G, run_dir):
+def run_predict(args, dist, G, run_dir, trained_dropout=0.0):
     """Lift --predict's keypoints: predictions.npz/.json (camera-frame poses) and predictions.png."""
     split = load_keypoints(args.predict, args.keypoint_order)
+    gaps = int(np.isnan(split["x2d"]).any(-1).any(-1).sum())
+    if gaps and not trained_dropout:  # data/pose_s11/results.md: 2 of 17 missing took val 45 -> 112 mm
+        common.log(f"note: {gaps} of {len(split['x2d'])} frames miss joints, and this G was trained on complete "
+                   f"2D (--joint-dropout 0): expect larger errors there; a G trained with --joint-dropout 0.03-0.1 "
+                   f"copes better", dist)
     rel, placed = (p.numpy() for p in predict(G, split, args, dist.device)[:2])
     np.savez(os.path.join(run_dir, "predictions.npz"), poses_3d=placed, poses_3d_root_relative=rel,
              camera=split["cam"], clip=split["action"])                   # clip: the input's subject, else all
@@ -909,7 +914,7 @@ def main(argv=None):
         common.load_weights(nets["G"], state["nets"]["G"], args.resume, "G")
     if args.predict:
         if dist.main:
-            run_predict(args, dist, nets["G"], run_dir)
+            run_predict(args, dist, nets["G"], run_dir, state["args"].get("joint_dropout", 0.0))
         return
     data = load_data(args, dist)
     n_mem = 0 if data["memory"] is None else len(data["memory"])

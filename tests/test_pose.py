@@ -1119,9 +1119,15 @@ def test_cli_eval_only_and_predict(tmp_path, cache_root):
     pc, cam = random_poses(2)
     kp = tmp_path / "kp.npz"
     np.savez(kp, keypoints=B.project_np(pc, cam), camera=cam[0])
-    run_cli("pose_aign.py", "--predict", kp, "--resume", ckpt, "--out", tmp_path / "pred", "--device", "cpu")
+    proc = run_cli("pose_aign.py", "--predict", kp, "--resume", ckpt, "--out", tmp_path / "pred", "--device", "cpu")
     pred = np.load(tmp_path / "pred" / "predictions.npz")
     assert pred["poses_3d"].shape == (len(pc), 17, 3) and np.all(pred["poses_3d"][..., 2] > 0)
+    assert "miss joints" not in proc.stdout
+    x2d = B.project_np(pc, cam)
+    x2d[0, 13] = np.nan                                                      # a detector missed a wrist
+    np.savez(kp, keypoints=x2d, camera=cam[0])
+    proc = run_cli("pose_aign.py", "--predict", kp, "--resume", ckpt, "--out", tmp_path / "pred2", "--device", "cpu")
+    assert f"note: 1 of {len(pc)} frames miss joints, and this G was trained on complete 2D" in proc.stdout
 
 
 def test_cli_torchrun_two_cpu_processes(tmp_path, cache_root):
