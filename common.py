@@ -236,9 +236,7 @@ class Dist:
                 torch.set_num_threads(threads)
         if self.world > 1 and not dist.is_initialized():
             # gloo runs on CPU everywhere; nccl is the engine for CUDA tensors.
-            backend = "nccl" if self.device.type == "cuda" else "gloo"
-            if self.device.type == "cuda":
-                torch.cuda.set_device(self.device)
+            backend = "nccl" if self.device.type == "cuda" else "gloo"  # pick_device set the CUDA device
             dist.init_process_group(backend)
         self._comm = self.device if self.device.type == "cuda" else torch.device("cpu")
 
@@ -451,16 +449,16 @@ class MetricsLog:
         self.path = os.path.join(run_dir, "metrics.jsonl")
         self.enabled = enabled
         keep, steps = [], set()
-        if enabled and os.path.exists(self.path) and state is not None:  # a fresh run starts a fresh log
-            with open(self.path, errors="replace") as f:
-                for line in f:
-                    try:
-                        if (step := json.loads(line).get("step", 0)) <= state["step"]:
-                            keep.append(line)
-                            steps.add(step)
-                    except (ValueError, AttributeError):
-                        pass  # a line cut by a crash mid-write
         if enabled and os.path.exists(self.path):
+            if state is not None:  # a fresh run in an old folder starts a fresh log
+                with open(self.path, errors="replace") as f:
+                    for line in f:
+                        try:
+                            if (step := json.loads(line).get("step", 0)) <= state["step"]:
+                                keep.append(line)
+                                steps.add(step)
+                        except (ValueError, AttributeError):
+                            pass  # a line cut by a crash mid-write
             with open(self.path, "w") as f:
                 f.writelines(keep)
         pending = state.get("record") if state is not None else None
@@ -592,9 +590,10 @@ def resume_args(args, state, argv, arch, path):
     for token in sys.argv[1:] if argv is None else argv:
         if token.startswith("--"):  # a flag, its alias, or (as argparse accepts) a unique prefix of one
             flag = token.split("=")[0]
-            name = flag[2:].replace("-", "_")
-            found = {OPTION_DESTS[flag]} if flag in OPTION_DESTS else {k for k in names if k == name} or (
-                {k for k in names if k.startswith(name)} | {d for f, d in OPTION_DESTS.items() if f.startswith(flag)})
+            name = flag[2:].replace("-", "_")  # a parser of plain argparse: flags are their dests
+            found = ({OPTION_DESTS[flag]} if flag in OPTION_DESTS else
+                     {d for f, d in OPTION_DESTS.items() if f.startswith(flag) and d in names}
+                     or {k for k in names if k == name} or {k for k in names if k.startswith(name)})
             given.update(found if len(found) == 1 else ())
     asked = {k: getattr(args, k) for k in arch if k in given}
     arch_from_checkpoint(args, state, arch, path)

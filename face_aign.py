@@ -45,8 +45,8 @@ def get_args(argv=None):
     p = common.ArgumentParser(description=__doc__.split("\n")[0], epilog=(
         "--data layouts (details: README): CelebA DIR/list_attr_celeba.txt [, list_eval_partition.txt] and "
         "img_align_celeba/*.jpg (also the official Anno/ Eval/ Img/ download, its img_align_celeba_png/, Kaggle's "
-        "copy: .csv lists, nested images); or a plain folder of face images (no attributes: no --bias, no CNN judge). --memory: a folder "
-        "of face images."))
+        "copy: .csv lists, nested images); or a plain folder of face images (no attributes: no --bias, no CNN "
+        "judge). --memory: a folder of face images."))
     common.add_common_args(p, steps="400 sr, 800 inpaint", batch_size=32, lr=2e-4, eval_every=200)
     add = p.add_argument
     add("--task", choices=["sr", "inpaint"], default="sr", help="sr or inpaint (default: sr)")
@@ -661,7 +661,6 @@ def train(args, dist, data, nets, opts, state, run_dir):
                 common.save_checkpoint(os.path.join(run_dir, "ckpt.pt"), script=SCRIPT, step=done, args=args,
                                        nets=nets, opts=opts, data_rng=gen, wall_s=wall_s, samples=samples,
                                        record=record)
-            if dist.main:
                 metrics.write(finish(record))
             dist.barrier()
             sums, n, t0 = {}, 0, time.perf_counter()

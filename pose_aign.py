@@ -7,7 +7,8 @@ camera (plus the data's lens distortion) and D telling memory poses from predict
 body stands relative to the camera (--tilt-prior).
 Results card (built-in test split, mm, seeds 0-2, 3000 steps, 1 thread; docs/pose.md): unpaired default
 P-MPJPE 46.7 ± 1.0 synthetic, 63.2 ± 2.8 real CMU (targets 50 / 70 met; 183-202 s a run on a shared 2-core
-x86_64 VM, torch 2.13.0+cpu; CMU 86.0 on the earlier build without overhead clips). MPJPE 1.50x P-MPJPE (target 1.3x not met; 1.27-1.32x with the ideal rotation).
+x86_64 VM, torch 2.13.0+cpu; CMU 86.0 on the earlier build without overhead clips). MPJPE 1.50x P-MPJPE
+(target 1.3x not met; 1.27-1.32x with the ideal rotation).
 AIGN + pairs 0.44 / 0.48 / 0.64 / 0.70x supervised-only at 1/2/5/10% labels.
 Usage:
     python3 pose_aign.py                                     # unpaired AIGN on the built-in data
@@ -76,8 +77,8 @@ H36M_EXTRINSICS = dict(zip(H36M_TRAIN + H36M_TEST, H36M_CAMERAS[36:].reshape(7, 
 NPZ_LAYOUT = ("poses_2d (N,17,2) pixels (or (N,17,3) x, y, confidence: 0 = missing) in H36M-17 order, or "
               "COCO-17 with layout 'coco'; camera (4,) or (N,4) = fx fy cx cy (or K (3,3), (N,3,3); or image_size "
               "w h); optional distortion (5,) or (N,5) = k1 k2 k3 p1 p2 (VideoPose3D's lens model), or OpenCV's "
-              "dist_coeffs k1 k2 p1 p2 [k3] (OpenCV's model); poses_3d (N,17,3) metres in camera coordinates (H36M-17); "
-              "subject/action (N,) strings")
+              "dist_coeffs k1 k2 p1 p2 [k3] (OpenCV's model); poses_3d (N,17,3) metres in camera coordinates "
+              "(H36M-17); subject/action (N,) strings")
 MEMORY_LAYOUT = "an npz with poses_3d (N,17,3) metres, H36M-17 order (BVH -> npz: tools/bvh_to_memory.py)"
 LAYOUTS = "--data layouts (details: README):\n" + "\n".join("\n".join(textwrap.wrap(t, 100, initial_indent="  ",
     subsequent_indent="      ")) for t in (
@@ -98,12 +99,13 @@ def get_args(argv=None):
     p.add_argument("--keypoints", default="gt", help="Human3.6M 2D: data_2d_h36m_<this>.npz, H36M or COCO "
                    "layout, e.g. cpn_ft_h36m_dbb, detectron_pt_coco (default: gt)")
     p.add_argument("--paired-frac", type=float, default=0.0, help="fraction of training frames (the first "
-                   "ones: whole sequences) whose 3D pose is used as paired supervision; each step then adds --batch-size "
-                   "paired rows beside the unpaired ones (default: 0)")
+                   "ones: whole sequences) whose 3D pose is used as paired supervision; each step then adds "
+                   "--batch-size paired rows beside the unpaired ones (default: 0)")
     p.add_argument("--paired-actions", nargs="+", metavar="ACTION", help="pair only training frames of these "
                    "actions, --paired-frac of them (e.g. synthetic clips beside real ones; default: all)")
-    p.add_argument("--lambda-sup", type=float, default=50.0, help="weight of the paired 3D term (mean squared joint error, m^2), times the labelled share of the "
-                   "training frames beside the unpaired terms (1 if supervised-only) (default: 50)")
+    p.add_argument("--lambda-sup", type=float, default=50.0, help="weight of the paired 3D term (mean squared "
+                   "joint error, m^2), times the labelled share of the training frames beside the unpaired terms "
+                   "(1 if supervised-only) (default: 50)")
     p.add_argument("--lambda-rec", type=float, default=1.0, help="reprojection loss weight (default: 1.0)")
     p.add_argument("--lambda-adv", type=float, default=0.01, help="adversarial prior weight (default: 0.01)")
     p.add_argument("--gan", choices=["bce", "lsgan", "wgan-gp"], default="bce",
@@ -366,8 +368,8 @@ def load_h36m(folder, keypoints):
                 memory += [world] if role == "train" else []
                 views = pos2d[s].get(action)
                 if not isinstance(views, (list, tuple, np.ndarray)) or len(views) != 4:
-                    found = "no such action" if views is None else f"{type(views).__name__} of {len(views)}" \
-                        if hasattr(views, "__len__") else type(views).__name__
+                    found = "no such action" if views is None else type(views).__name__ + (
+                        f" of {len(views)}" if hasattr(views, "__len__") else "")
                     raise InputError(f"{p2}: {s}/{action}: found {found}; expected 4 camera views of (N, 17, 2) "
                                      f"keypoints (its 2D actions: {', '.join(sorted(map(str, pos2d[s]))[:8])})")
                 for c, kp in enumerate(views):
@@ -569,7 +571,8 @@ def undistort(xd, dist, iters=20):
     return xu
 
 def through_cameras(poses, up, yaw, elevation):
-    """Not P, but beside it: D's memory seen through random cameras (--tilt-prior elevation). Memory poses (B,17,3) in their world frame, whose up is `up` (3,), as cameras of yaw (B,) and
+    """Not P, but beside it: D's memory seen through random cameras (--tilt-prior elevation). Memory poses
+    (B,17,3) in their world frame, whose up is `up` (3,), as cameras of yaw (B,) and
     elevation (B,) radians see them (x right, y down, z forward; elevation > 0: looking down), root at 0:
     R = Rx(elevation) Ry(yaw) A, with A taking `up` to the camera's -y."""
     a = F.one_hot(torch.argmin(up.abs()), 3).to(poses.dtype)                      # (3,) axis least along up
@@ -844,7 +847,6 @@ def train(args, dist, data, nets, opts, state, run_dir):
                 common.save_checkpoint(os.path.join(run_dir, "ckpt.pt"), script=SCRIPT, step=done, args=args,
                                        nets=nets, opts=opts, data_rng=gen, wall_s=wall_s, samples=samples,
                                        record=record)
-            if dist.main:
                 metrics.write(finish(record))
             dist.barrier()
             sums, n, t0 = {}, 0, time.perf_counter()

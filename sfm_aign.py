@@ -845,7 +845,6 @@ def train(args, dist, data, nets, opts, state, run_dir):
                 common.save_checkpoint(os.path.join(run_dir, "ckpt.pt"), script=SCRIPT, step=done, args=args,
                                        nets=nets, opts=opts, data_rng=gen, wall_s=wall_s, samples=samples,
                                        record=record)
-            if dist.main:
                 metrics.write(finish(record))
             dist.barrier()
             sums, n, t0 = {}, 0, time.perf_counter()
