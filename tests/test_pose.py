@@ -593,6 +593,95 @@ def test_bvh_without_needed_joints_is_a_clear_error(tmp_path):
         BV.bvh_files([str(tmp_path / "empty")])
 
 
+def renamed_bvh(src, dst, names):
+    """A copy of a BVH file with its ROOT/JOINT names replaced by names[old] (names may hold spaces)."""
+    out = [re.sub(r"^(\s*(?:ROOT|JOINT) )(\S+)$", lambda m: m.group(1) + names.get(m.group(2), m.group(2)), ln)
+           for ln in src.read_text().splitlines()]
+    dst.write_text("\n".join(out) + "\n")
+    return dst
+
+
+SKELETONS = {  # other exporters' names for the fixture's CMU joints (not listed: kept as they are)
+    "mixamo": {n: "mixamorig:" + n for n in CMU_NAMES},
+    "smpl": {"Hips": "Pelvis", "LeftUpLeg": "L_Hip", "LeftLeg": "L_Knee", "LeftFoot": "L_Ankle", "RightUpLeg": "R_Hip",
+             "RightLeg": "R_Knee", "RightFoot": "R_Ankle", "Spine": "Spine1", "Spine1": "Spine2", "Neck1": "Neck",
+             "LeftArm": "L_Shoulder", "LeftForeArm": "L_Elbow", "LeftHand": "L_Wrist", "RightArm": "R_Shoulder",
+             "RightForeArm": "R_Elbow", "RightHand": "R_Wrist"},
+    "biped": {**{n: "Bip01 " + n for n in ["Spine", "Spine1", "Head"]}, "Hips": "Bip01 Pelvis", "Neck1": "Bip01 Neck",
+              "LeftUpLeg": "Bip01 L Thigh", "LeftLeg": "Bip01 L Calf", "LeftFoot": "Bip01 L Foot",
+              "RightUpLeg": "Bip01 R Thigh", "RightLeg": "Bip01 R Calf", "RightFoot": "Bip01 R Foot",
+              "LeftArm": "Bip01 L UpperArm", "LeftForeArm": "Bip01 L Forearm", "LeftHand": "Bip01 L Hand",
+              "RightArm": "Bip01 R UpperArm", "RightForeArm": "Bip01 R Forearm", "RightHand": "Bip01 R Hand"},
+    "bandai": {"LeftUpLeg": "UpperLeg_L", "LeftLeg": "LowerLeg_L", "LeftFoot": "Foot_L", "RightUpLeg": "UpperLeg_R",
+               "RightLeg": "LowerLeg_R", "RightFoot": "Foot_R", "LeftArm": "UpperArm_L", "LeftForeArm": "LowerArm_L",
+               "LeftHand": "Hand_L", "RightArm": "UpperArm_R", "RightForeArm": "LowerArm_R", "RightHand": "Hand_R",
+               "Neck1": "Neck"}}
+
+
+@pytest.mark.parametrize("skeleton", sorted(SKELETONS))
+def test_bvh_other_skeletons_map_by_name(tmp_path, skeleton, capsys):
+    """Mixamo, SMPL-export, 3ds Max Biped (names with spaces) and Bandai-style names give the joints CMU's names
+    give; only the spine is placed by rule: halfway along pelvis -> thorax (fixture: Hips 20, Spine 22, Spine1 24,
+    Neck1 26 units up: the spine at 23)."""
+    frames = [[0, 20, 0, 0, 0, 0], [10, 20, 0, 90, 0, 0]]
+    write_bvh(tmp_path / "cmu.bvh", frames)
+    ref = BV.bvh_to_h36m(str(tmp_path / "cmu.bvh"))
+    other = renamed_bvh(tmp_path / "cmu.bvh", tmp_path / f"{skeleton}.bvh", SKELETONS[skeleton])
+    poses = BV.bvh_to_h36m(str(other), seen=set())
+    assert "joints by name" in capsys.readouterr().out                            # the mapping is printed
+    keep = [k for k in range(17) if k != 7]
+    np.testing.assert_allclose(poses[:, keep], ref[:, keep], atol=1e-6)
+    np.testing.assert_allclose(poses[0, 7], np.array([0, 23, 0]) * BV.CMU_UNIT_M, atol=1e-6)
+    np.testing.assert_allclose(poses[1, 7] - poses[1, 0], np.array([-3, 0, 0]) * BV.CMU_UNIT_M, atol=1e-6)
+    head, motion = other.read_text().split("MOTION")                             # the HIERARCHY on one line
+    (tmp_path / "one.bvh").write_text(" ".join(head.split()) + "\nMOTION" + motion)
+    np.testing.assert_allclose(BV.bvh_to_h36m(str(tmp_path / "one.bvh")), poses)
+
+
+def test_bvh_joint_names_prefer_the_joint_to_the_segment():
+    """A LeftAnkle above a LeftFoot is the ankle, a LeftWrist above a LeftHand the wrist, a LeftShoulder below a
+    LeftCollar the shoulder; the thorax is the Neck, the spine halfway from the Hips to it."""
+    tree = {"LeftHip": "Hips", "LeftKnee": "LeftHip", "LeftAnkle": "LeftKnee", "LeftFoot": "LeftAnkle", "Spine": "Hips",
+            "Chest": "Spine", "Neck": "Chest", "Head": "Neck", "Head_end": "Head", "LeftCollar": "Chest",
+            "LeftShoulder": "LeftCollar", "LeftElbow": "LeftShoulder", "LeftWrist": "LeftElbow", "LeftHand": "LeftWrist"}
+    tree.update({k.replace("Left", "Right"): v.replace("Left", "Right") for k, v in tree.items() if "Left" in k})
+    names = ["Hips"] + list(tree)
+    parents = [-1] + [names.index(tree[n]) for n in names[1:]]
+    recipes, how = BV.skeleton_map(names, parents, np.ones((len(names), 3)), "x.bvh")
+    assert [names[i] for i, _, _ in recipes[:7]] == ["Hips", "RightHip", "RightKnee", "RightAnkle", "LeftHip",
+                                                      "LeftKnee", "LeftAnkle"]
+    assert [names[i] for i, _, _ in recipes[8:]] == ["Neck", "Head", "Head_end", "LeftShoulder", "LeftElbow",
+                                                      "LeftWrist", "RightShoulder", "RightElbow", "RightWrist"]
+    i, j, w = recipes[7]                                                          # Hips-Spine-Chest-Neck, equal bones
+    assert (names[i], names[j], w) == ("Spine", "Chest", pytest.approx(0.5))
+
+
+def test_bvh_joint_map_names_what_the_names_do_not_tell(tmp_path):
+    """A skeleton of made-up names is an error listing its joints until --joint-map names them; a map that is
+    not JOINT=NAME, or names a joint the file lacks, is an error; a knee above its hip is an error."""
+    write_bvh(tmp_path / "cmu.bvh", [[0, 20, 0, 0, 0, 0]])
+    ref = BV.bvh_to_h36m(str(tmp_path / "cmu.bvh"))
+    odd = {n: f"j{i}" for i, n in enumerate(CMU_NAMES)}
+    renamed_bvh(tmp_path / "cmu.bvh", tmp_path / "odd.bvh", odd)
+    one_line_error(run_cli("tools/bvh_to_memory.py", tmp_path / "odd.bvh", "--out", tmp_path / "m.npz", check=False),
+                   "odd.bvh", "lacks joints for", "r_hip", "--joint-map", "j16")
+    jm = {"pelvis": "Hips", "r_hip": "RightUpLeg", "r_knee": "RightLeg", "r_ankle": "RightFoot", "l_hip": "LeftUpLeg",
+          "l_knee": "LeftLeg", "l_ankle": "LeftFoot", "spine": "Spine1", "thorax": "Neck1", "neck_nose": "Head",
+          "l_shoulder": "LeftArm", "l_elbow": "LeftForeArm", "l_wrist": "LeftHand", "r_shoulder": "RightArm",
+          "r_elbow": "RightForeArm", "r_wrist": "RightHand"}
+    pairs = [f"{j}={odd[n]}" for j, n in jm.items()] + [f"head={odd['Head']}_end"]
+    run_cli("tools/bvh_to_memory.py", tmp_path / "odd.bvh", "--out", tmp_path / "m.npz", "--stride", "1",
+            "--joint-map", *pairs)
+    np.testing.assert_allclose(np.load(tmp_path / "m.npz")["poses_3d"], ref, atol=1e-6)
+    for bad, needle in [(["head"], "expected JOINT=NAME"), (["head=nope"], "a joint of this file"),
+                        (["chin=j9"], "an H36M-17 joint")]:
+        one_line_error(run_cli("tools/bvh_to_memory.py", tmp_path / "odd.bvh", "--out", tmp_path / "m.npz",
+                               "--joint-map", *bad, check=False), needle)
+    swapped = renamed_bvh(tmp_path / "cmu.bvh", tmp_path / "swapped.bvh", {"LeftLeg": "LeftFoot", "LeftFoot": "LeftLeg"})
+    with pytest.raises(InputError, match="l_ankle = LeftFoot does not hang below l_knee = LeftLeg"):
+        BV.bvh_to_h36m(str(swapped))
+
+
 def test_bvh_to_memory_cli_writes_a_memory_the_script_reads(tmp_path):
     (tmp_path / "bvh").mkdir()
     write_bvh(tmp_path / "bvh" / "a.bvh", [[0, 20, 0, 0, 0, 0], [10, 20, 0, 90, 0, 0]])
