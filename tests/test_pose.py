@@ -588,6 +588,9 @@ def test_bvh_without_needed_joints_is_a_clear_error(tmp_path):
     broken.write_text("HIERARCHY\nROOT Hips\n{\n OFFSET 0 0\n}\n}\nMOTION\nFrames: 0\nFrame Time: 0.01\n")
     with pytest.raises(InputError, match="malformed HIERARCHY"):
         BV.read_bvh(str(broken))
+    write_bvh(tmp_path / "no_frames.bvh", [])
+    with pytest.raises(InputError, match="MOTION holds no frames"):
+        BV.read_bvh(str(tmp_path / "no_frames.bvh"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no .bvh files"):
         BV.bvh_files([str(tmp_path / "empty")])

@@ -72,6 +72,8 @@ def read_bvh(path):
     if len(lines) != int(declared[0]):  # exporters miscount; a truncated copy holds fewer
         print(f"note: {path}: MOTION declares Frames: {declared[0]} but holds {len(lines)} rows (all are read; "
               f"a truncated file?)")
+    if not lines:
+        raise InputError(f"{path}: MOTION holds no frames (expected one row of channel values per frame)")
     n_ch = sum(len(c) for c in channels)
     try:
         motion = np.array([[float(v) for v in ln.split()] for ln in lines], dtype=np.float64)
