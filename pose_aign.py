@@ -228,9 +228,22 @@ def load_pose_npz(path, order=None):
     return split, subject
 
 def load_memory(path):
-    """--memory, or a folder's memory.npz: poses_3d (N,17,3) metres, finite."""
-    poses = check_poses(common.load_npz(path, ["poses_3d"], MEMORY_LAYOUT)["poses_3d"], path, "poses_3d",
-                        MEMORY_LAYOUT)
+    """--memory, or a folder's memory.npz: poses_3d (N,17,3) metres, finite; or VideoPose3D's
+    data_3d_h36m.npz, whose training subjects (S1, S5-S8) are then the memory."""
+    z = common.load_npz(path, (), MEMORY_LAYOUT, pickled=("positions_3d",))
+    if "poses_3d" not in z and "positions_3d" in z:  # Human3.6M's mocap as the memory of other 2D
+        pos3d = load_pickled_dict(path, "positions_3d")
+        poses = [p for s in H36M_TRAIN for a, world in pos3d.get(s, {}).items()
+                 if (p := h36m_poses(world, path, f"{s}/{a}")) is not None]
+        if not poses:
+            raise InputError(f"{path}: positions_3d holds no poses of the training subjects {' '.join(H36M_TRAIN)} "
+                             f"(found {' '.join(map(str, pos3d)) or 'none'}); expected VideoPose3D's data_3d_h36m.npz")
+        poses = np.concatenate(poses)
+    elif "poses_3d" not in z:
+        raise InputError(f"{path}: missing key(s) ['poses_3d']; found {sorted(z)} (expected {MEMORY_LAYOUT}, "
+                         f"or VideoPose3D's data_3d_h36m.npz)")
+    else:
+        poses = check_poses(z["poses_3d"], path, "poses_3d", MEMORY_LAYOUT)
     if (poses - poses[:, :1]).std(0).max() < 1e-3:  # D would learn one pose
         again = f", repeated {len(poses)} times" if len(poses) > 1 else ""
         raise InputError(f"{path}: 'poses_3d' holds one pose{again}; expected a memory of varied poses "
@@ -344,6 +357,14 @@ def quat_to_matrix(q):
                      [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
                      [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
 
+def h36m_poses(world, path, key):
+    """One action of VideoPose3D's positions_3d: (N,32,3) world metres -> the 17 kept joints, None if empty."""
+    world = common.as_numbers(world, path, key, "(N, 32, 3) metres", np.float32)
+    if world.ndim == 3 and not len(world):
+        return None
+    return check_poses(world[:, H36M_KEEP] if world.shape[1:] == (32, 3) else world, path, key,
+                       "all 32 or the 17 kept joints")
+
 def load_h36m(folder, keypoints):
     """Human3.6M in VideoPose3D's layout -> train/test splits (S1,S5-S8 / S9,S11) and the memory."""
     p3, p2 = os.path.join(folder, "data_3d_h36m.npz"), os.path.join(folder, f"data_2d_h36m_{keypoints}.npz")
@@ -360,11 +381,9 @@ def load_h36m(folder, keypoints):
             if s not in pos3d or s not in pos2d:
                 raise InputError(f"{p3} / {p2}: no subject {s} (found {sorted(pos3d)} / {sorted(pos2d)})")
             for action, world in pos3d[s].items():
-                world = common.as_numbers(world, p3, f"{s}/{action}", "(N, 32, 3) metres", np.float32)
-                if world.ndim == 3 and not len(world):
+                world = h36m_poses(world, p3, f"{s}/{action}")
+                if world is None:
                     continue  # an action without frames adds nothing
-                world = check_poses(world[:, H36M_KEEP] if world.shape[1:] == (32, 3) else world, p3,
-                                    f"{s}/{action}", "all 32 or the 17 kept joints")
                 memory += [world] if role == "train" else []
                 views = pos2d[s].get(action)
                 if not isinstance(views, (list, tuple, np.ndarray)) or len(views) != 4:
@@ -432,6 +451,9 @@ def load_data(args, dist):
         splits["val"] = load_pose_npz(val, args.keypoint_order)[0] if os.path.exists(val) else None
         memory = load_memory(memory_src) if os.path.exists(memory_src) else None
     else:  # one npz: hold out the last ~20% of subjects (or of frames) as the test split
+        if name.startswith(("data_2d_h36m_", "data_3d_h36m")):
+            raise InputError(f"{path}: a file of VideoPose3D's Human3.6M layout; pass its folder as --data (with "
+                             f"data_3d_h36m.npz and data_2d_h36m_<--keypoints>.npz in it)")
         split, subj = load_pose_npz(path, args.keypoint_order)
         names = sorted(set(subj)) if subj is not None else []
         test = (np.isin(subj, names[-max(1, round(0.2 * len(names))):]) if len(names) >= 2

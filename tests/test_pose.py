@@ -1144,6 +1144,24 @@ def test_h36m_loader_refuses_code_in_pickles(tmp_path):
     assert not (tmp_path / "pwned").exists()
 
 
+def test_h36m_3d_file_is_a_memory_and_its_2d_file_alone_a_clear_error(tmp_path):
+    """--memory data_3d_h36m.npz (Human3.6M's mocap for other 2D): the 17 kept joints of its training subjects
+    only (S9, S11 stay unseen); an evil pickle there runs nothing; --data data_2d_h36m_gt.npz alone names the
+    folder layout it belongs to."""
+    write_h36m(tmp_path)
+    mem = P.load_memory(str(tmp_path / "data_3d_h36m.npz"))
+    pos3d = P.load_pickled_dict(str(tmp_path / "data_3d_h36m.npz"), "positions_3d")
+    want = np.concatenate([w[:, P.H36M_KEEP] for s in P.H36M_TRAIN for w in pos3d[s].values()])
+    np.testing.assert_array_equal(mem, want)
+    one_line_error(run_cli("pose_aign.py", "--data", tmp_path / "data_2d_h36m_gt.npz", "--steps", "1", "--out",
+                           tmp_path / "run", check=False), "data_2d_h36m_gt.npz", "pass its folder as --data")
+    (tmp_path / "evil").mkdir()
+    write_h36m(tmp_path / "evil", evil=True)
+    with pytest.raises(InputError, match="refusing to load"):
+        P.load_memory(str(tmp_path / "evil" / "data_3d_h36m.npz"))
+    assert not (tmp_path / "evil" / "pwned").exists()
+
+
 def test_predict_input_coco_json(tmp_path):
     pc, cam = random_poses(2)
     h36m = B.project_np(pc, cam)
